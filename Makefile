@@ -1,0 +1,32 @@
+# oodseg — the two entry points: `make demo` (set-up + end-to-end run) and `make test`
+# (set-up + the whole test suite). Both create .venv and install with constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast test-slow bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/oodseg demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest
+	$(PY) -m pytest -m slow
+
+test-fast: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo-out .cache

@@ -1,0 +1,9 @@
+"""The one exception type users see: a one-line message naming the problem."""
+
+
+class OodsegError(ValueError):
+    """Bad input or an impossible request; the CLI prints ``error: <message>`` and exits 2.
+
+    Raise it with a single line that names the offending file/argument and what is wrong,
+    e.g. ``OodsegError("scores/abc.hdf5: contains NaN")``.
+    """
