@@ -45,3 +45,292 @@ def echo_json(obj: object) -> None:
 
 
 # Commands are added below, one section per command.
+
+
+# --- evaluate ---
+def _parse_dataset_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    """``("split=testNoKnown", "mapping=0:0,1:1")`` -> dict; one-line error on a malformed pair."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OodsegError(f"--option: expected KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _print_evaluation_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['method']} on {result['dataset']} ({result['dataset_kind']}, {result['track']} track, "
+                        f"{result['n_frames']} frames)")
+    for column in ("AP", "AUROC", "FPR95", "best F1", "θ", "sIoU", "PPV", "mean F1"):
+        table.add_column(column, justify="right")
+
+    def fmt(value, percent=True):
+        return "–" if value is None else (f"{100 * value:.2f}" if percent else f"{value:.4g}")
+
+    table.add_row(fmt(result["AP"]), fmt(result["AUROC"]), fmt(result["FPR95"]), fmt(result["best_F1"]),
+                  fmt(result["component_threshold"], percent=False), fmt(result["sIoU"]), fmt(result["PPV"]),
+                  fmt(result["mean_F1"]))
+    Console().print(table)
+    click.echo("(values in %; θ = pixel threshold of the component metrics)")
+
+
+@main.command("evaluate")
+@click.option("--dataset", "kind", default=None, help="Dataset layout (e.g. smiyc-anomaly, lostandfound); default: detected from --root.")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root folder (read as-is).")
+@click.option("--scores", "scores_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of score files {fid}.hdf5|.h5|.npy|.npz, e.g. OUT/METHOD/DATASET.")
+@click.option("--track", type=click.Choice(["anomaly", "obstacle"]), default=None,
+              help="Component size filters: anomaly 500/100 px, obstacle 50/10 px (default: obstacle for smiyc-obstacle).")
+@click.option("--mode", type=click.Choice(["exact", "streaming"]), default="exact", show_default=True,
+              help="Pixel metrics: exact (sort-based) or streaming (bounded memory).")
+@click.option("--threshold", type=float, default=None, help="Pixel threshold θ of the component metrics (default: best-F1 threshold).")
+@click.option("--resize", is_flag=True, help="Bilinearly resize scores to the label size instead of refusing a size mismatch.")
+@click.option("--roi", type=click.Path(dir_okay=False), default=None, help="Image whose non-zero pixels are the region evaluated.")
+@click.option("--aggregate", type=click.Choice(["pooled", "per_image"]), default="pooled", show_default=True,
+              help="Pool pixels over the dataset, or average AP/AUROC/FPR95 per image (StreetHazards protocol).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset option, repeatable: split=testNoKnown, mapping=0:0,1:1,255:255, laf_root=DIR, labels=available, ...")
+@click.option("--method", default=None, help="Method name stored in the result (default: parent folder of --scores).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write the oodseg.evaluate result object here ('-': print it instead of the table).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggregate, options, method, json_out, overwrite):
+    """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
+
+    Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. Runs distributed under
+    torchrun (frames sharded by rank, rank 0 writes).
+
+    \b
+    Examples:
+      oodseg evaluate --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly
+      oodseg evaluate --dataset lostandfound --root /data/LostAndFound -o split=testNoKnown \\
+          --scores scores/pgn/LostAndFound-testNoKnown --track obstacle --json results/laf.json
+      torchrun --nproc_per_node=2 "$(which oodseg)" evaluate --root data/synth/obstacle \\
+          --scores scores/energy/obstacle --mode streaming
+    """
+    from pathlib import Path
+
+    from oodseg import distributed
+    from oodseg.atomic import write_json
+    from oodseg.data import detect_kind, open_dataset
+    from oodseg.evaluation import evaluate_dataset
+
+    if json_out not in (None, "-") and Path(json_out).exists() and not overwrite:
+        raise OodsegError(f"{json_out}: already exists; pass --overwrite to replace it")
+    distributed.init()
+    try:
+        kind = kind or detect_kind(root)
+        dataset = open_dataset(kind, root, **_parse_dataset_options(options))
+        track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
+        result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
+                                  roi=roi, aggregate=aggregate, method=method)
+        is_main = distributed.is_main()
+    finally:
+        distributed.cleanup()
+    if not is_main:
+        return
+    if json_out == "-":
+        echo_json(result)
+        return
+    _print_evaluation_table(result)
+    if json_out is not None:
+        write_json(json_out, result)
+        click.echo(f"wrote {json_out}")
+
+
+# --- score ---
+@main.command("score")
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False), help="oodseg checkpoint directory.")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Dataset root or any folder of images.")
+@click.option("--dataset-kind", default=None, help="Dataset layout (smiyc-anomaly, lostandfound, images, ...); default: detected.")
+@click.option("--dataset-name", default=None, help="Folder name of the dataset below each method (default: from the root).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset layout option, repeatable, e.g. split=testNoKnown.")
+@click.option("--method", "methods", multiple=True, required=True, help="Score name, repeatable: msp, entropy, energy, max_logit, n_energy_cw, pgn, sml, mahalanobis, "
+                   "mc_dropout, odin, ensemble, ... (SPEC §1).")
+@click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
+              help="Score parameter, repeatable, e.g. odin.epsilon=0.002 or pgn.label=uniform.")
+@click.option("--fit-data", type=click.Path(file_okay=False), default=None,
+              help="Cityscapes-layout root; its train split fits sml / mahalanobis.")
+@click.option("--fit-frames", type=int, default=20, show_default=True, help="Frames of --fit-data used for fitting.")
+@click.option("--ensemble", "ensemble", multiple=True, type=click.Path(file_okay=False),
+              help="Further checkpoint(s) forming the ensemble with --checkpoint (method 'ensemble').")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root: OUT/METHOD/DATASET/FID.hdf5.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished or different run's outputs.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def score(checkpoint, images, dataset_kind, dataset_name, options, methods, params, fit_data, fit_frames, ensemble,
+          out, overwrite, device, batch_size, as_json):
+    """Score every frame of a dataset and write SMIYC score files (hdf5, float16, gzip).
+
+    Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/DATASET/FID.png (argmax
+    trainIds) and OUT/_manifest/DATASET.json. An interrupted run is resumed by running the
+    same command again; a finished or different run is replaced only with --overwrite.
+    Runs distributed under torchrun (frames sharded by rank).
+
+    \b
+    Examples:
+      oodseg score --checkpoint ckpt/baseline --images data/synth/anomaly \\
+          --method entropy --method n_energy_cw --param n_energy_cw.eta=1.5 --out scores
+      oodseg score --checkpoint ckpt/baseline --images data/synth/obstacle --method mahalanobis \\
+          --fit-data data/synth/cityscapes --out scores --json
+      torchrun --nproc_per_node=2 "$(which oodseg)" score --checkpoint ckpt/baseline \\
+          --images data/synth/anomaly --method msp --method odin --out scores
+    """
+    from oodseg import distributed
+    from oodseg.scores.runner import parse_params, score_dataset
+
+    try:
+        summary = score_dataset(checkpoint, images, list(methods), out, params=parse_params(params),
+                                dataset_kind=dataset_kind, dataset_name=dataset_name,
+                                dataset_options=_parse_dataset_options(options), fit_data=fit_data,
+                                fit_frames=fit_frames, ensemble=list(ensemble), overwrite=overwrite, device=device,
+                                batch_size=batch_size)
+        is_main = distributed.is_main()
+    finally:
+        distributed.cleanup()
+    if not is_main:
+        return
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"scored {summary['dataset']} ({summary['dataset_kind']}, {summary['n_frames']} frames) with "
+               f"{', '.join(summary['methods'])}: {summary['written']} written, {summary['skipped']} already done "
+               f"on this process, {summary['seconds']:.1f} s -> {summary['out']}")
+
+
+# --- report ---
+@main.command("report")
+@click.argument("results_dir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--out", required=True, type=click.Path(path_type=str),
+              help="Report folder to create (index.html + PNGs + tables.md/csv/json).")
+@click.option("--frames", default=4, show_default=True, type=click.IntRange(min=0),
+              help="Example frames per dataset (0 = none; needs the datasets and score files the results point to).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report folder at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_json: bool) -> None:
+    """Build an HTML report from the results files found under RESULTS_DIR.
+
+    Reads the JSON written by `oodseg evaluate --json`, `meta --json`, `train` and
+    `score` (any depth below RESULTS_DIR): ranking tables per dataset (sortable, best
+    value highlighted), PR/ROC curves, score distributions, calibration, Meta-OoD and
+    training charts, and example frames with one colour scale per method. The folder is
+    self-contained (no network resources) and written atomically.
+
+    \b
+    Examples:
+      oodseg report results --out report
+      oodseg report results --out report --frames 8 --overwrite --json
+    """
+    from oodseg.report import build_report
+
+    summary = build_report(results_dir, out, frames=frames, overwrite=overwrite)
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"report of {summary['evaluations']} evaluations ({summary['methods']} methods, "
+               f"{len(summary['datasets'])} datasets), {summary['meta']} meta, {summary['training']} training runs "
+               f"in {summary['seconds']:.1f} s -> {summary['index']}")
+
+
+# --- train ---
+def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
+    """``("lam=0.5", "mode=mix", "widths=[8,16,32]")`` -> dict; values parsed as JSON when they are JSON."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OodsegError(f"{option}: expected KEY=VALUE, got {pair!r}")
+        try:
+            params[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip()] = value.strip()
+    return params
+
+
+@main.command("train")
+@click.option("--recipe", type=click.Choice(["baseline", "entropy-max", "nflowjs", "rpl"]), default="baseline",
+              show_default=True, help="Training method (a loss + a data recipe).")
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="SynthStreet root (oodseg synth --out DIR) or a Cityscapes root (leftImg8bit/, gtFine/).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: checkpoint/, log.jsonl, train.json, trainer_state.pt.")
+@click.option("--arch", default=None, help="Architecture when training from scratch: small (default) or deeplabv3plus.")
+@click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
+              help="Architecture parameter, repeatable (e.g. widths=[24,48,96,128], backbone=resnet50).")
+@click.option("--init", type=click.Path(file_okay=False), default=None, help="Start from this checkpoint directory.")
+@click.option("--param", "-p", "recipe_params", multiple=True, metavar="KEY=VALUE",
+              help="Recipe parameter, repeatable (entropy-max: lam=0.9, mode=paste|mix, rate=0.5).")
+@click.option("--outliers", type=click.Path(file_okay=False), default=None,
+              help="Outlier pool: folder with images/ and masks/ (default: DATA/outliers for SynthStreet).")
+@click.option("--outlier-mask-suffix", default=None, help="What outlier mask names add to the image stem (e.g. _mask).")
+@click.option("--steps", type=int, default=None, help="Optimizer steps (recipe default; wins over --epochs).")
+@click.option("--epochs", type=float, default=None, help="Length in passes over the training images.")
+@click.option("--time-budget", type=float, default=None, help="Stop after this many seconds of training (final checkpoint still written).")
+@click.option("--batch-size", type=int, default=None, help="Global batch size (split over torchrun processes).")
+@click.option("--crop-size", type=int, default=None, help="Square training crop side in pixels.")
+@click.option("--lr", type=float, default=None, help="Learning rate.")
+@click.option("--weight-decay", type=float, default=None, help="Weight decay.")
+@click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default=None, help="Optimizer.")
+@click.option("--schedule", type=click.Choice(["poly", "cosine", "constant"]), default=None, help="Learning-rate schedule.")
+@click.option("--clip", type=float, default=None, help="Clip the gradient norm to this value.")
+@click.option("--bn", type=click.Choice(["train", "frozen", "sync"]), default=None,
+              help="Batch norm: per-process statistics, frozen (eval-mode) or SyncBatchNorm under torchrun.")
+@click.option("--seed", type=int, default=None, help="Random seed (data order, augmentation, outliers, init).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu).")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default=None,
+              help="Mixed precision (auto: bf16 on CUDA, off on CPU).")
+@click.option("--log-every", type=int, default=None, help="Write log.jsonl every N steps.")
+@click.option("--ckpt-every", type=int, default=None, help="Write the checkpoint and trainer state every N steps.")
+@click.option("--num-workers", type=int, default=None, help="Data-loading worker processes.")
+@click.option("--no-validate", is_flag=True, help="Skip the validation mIoU at the end.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Start over in an --out that holds a previous run.")
+@click.option("--json", "json_out", is_flag=True, help="Print the oodseg.train summary as JSON.")
+def train_command(recipe, data, out, arch, arch_params, init, recipe_params, outliers, outlier_mask_suffix, steps,
+                  epochs, time_budget, batch_size, crop_size, lr, weight_decay, optimizer, schedule, clip, bn, seed,
+                  device, amp, log_every, ckpt_every, num_workers, no_validate, resume, overwrite, json_out):
+    """Train a segmentation network or fine-tune it for OoD detection.
+
+    Writes OUT/checkpoint/ (load with oodseg.models.load_checkpoint), OUT/log.jsonl (every
+    loss term), OUT/train.json (schema oodseg.train, with the validation mIoU) and
+    OUT/trainer_state.pt (for --resume). Options left out take the recipe's defaults.
+
+    \b
+    Examples:
+      oodseg train --recipe baseline --data data/synth --out ckpt/baseline
+      oodseg train --recipe entropy-max --data data/synth --init ckpt/baseline/checkpoint --out ckpt/emax
+      oodseg train --recipe entropy-max --data /data/cityscapes --outliers /data/coco_ood \\
+          --init ckpt/deeplab --lr 1e-5 --epochs 4 --crop-size 480 -p mode=mix --device cuda
+      torchrun --nproc_per_node=2 "$(which oodseg)" train --data data/synth --out ckpt/ddp --bn sync
+    """
+    from oodseg import distributed
+    from oodseg.training import make_config, train
+
+    config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
+                         outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
+                         batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
+                         optimizer=optimizer, schedule=schedule, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
+                         log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
+                         validate=False if no_validate else None, resume=resume or None,
+                         overwrite=overwrite or None,
+                         arch_params=_parse_params(arch_params, "--arch-param") or None,
+                         recipe_params=_parse_params(recipe_params, "--param") or None)
+    try:
+        summary = train(config)
+        is_main = distributed.is_main()
+    finally:
+        distributed.cleanup()
+    if not is_main:
+        return
+    if json_out:
+        echo_json(summary)
+        return
+    miou = "–" if summary["val_mIoU"] is None else f"{100 * summary['val_mIoU']:.2f}%"
+    click.echo(f"{summary['recipe']}: {summary['steps']} steps in {summary['seconds']:.1f} s, val mIoU {miou}; "
+               f"checkpoint {summary['checkpoint']}")

@@ -1,0 +1,106 @@
+"""Score files: SMIYC-compatible HDF5 (dataset ``value``, float16, gzip), ``.npy`` and ``.npz``.
+
+Layout: ``{out}/{method}/{dataset}/{fid}.hdf5`` — what the official SegmentMeIfYouCan
+code reads with ``h5py.File(path)["value"][:]``. ``.npy``/``.npz`` (array ``value``) keep
+float32. Writes are atomic; reads check shape and finiteness.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from oodseg.atomic import atomic_path
+from oodseg.errors import OodsegError
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+#: Suffixes :func:`find_score` tries, in this order.
+SCORE_SUFFIXES = (".hdf5", ".h5", ".npy", ".npz")
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def score_path(out: str | os.PathLike, method: str, dataset: str, fid: str, ext: str = "hdf5") -> Path:
+    """``{out}/{method}/{dataset}/{fid}.{ext}``."""
+    return Path(out) / method / dataset / f"{fid}.{ext.lstrip('.')}"
+
+
+def _as_score_array(array, path: Path) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch tensor, any device
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim != 2:
+        raise OodsegError(f"{path}: a score map must be 2-D (H, W), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise OodsegError(f"{path}: score map contains NaN or Inf")
+    return array
+
+
+def write_score(path: str | os.PathLike, array) -> Path:
+    """Write a score map ``(H, W)`` (numpy or torch) atomically; the suffix picks the format.
+
+    ``.hdf5``/``.h5``: dataset ``value``, float16, gzip (values must fit float16, |x| ≤ 65504).
+    ``.npy``: float32. ``.npz``: compressed, array ``value``, float32.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SCORE_SUFFIXES:
+        raise OodsegError(f"{path}: unknown score file suffix (use {', '.join(SCORE_SUFFIXES)})")
+    array = _as_score_array(array, path)
+    if suffix in HDF5_SUFFIXES and array.size and np.abs(array).max() > _FLOAT16_MAX:
+        raise OodsegError(f"{path}: scores up to {np.abs(array).max():.3g} overflow float16 (SMIYC hdf5); "
+                          "shift/scale them or write .npy")
+    with atomic_path(path) as tmp:
+        if suffix in HDF5_SUFFIXES:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("value", data=array.astype(np.float16), compression="gzip")
+        elif suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+        else:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, value=array)
+    return path
+
+
+def read_score(path: str | os.PathLike) -> np.ndarray:
+    """Read a score map as float32 ``(H, W)`` from ``.hdf5``/``.h5``/``.npy``/``.npz``.
+
+    Missing, corrupt, non-2-D or non-finite files raise a one-line OodsegError naming the file.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SCORE_SUFFIXES:
+        raise OodsegError(f"{path}: unknown score file suffix (use {', '.join(SCORE_SUFFIXES)})")
+    if not path.is_file():
+        raise OodsegError(f"{path}: score file not found")
+    try:
+        if suffix in HDF5_SUFFIXES:
+            with h5py.File(path, "r") as f:
+                if "value" not in f:
+                    raise OodsegError(f"{path}: no dataset 'value' in the HDF5 file")
+                array = f["value"][()]
+        elif suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                if "value" not in npz.files:
+                    raise OodsegError(f"{path}: no array 'value' in the .npz file")
+                array = npz["value"]
+    except OodsegError:
+        raise
+    except Exception as exc:  # h5py/numpy raise many types on corrupt files
+        message = str(exc).splitlines()[0] if str(exc) else "corrupt"
+        raise OodsegError(f"{path}: unreadable score file ({type(exc).__name__}: {message})") from None
+    return _as_score_array(array, path)
+
+
+def find_score(scores_dir: str | os.PathLike, fid: str) -> Path:
+    """The score file of frame ``fid`` in ``scores_dir`` (first of ``.hdf5 .h5 .npy .npz``)."""
+    scores_dir = Path(scores_dir)
+    for suffix in SCORE_SUFFIXES:
+        candidate = scores_dir / f"{fid}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise OodsegError(f"{scores_dir / (fid + '.hdf5')}: missing score file for frame {fid}")

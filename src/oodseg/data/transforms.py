@@ -1,0 +1,121 @@
+"""Training-time transforms for (image, label) pairs as torch tensors, and a torch ``Dataset`` wrapper.
+
+Images are float32 ``(3, H, W)`` in [0, 1]; labels int64 ``(H, W)`` trainIds with 255 = ignore.
+Every random choice comes from a numpy ``Generator`` passed in, so a sample's augmentation is
+reproducible from its seed alone (independent of worker processes and ranks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from oodseg.errors import OodsegError
+
+IGNORE = 255
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)`` in [0, 1]."""
+    return torch.tensor(image, dtype=torch.float32).permute(2, 0, 1).div_(255.0).contiguous()
+
+
+def label_to_tensor(label: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W)`` -> int64 ``(H, W)``."""
+    return torch.tensor(label, dtype=torch.int64)
+
+
+def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
+    """Raise :class:`OodsegError` unless every value of ``label`` is a trainId < ``num_classes`` or 255."""
+    counts = np.bincount(label.ravel(), minlength=256)
+    bad = np.flatnonzero(counts[num_classes:IGNORE])
+    if bad.size:
+        values = ", ".join(str(int(v) + num_classes) for v in bad[:5])
+        raise OodsegError(f"{where}: unknown label value(s) {values} (expected 0..{num_classes - 1} or 255)")
+
+
+def scaled_crop(image: torch.Tensor, label: torch.Tensor, crop_size: int, scale: float,
+                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``crop_size``² crop of the image rescaled by ``scale`` (pads with 0 / 255 when too small).
+
+    Cuts a ``round(crop_size/scale)``² window at a uniform random position from the original
+    and resizes it to ``crop_size`` (bilinear for the image, nearest for the label), which is
+    the same as rescaling the whole image first, at a fraction of the cost.
+    """
+    _, height, width = image.shape
+    window = max(1, int(round(crop_size / scale)))
+    top = int(rng.integers(0, max(height - window, 0) + 1))
+    left = int(rng.integers(0, max(width - window, 0) + 1))
+    img = image[:, top:top + window, left:left + window]
+    lab = label[top:top + window, left:left + window]
+    pad_h, pad_w = window - img.shape[1], window - img.shape[2]
+    if pad_h or pad_w:
+        img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)
+        lab = F.pad(lab, (0, pad_w, 0, pad_h), value=IGNORE)
+    if window != crop_size:
+        img = F.interpolate(img[None], size=(crop_size, crop_size), mode="bilinear", align_corners=False)[0]
+        lab = F.interpolate(lab[None, None].float(), size=(crop_size, crop_size), mode="nearest-exact")[0, 0].long()
+    return img.contiguous(), lab.contiguous()
+
+
+def jitter_colours(image: torch.Tensor, strength: float, rng: np.random.Generator) -> torch.Tensor:
+    """Random brightness, contrast and saturation, each a factor in ``[1-strength, 1+strength]``."""
+    brightness, contrast, saturation = rng.uniform(1 - strength, 1 + strength, size=3)
+    out = image * float(brightness)
+    mean = out.mean()
+    out = (out - mean) * float(contrast) + mean
+    gray = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None]
+    out = gray + (out - gray) * float(saturation)
+    return out.clamp_(0.0, 1.0)
+
+
+@dataclass
+class TrainAugment:
+    """Random rescale (uniform in ``scale_range``) + square crop, horizontal flip, colour jitter."""
+
+    crop_size: int
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    hflip: bool = True
+    color_jitter: float = 0.2
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(3,H,W)`` float, ``(H,W)`` int64 -> ``(3,c,c)``, ``(c,c)`` with c = ``crop_size``."""
+        scale = float(rng.uniform(*self.scale_range))
+        image, label = scaled_crop(image, label, self.crop_size, scale, rng)
+        if self.hflip and rng.random() < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        if self.color_jitter > 0:
+            image = jitter_colours(image, self.color_jitter, rng)
+        return image, label
+
+
+class SegmentationTrainSet(torch.utils.data.Dataset):
+    """Torch view of an :func:`oodseg.data.open_dataset` dataset with augmentation.
+
+    Indexed by ``(index, seed)`` pairs (see ``oodseg.training.trainer``): the seed drives the
+    augmentation. Items are ``{"image": (3,c,c) float32, "label": (c,c) int64, "seed": int}``.
+    """
+
+    def __init__(self, dataset, augment: TrainAugment, num_classes: int) -> None:
+        if len(dataset) == 0:
+            raise OodsegError(f"{dataset.root}: no training images found")
+        self.dataset, self.augment, self.num_classes = dataset, augment, num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        sample = self.dataset[index]
+        if sample.label is None:
+            raise OodsegError(f"{sample.image_path}: no label file for this training image")
+        if sample.label.shape != sample.image.shape[:2]:
+            raise OodsegError(f"{sample.image_path}: label shape {sample.label.shape} differs from image "
+                              f"{sample.image.shape[:2]}")
+        check_labels(sample.label, self.num_classes, str(sample.image_path))
+        rng = np.random.default_rng(seed)
+        image, label = self.augment(image_to_tensor(sample.image), label_to_tensor(sample.label), rng)
+        return {"image": image, "label": label, "seed": seed}

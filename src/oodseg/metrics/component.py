@@ -1,0 +1,176 @@
+"""Component-level metrics of SegmentMeIfYouCan (SPEC §4.2): sIoU, PPV and mean F1.
+
+Per frame, with θ the pixel threshold (the best-F1 pixel threshold, chosen by the caller):
+
+1. predicted mask = ``score > θ`` (strict) with predicted pixels on void (255) dropped;
+2. 8-connected components (``scipy.ndimage.label`` with a 3×3 structure) of the GT
+   anomaly pixels (label 1) and of the predicted mask;
+3. predicted components of fewer than ``min_pred`` pixels are dropped, GT components of
+   fewer than ``min_gt`` pixels become void (anomaly track 500/100, obstacle 50/10);
+4. both are restricted to the remaining ROI (label < 255) without relabelling;
+5. ``sIoU(k) = |k ∩ P̂(k)| / |(k ∪ P̂(k)) \\ A(k)|`` with P̂(k) the union of predicted
+   components overlapping GT component k and A(k) the pixels of the other GT components;
+   ``PPV(k̂) = |k̂ ∩ K(k̂)| / |k̂|`` with K(k̂) the union of GT components overlapping k̂;
+6. per τ: TP = #{k: sIoU ≥ τ}, FN = #{k: sIoU < τ}, FP = #{k̂: PPV < τ}, summed over the
+   dataset; ``F1_τ = 2TP / (2TP + FN + FP)``; mean F1 = mean over τ; sIoU (PPV) = mean
+   over all GT (predicted) components of the dataset.
+
+This is what the current official ``road-anomaly-benchmark`` code computes (its FP uses
+the precision ``prec_pred``). Everything is vectorised: one ``bincount`` over
+(GT component, predicted component) pairs per frame, no loop over components.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from oodseg import distributed
+from oodseg.errors import OodsegError
+from oodseg.metrics.inputs import VOID, check_ood_label, check_scores
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+TRACK_MIN_SIZES = {"anomaly": (500, 100), "obstacle": (50, 10)}  # (min_pred, min_gt) in pixels
+_DENSE_PAIRS = 1 << 22  # up to this many (GT, prediction) id pairs, count them with a dense bincount
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a boolean (H, W) mask: ``(ids int32 (H, W), count)``, 0 = background."""
+    ids, count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+    return ids, int(count)
+
+
+def frame_component_scores(score: np.ndarray, label: np.ndarray, threshold: float,
+                           min_pred: int, min_gt: int) -> tuple[np.ndarray, np.ndarray]:
+    """sIoU of every GT component and PPV of every predicted component of one frame.
+
+    ``score`` float (H, W), ``label`` uint8 0/1/255 (H, W). Returns ``(sIoU (n_gt,), PPV (n_pred,))``
+    for the components left in the ROI after the size filters, in id order.
+    """
+    void = label == VOID
+    pred_ids, n_pred = label_components((score > threshold) & ~void)
+    gt_ids, n_gt = label_components(label == 1)
+    if min_pred > 0 and n_pred:
+        keep = np.bincount(pred_ids.ravel(), minlength=n_pred + 1) >= min_pred
+        keep[0] = False
+        pred_ids = np.where(keep, np.arange(n_pred + 1), 0).astype(pred_ids.dtype)[pred_ids]
+    roi = ~void
+    if min_gt > 0 and n_gt:
+        small = np.bincount(gt_ids.ravel(), minlength=n_gt + 1) < min_gt
+        small[0] = False
+        roi &= ~small[gt_ids]
+    if roi.all():
+        g, p = gt_ids.ravel(), pred_ids.ravel()
+    else:
+        g, p = gt_ids[roi], pred_ids[roi]
+    size_g = np.bincount(g, minlength=n_gt + 1)
+    size_p = np.bincount(p, minlength=n_pred + 1)
+    both = (g > 0) & (p > 0)
+    pair = g[both].astype(np.int64) * (n_pred + 1) + p[both]
+    if (n_gt + 1) * (n_pred + 1) <= _DENSE_PAIRS:
+        counts = np.bincount(pair, minlength=(n_gt + 1) * (n_pred + 1))
+        codes = np.flatnonzero(counts)
+        inter = counts[codes]
+    else:
+        codes, inter = np.unique(pair, return_counts=True)
+    pg, pp = np.divmod(codes, n_pred + 1)
+    inter = inter.astype(np.float64)
+    gt_in_pred = np.bincount(pp, weights=inter, minlength=n_pred + 1)  # |k̂ ∩ K(k̂)|
+    intersection = np.bincount(pg, weights=inter, minlength=n_gt + 1)  # |k ∩ P̂(k)|
+    pred_area = np.bincount(pg, weights=size_p[pp], minlength=n_gt + 1)  # |P̂(k)|
+    other_gt = np.bincount(pg, weights=gt_in_pred[pp] - inter, minlength=n_gt + 1)  # |P̂(k) ∩ A(k)|
+    union = size_g + pred_area - intersection - other_gt
+    gt_present = np.flatnonzero(size_g[1:]) + 1
+    pred_present = np.flatnonzero(size_p[1:]) + 1
+    return intersection[gt_present] / union[gt_present], gt_in_pred[pred_present] / size_p[pred_present]
+
+
+class ComponentMetrics:
+    """SMIYC component metrics accumulated over frames (update/compute/merge/all_reduce).
+
+    ``track``: ``"anomaly"`` (min sizes 500/100) or ``"obstacle"`` (50/10); ``min_pred`` /
+    ``min_gt`` override them (0 disables). ``thresholds_tau``: sIoU/PPV thresholds.
+    """
+
+    def __init__(self, track: str = "anomaly", min_pred: int | None = None, min_gt: int | None = None,
+                 thresholds_tau=np.linspace(0.25, 0.75, 11)):
+        if track not in TRACK_MIN_SIZES:
+            raise OodsegError(f"track: expected one of {sorted(TRACK_MIN_SIZES)}, got {track!r}")
+        default_pred, default_gt = TRACK_MIN_SIZES[track]
+        self.track = track
+        self.min_pred = default_pred if min_pred is None else int(min_pred)
+        self.min_gt = default_gt if min_gt is None else int(min_gt)
+        if self.min_pred < 0 or self.min_gt < 0:
+            raise OodsegError("min_pred/min_gt: must be >= 0")
+        self.thresholds_tau = np.asarray(thresholds_tau, dtype=np.float64)
+        n = self.thresholds_tau.size
+        self.tp, self.fn, self.fp = (np.zeros(n, np.int64) for _ in range(3))
+        self.sIoU_sum = self.PPV_sum = 0.0
+        self.n_gt = self.n_pred = self.n_frames = 0
+
+    def update(self, score, label, threshold: float) -> None:
+        """Add frames: ``score`` float (H,W)|(B,H,W), ``label`` 0/1/255 same shape, pixel ``threshold`` θ."""
+        scores = check_scores(score)
+        labels = check_ood_label(label, scores.shape)
+        if not np.isfinite(threshold):
+            raise OodsegError(f"threshold: must be finite, got {threshold}")
+        tau = self.thresholds_tau[:, None]
+        for s, y in zip(scores, labels):
+            siou, ppv = frame_component_scores(s, y, float(threshold), self.min_pred, self.min_gt)
+            self.tp += (siou[None] >= tau).sum(axis=1)
+            self.fn += (siou[None] < tau).sum(axis=1)
+            self.fp += (ppv[None] < tau).sum(axis=1)
+            self.sIoU_sum += float(siou.sum())
+            self.PPV_sum += float(ppv.sum())
+            self.n_gt += siou.size
+            self.n_pred += ppv.size
+        self.n_frames += scores.shape[0]
+
+    def _check_compatible(self, other: "ComponentMetrics") -> None:
+        if (self.min_pred, self.min_gt) != (other.min_pred, other.min_gt) or not np.array_equal(
+                self.thresholds_tau, other.thresholds_tau):
+            raise OodsegError("merge: ComponentMetrics differ in min sizes or thresholds_tau")
+
+    def merge(self, other: "ComponentMetrics") -> "ComponentMetrics":
+        """Add ``other``'s frames (same settings); returns self."""
+        self._check_compatible(other)
+        self.tp += other.tp
+        self.fn += other.fn
+        self.fp += other.fp
+        self.sIoU_sum += other.sIoU_sum
+        self.PPV_sum += other.PPV_sum
+        self.n_gt += other.n_gt
+        self.n_pred += other.n_pred
+        self.n_frames += other.n_frames
+        return self
+
+    def all_reduce(self) -> None:
+        """Sum the state over all ranks (a vector of 3·len(τ)+5 numbers)."""
+        if distributed.world_size() == 1:
+            return
+        n = self.thresholds_tau.size
+        state = np.concatenate((self.tp, self.fn, self.fp, [self.sIoU_sum, self.PPV_sum, self.n_gt,
+                                                            self.n_pred, self.n_frames])).astype(np.float64)
+        state = distributed.all_reduce_sum(torch.from_numpy(state)).numpy()
+        self.tp, self.fn, self.fp = (state[i * n:(i + 1) * n].round().astype(np.int64) for i in range(3))
+        self.sIoU_sum, self.PPV_sum = float(state[3 * n]), float(state[3 * n + 1])
+        self.n_gt, self.n_pred, self.n_frames = (int(round(v)) for v in state[3 * n + 2:])
+
+    def compute(self) -> dict:
+        """``sIoU, PPV, mean_F1, F1_per_tau, TP/FN/FP per τ, thresholds_tau, n_gt_components, n_pred_components, n_frames``."""
+        denom = 2 * self.tp + self.fn + self.fp
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1 = np.where(denom > 0, 2 * self.tp / np.maximum(denom, 1), np.nan)
+        return {"sIoU": self.sIoU_sum / self.n_gt if self.n_gt else float("nan"),
+                "PPV": self.PPV_sum / self.n_pred if self.n_pred else float("nan"),
+                "mean_F1": float(f1.mean()) if f1.size else float("nan"),
+                "F1_per_tau": f1.tolist(), "TP": self.tp.tolist(), "FN": self.fn.tolist(),
+                "FP": self.fp.tolist(), "thresholds_tau": self.thresholds_tau.tolist(),
+                "n_gt_components": self.n_gt, "n_pred_components": self.n_pred, "n_frames": self.n_frames}
+
+
+def component_metrics(scores, labels, threshold: float, track: str = "anomaly", **options) -> dict:
+    """One-shot :class:`ComponentMetrics` on score maps (H,W)|(B,H,W) and 0/1/255 labels."""
+    metrics = ComponentMetrics(track=track, **options)
+    metrics.update(scores, labels, threshold)
+    return metrics.compute()

@@ -1,0 +1,20 @@
+"""Pure-torch segmentation networks, an architecture registry and safetensors checkpoints.
+
+>>> from oodseg.models import build_model, save_checkpoint, load_checkpoint
+>>> model = build_model("small", num_classes=19)          # or "deeplabv3plus", backbone="resnet50"
+>>> save_checkpoint(model, "ckpt", "small", {"num_classes": 19})
+>>> model, meta = load_checkpoint("ckpt")
+"""
+from oodseg.classes import CITYSCAPES_CLASSES
+from oodseg.models.blocks import ASPP, Decoder, EncoderDecoderSegNet, ImageNormalize
+from oodseg.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from oodseg.models.deeplab import DeepLabV3Plus
+from oodseg.models.registry import available_architectures, build_model, register_architecture
+from oodseg.models.resnet import ResNetBackbone
+from oodseg.models.small import SmallSegNet
+
+__all__ = [
+    "ASPP", "CITYSCAPES_CLASSES", "Decoder", "DeepLabV3Plus", "EncoderDecoderSegNet", "ImageNormalize",
+    "ResNetBackbone", "SmallSegNet", "available_architectures", "build_model", "load_checkpoint",
+    "read_checkpoint_meta", "register_architecture", "save_checkpoint",
+]

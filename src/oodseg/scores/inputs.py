@@ -1,0 +1,250 @@
+"""Validated score inputs and the intermediate results that several scores share.
+
+:class:`ScoreInputs` wraps one :class:`~oodseg.adapter.SegOutput` (or a spatial tile of it).
+Each shared quantity — the shifted exponentials behind softmax/logsumexp, the top-2 logits,
+``‖z‖``, ``W z``, ``log|z|`` — is computed on first use and then reused by every scorer
+that asks for it, so a batch of scores costs little more than the most expensive one.
+All maps are float32 at the head's resolution ``(h, w)``.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+from oodseg.adapter import HeadBlock, SegOutput
+from oodseg.errors import OodsegError
+
+#: Floor for norms before dividing or taking a logarithm (keeps all-zero features finite).
+NORM_FLOOR = 1e-12
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise :class:`OodsegError` if ``tensor`` holds NaN or ±Inf.
+
+    A channel sum is finite exactly when every summand is (barring overflow past 1e37), and
+    ``sum`` is by far the fastest full pass over a channel-first tensor.
+    """
+    summary = tensor.sum(dim=1) if tensor.dim() > 1 else tensor
+    if not bool(torch.isfinite(summary).all()):
+        raise OodsegError(f"{name}: contains NaN or Inf values")
+
+
+def as_float(name: str, tensor: object, rank: int, shape_hint: str) -> torch.Tensor:
+    """``tensor`` as float32 after checking it is a tensor of rank ``rank``; ``shape_hint`` names the axes."""
+    if not isinstance(tensor, torch.Tensor):
+        raise OodsegError(f"{name}: expected a tensor {shape_hint}, got {type(tensor).__name__}")
+    if tensor.dim() != rank:
+        raise OodsegError(f"{name}: expected shape {shape_hint}, got {tuple(tensor.shape)}")
+    if not (tensor.is_floating_point()):
+        raise OodsegError(f"{name}: expected a floating-point tensor, got {tensor.dtype}")
+    return tensor.float()
+
+
+class ScoreInputs:
+    """Lazily computed, validated quantities of one head output.
+
+    Args:
+        out: the head output; ``logits`` (B, C, h, w) is required, ``features`` (B, D, h, w),
+            ``weight`` (C, D), ``bias`` (C,) and ``block`` only for the scores that need them.
+        checked: skip the NaN/Inf checks (for tiles of an output already checked as a whole).
+    """
+
+    def __init__(self, out: SegOutput, checked: bool = False):
+        if not isinstance(out, SegOutput):
+            raise OodsegError(f"scores: expected a SegOutput, got {type(out).__name__}")
+        self.out = out
+        self.checked = checked
+
+    def _check_finite(self, name: str, tensor: torch.Tensor) -> None:
+        if not self.checked:
+            check_finite(name, tensor)
+
+    # --- validated inputs -------------------------------------------------------------
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        """(B, C, h, w) float32 logits, checked finite."""
+        if self.out.logits is None:
+            raise OodsegError("SegOutput.logits: missing; this score needs the logits (B, C, h, w)")
+        logits = as_float("logits", self.out.logits, 4, "(B, C, h, w)")
+        if logits.shape[1] < 2:
+            raise OodsegError(f"logits: need at least 2 classes, got shape {tuple(logits.shape)}")
+        self._check_finite("logits", logits)
+        return logits
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[1] if self.out.logits is not None else self.weight.shape[0]
+
+    @property
+    def map_shape(self) -> tuple[int, int, int]:
+        """(B, h, w) of the score maps: from the logits, else from the features."""
+        source = self.logits if self.out.logits is not None else self.features
+        return (source.shape[0], *source.shape[2:])
+
+    @cached_property
+    def features(self) -> torch.Tensor:
+        """(B, D, h, w) float32 head input ``z``, checked against the logits' batch and size."""
+        if self.out.features is None:
+            raise OodsegError("SegOutput.features: missing; this score needs the head input features z "
+                              "(use oodseg.adapter.ModelAdapter)")
+        features = as_float("features", self.out.features, 4, "(B, D, h, w)")
+        logits = self.out.logits
+        if isinstance(logits, torch.Tensor) and logits.dim() == 4 and (
+                features.shape[0] != logits.shape[0] or features.shape[2:] != logits.shape[2:]):
+            raise OodsegError(f"features: shape {tuple(features.shape)} does not match logits "
+                              f"{tuple(logits.shape)} in batch or spatial size")
+        self._check_finite("features", features)
+        return features
+
+    @cached_property
+    def weight(self) -> torch.Tensor:
+        """(C, D) float32 head weight (a (C, D, 1, 1) conv weight is accepted)."""
+        weight = self.out.weight
+        if weight is None:
+            raise OodsegError("SegOutput.weight: missing; this score needs the 1×1 head weight W (C, D)")
+        if isinstance(weight, torch.Tensor) and weight.dim() == 4 and weight.shape[2:] == (1, 1):
+            weight = weight[:, :, 0, 0]
+        weight = as_float("weight", weight, 2, "(C, D)")
+        classes = self.logits.shape[1] if self.out.logits is not None else weight.shape[0]
+        width = self.features.shape[1] if self.out.features is not None else weight.shape[1]
+        if weight.shape != (classes, width):
+            raise OodsegError(f"weight: shape {tuple(weight.shape)} does not match (C, D) = ({classes}, {width}) "
+                              f"of logits and features")
+        self._check_finite("weight", weight)
+        return weight
+
+    @cached_property
+    def bias(self) -> torch.Tensor:
+        """(C,) float32 head bias; zeros when the head has none."""
+        if self.out.bias is None:
+            return self.weight.new_zeros(self.num_classes)
+        bias = as_float("bias", self.out.bias, 1, "(C,)")
+        if bias.shape[0] != self.num_classes:
+            raise OodsegError(f"bias: {bias.shape[0]} entries for {self.num_classes} classes")
+        self._check_finite("bias", bias)
+        return bias
+
+    @cached_property
+    def block(self) -> HeadBlock:
+        """The ``conv → BN → ReLU`` block feeding the head."""
+        if self.out.block is None:
+            raise OodsegError("SegOutput.block: missing; second-to-last-layer scores need the conv→BN→ReLU "
+                              "block feeding the head (ModelAdapter captures it when present)")
+        return self.out.block
+
+    def memo(self, key: tuple, make) -> torch.Tensor:
+        """``make()`` computed once per ``key`` for these inputs (lets scorers share derived maps)."""
+        cache = self.__dict__.setdefault("_memo", {})
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    # --- softmax family ---------------------------------------------------------------
+    @cached_property
+    def max_logit(self) -> torch.Tensor:
+        """(B, h, w) largest logit ``m``."""
+        return self.logits.amax(dim=1)
+
+    @cached_property
+    def shifted(self) -> torch.Tensor:
+        """(B, C, h, w) ``l - m`` (≤ 0; the max class is 0)."""
+        return self.logits - self.max_logit.unsqueeze(1)
+
+    def tempered_exp(self, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e, s)``: (B, C, h, w) ``exp((l - m)/T)`` in (0, 1] and (B, h, w) its class sum ``s ≥ 1``."""
+        cache = self.__dict__.setdefault("_tempered", {})
+        if temperature not in cache:
+            scaled = self.shifted if temperature == 1.0 else self.shifted * (1.0 / temperature)
+            exp = torch.exp(scaled)
+            cache[temperature] = (exp, exp.sum(dim=1))
+        return cache[temperature]
+
+    def logsumexp(self, temperature: float = 1.0) -> torch.Tensor:
+        """(B, h, w) ``logsumexp(l / T)``."""
+        _, total = self.tempered_exp(temperature)
+        return self.max_logit / temperature + torch.log(total)
+
+    def softmax(self, temperature: float = 1.0) -> torch.Tensor:
+        """(B, C, h, w) ``softmax(l / T)``."""
+        exp, total = self.tempered_exp(temperature)
+        return exp / total.unsqueeze(1)
+
+    def softmax_entropy(self, temperature: float = 1.0) -> torch.Tensor:
+        """(B, h, w) ``-Σ q log q`` of ``q = softmax(l/T)`` in nats, without forming ``log q``.
+
+        ``-Σ q log q = log s - Σ e·(l-m)/T / s`` with ``e, s`` from :meth:`tempered_exp`.
+        """
+        cache = self.__dict__.setdefault("_entropy", {})
+        if temperature not in cache:
+            exp, total = self.tempered_exp(temperature)
+            weighted = (exp * self.shifted).sum(dim=1) / temperature
+            cache[temperature] = (torch.log(total) - weighted / total).clamp_min(0.0)
+        return cache[temperature]
+
+    @cached_property
+    def log_softmax(self) -> torch.Tensor:
+        """(B, C, h, w) ``log softmax(l)``."""
+        _, total = self.tempered_exp(1.0)
+        return self.shifted - torch.log(total).unsqueeze(1)
+
+    @cached_property
+    def top2(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w) largest and second-largest logit (equal on ties), one pass over the classes."""
+        logits = self.logits
+        first = torch.maximum(logits[:, 0], logits[:, 1])
+        second = torch.minimum(logits[:, 0], logits[:, 1])
+        for c in range(2, logits.shape[1]):
+            channel = logits[:, c]
+            second = torch.maximum(second, torch.minimum(first, channel))
+            first = torch.maximum(first, channel)
+        return first, second
+
+    @cached_property
+    def argmax(self) -> torch.Tensor:
+        """(B, h, w) int64 predicted class ``ĉ`` (first maximal class, as ``torch.argmax``)."""
+        logits, best = self.logits, self.max_logit
+        index = torch.zeros_like(best, dtype=torch.long)
+        for c in range(logits.shape[1] - 1, -1, -1):
+            index.masked_fill_(logits[:, c] == best, c)
+        return index
+
+    # --- feature family ---------------------------------------------------------------
+    @cached_property
+    def feature_norm(self) -> torch.Tensor:
+        """(B, h, w) Euclidean norm ``‖z‖₂``."""
+        return torch.linalg.vector_norm(self.features, ord=2, dim=1)
+
+    @cached_property
+    def log_abs_features(self) -> torch.Tensor:
+        """(B, D, h, w) ``log|z|`` (−inf where ``z = 0``)."""
+        return torch.log(self.features.abs())
+
+    def log_feature_pnorm(self, p: float) -> torch.Tensor:
+        """(B, h, w) ``log ‖z‖_p = logsumexp(p·log|z|)/p`` (no overflow, also for 0 < p < 1)."""
+        cache = self.__dict__.setdefault("_log_pnorm", {})
+        if p not in cache:
+            cache[p] = log_pnorm(self.log_abs_features, p)
+        return cache[p]
+
+    @cached_property
+    def projection(self) -> torch.Tensor:
+        """(B, C, h, w) ``W z`` without bias."""
+        return torch.einsum("cd,bdhw->bchw", self.weight, self.features)
+
+    @cached_property
+    def class_weight_norm(self) -> torch.Tensor:
+        """(C,) ``ω_c = ‖W_c‖₂`` (floored at ``NORM_FLOOR``)."""
+        return torch.linalg.vector_norm(self.weight, ord=2, dim=1).clamp_min(NORM_FLOOR)
+
+
+def channel_logsumexp(values: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` over dim 1 of ``values`` (B, C, ...) → (B, ...); max-shifted, fast on channel-first data."""
+    top = values.amax(dim=1)
+    top = top.masked_fill(torch.isneginf(top), 0.0)  # all entries -inf: the result stays -inf, not NaN
+    return top + torch.log(torch.exp(values - top.unsqueeze(1)).sum(dim=1))
+
+
+def log_pnorm(log_abs: torch.Tensor, p: float) -> torch.Tensor:
+    """``log (Σ |x|^p)^{1/p}`` over dim 1 from ``log|x|`` (−inf entries count as zeros; no overflow)."""
+    return channel_logsumexp(log_abs * p) / p

@@ -1,0 +1,119 @@
+"""Training losses on ``(B, C, H, W)`` logits and ``(B, H, W)`` int64 labels.
+
+Labels: trainIds ``0..C-1`` are inlier pixels, 254 marks outlier (pasted/mixed) pixels,
+255 is ignored. Every loss is a mean over the pixels it applies to, and is an exact zero
+(still attached to the graph) when a batch has no such pixels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+OUTLIER = 254
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` (both (B,H,W)); ``0 * sum`` when the mask is empty (keeps the graph)."""
+    count = mask.sum()
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / count.clamp(min=1)
+
+
+# --- cross entropy and entropy maximisation (Meta-OoD, SPEC §2.1) ---
+
+def inlier_mask(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B,H,W) bool: pixels labelled with a trainId ``0..num_classes-1``."""
+    return (labels >= 0) & (labels < num_classes)
+
+
+def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy ``-log p_y`` over inlier pixels (labels 254/255 ignored)."""
+    mask = inlier_mask(labels, logits.shape[1])
+    ce = F.cross_entropy(logits, torch.where(mask, labels, torch.zeros_like(labels)), reduction="none")
+    return _masked_mean(ce, mask)
+
+
+def uniform_cross_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over ``mask`` pixels of ``-(1/C) Σ_j log p_j`` (CE against the uniform label).
+
+    Equals ``KL(U‖p) + log C`` per pixel, so it is minimal (``log C``) exactly at the uniform softmax.
+    """
+    per_pixel = -F.log_softmax(logits, dim=1).mean(dim=1)
+    return _masked_mean(per_pixel, mask)
+
+
+def entropy_max_loss(logits: torch.Tensor, labels: torch.Tensor,
+                     lam: float = 0.9) -> tuple[torch.Tensor, dict[str, float]]:
+    """``(1-λ)·E_in[CE] + λ·E_out[-(1/C) Σ_j log p_j]`` (SPEC §2.1); out = pixels labelled 254.
+
+    Returns the total and the terms ``{"ce", "out", "out_pixels"}`` for the log.
+    """
+    ce = inlier_cross_entropy(logits, labels)
+    out_mask = labels == OUTLIER
+    out = uniform_cross_entropy(logits, out_mask)
+    total = (1.0 - lam) * ce + lam * out
+    return total, {"ce": float(ce.detach()), "out": float(out.detach()), "out_pixels": float(out_mask.sum())}
+
+
+# --- NFlowJS and RPL/CoroCL losses (SPEC §2.2, §2.3) ---
+
+def js_to_uniform(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-pixel ``JS(U, softmax(l/T))`` in nats, logits (B,C,H,W) → (B,H,W), values in ``[0, log 2]``.
+
+    ``JS(P,Q) = ½KL(P‖M) + ½KL(Q‖M)``, ``M = (P+Q)/2``; differentiable (the NFlowJS ``L_neg``).
+    """
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    log_u = -math.log(logits.shape[1])
+    log_m = torch.logaddexp(log_p, torch.full_like(log_p, log_u)) - math.log(2.0)
+    kl_p_m = (log_p.exp() * (log_p - log_m)).sum(1)
+    kl_u_m = (log_u - log_m).mean(1)
+    return 0.5 * (kl_u_m + kl_p_m)
+
+
+def pixel_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel softmax entropy ``-Σ p log p`` in nats, (B,C,H,W) → (B,H,W)."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(1)
+
+
+def rpl_inlier_loss(rpl_logits: torch.Tensor, vanilla_logits: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RPL on inlier pixels: ``(mean CE(rpl, argmax vanilla), mean (H(rpl) - H(vanilla))²)`` over ``mask`` (B,H,W)."""
+    pseudo_label = vanilla_logits.argmax(1)
+    ce = _masked_mean(F.cross_entropy(rpl_logits, pseudo_label, reduction="none"), mask)
+    entropy_gap = pixel_entropy(rpl_logits) - pixel_entropy(vanilla_logits).detach()
+    return ce, _masked_mean(entropy_gap * entropy_gap, mask)
+
+
+def rpl_outlier_loss(rpl_logits: torch.Tensor, mask: torch.Tensor, weight: float = 0.05) -> torch.Tensor:
+    """RPL on outlier pixels: ``weight · mean ReLU(logsumexp(rpl))`` over ``mask`` (pushes the energy ``-lse`` up to ≥ 0)."""
+    return weight * _masked_mean(F.relu(torch.logsumexp(rpl_logits, dim=1)), mask)
+
+
+def supervised_infonce(anchors: torch.Tensor, anchor_labels: torch.Tensor, others: torch.Tensor,
+                       other_labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised InfoNCE (SupCon, "L_out") of anchor embeddings against a contrast set.
+
+    The contrast set is the anchors themselves plus ``others``; embeddings are L2-normalised.
+    For anchor i with positives P(i) (same label, i itself excluded):
+    ``ℓ_i = -1/|P(i)| Σ_{p∈P(i)} log(exp(a_i·c_p/τ) / Σ_{k≠i} exp(a_i·c_k/τ))``; the loss is the
+    mean over anchors with at least one positive (an attached zero when there are none).
+
+    Args:
+        anchors: (N, R) embeddings; anchor_labels: (N,) ints.
+        others: (M, R) further contrast embeddings (M may be 0); other_labels: (M,).
+    """
+    anchors = F.normalize(anchors, dim=1)
+    contrast = torch.cat([anchors, F.normalize(others, dim=1)])
+    labels = torch.cat([anchor_labels, other_labels])
+    similarity = anchors @ contrast.T / temperature
+    not_self = torch.ones_like(similarity, dtype=torch.bool)
+    not_self[:, : anchors.shape[0]].fill_diagonal_(False)
+    log_denominator = torch.logsumexp(similarity.masked_fill(~not_self, float("-inf")), dim=1, keepdim=True)
+    positive = (anchor_labels[:, None] == labels[None, :]) & not_self
+    count = positive.sum(1)
+    log_ratio = torch.where(positive, similarity - log_denominator, torch.zeros_like(similarity))
+    per_anchor = -log_ratio.sum(1) / count.clamp(min=1)
+    return _masked_mean(per_anchor, count > 0)

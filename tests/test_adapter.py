@@ -1,0 +1,186 @@
+"""ModelAdapter: head discovery, captured tensors, block capture, gradients and hook hygiene."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oodseg.adapter import ModelAdapter, SegOutput, model_logits
+from oodseg.errors import OodsegError
+from oodseg.models import DeepLabV3Plus, SmallSegNet
+
+
+class AuxAfterHead(nn.Module):
+    """Head 'cls' is registered before an auxiliary 1×1 conv 'aux' with the same class count,
+    and 'aux' even runs after 'cls'; the network returns a dict."""
+
+    def __init__(self, classes=5):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.cls = nn.Conv2d(8, classes, 1)
+        self.aux = nn.Conv2d(8, classes, 1)
+
+    def forward(self, x):
+        z = self.down(self.body(x))
+        logits = self.cls(z)
+        aux = self.aux(z)
+        return {"aux": aux, "out": F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)}
+
+
+class NoHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def _models():
+    return {
+        "deeplab-r18": DeepLabV3Plus(num_classes=6, backbone="resnet18", output_stride=16),
+        "small": SmallSegNet(num_classes=6, widths=(8, 16, 24), aspp_channels=16, low_channels=8, decoder_channels=16),
+        "aux-after-head": AuxAfterHead(classes=6),
+    }
+
+
+def _randomise_bn(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("name", ["deeplab-r18", "small", "aux-after-head"])
+def test_captured_head_reproduces_logits(name, rng):
+    model = _randomise_bn(_models()[name]).eval()
+    expected_head = "cls" if name == "aux-after-head" else "classifier"
+    images = torch.from_numpy(rng.random((2, 3, 48, 64), dtype=np.float32))
+    with ModelAdapter(model) as adapter, torch.no_grad():
+        out = adapter(images)
+        assert adapter.head_name == expected_head and adapter.head is dict(model.named_modules())[expected_head]
+        assert adapter.num_classes == 6 and adapter.model is model
+        full = model_logits(model(images))
+    assert isinstance(out, SegOutput) and out.image_size == (48, 64)
+    # independent: numpy W z + b against the captured logits
+    z, w, b = out.features.numpy(), out.weight.detach().numpy(), out.bias.detach().numpy()
+    assert w.shape == (6, z.shape[1])
+    np.testing.assert_allclose(np.einsum("cd,bdhw->bchw", w, z) + b[None, :, None, None], out.logits.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    # the network's own output is the bilinear upsampling of the captured logits
+    torch.testing.assert_close(out.upsampled_logits(), full)
+
+
+@pytest.mark.parametrize("name", ["deeplab-r18", "small"])
+def test_block_capture_reproduces_block_output(name, rng):
+    model = _randomise_bn(_models()[name]).eval()
+    images = torch.from_numpy(rng.random((1, 3, 32, 48), dtype=np.float32))
+    with ModelAdapter(model, capture_block=True) as adapter, torch.no_grad():
+        out = adapter(images)
+    block = out.block
+    assert adapter.has_block and block is not None
+    last = model.decoder.fuse[-1]
+    conv, bn = last[0], last[1]
+    assert block.conv_weight is conv.weight and block.stride == (1, 1) and block.padding == (1, 1)
+    # independent re-computation: conv with the reported geometry, eval-mode BN written out by hand
+    conv_out = F.conv2d(block.input, block.conv_weight, None, block.stride, block.padding, block.dilation)
+    mean, var = bn.running_mean[:, None, None], bn.running_var[:, None, None]
+    expected_pre = (conv_out - mean) / torch.sqrt(var + bn.eps) * bn.weight[:, None, None] + bn.bias[:, None, None]
+    torch.testing.assert_close(block.pre_relu[0], expected_pre[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block.bn_scale, bn.weight / torch.sqrt(bn.running_var + bn.eps))
+    torch.testing.assert_close(torch.relu(block.pre_relu), out.features)  # Dropout2d is the identity in eval
+    with ModelAdapter(model) as plain, torch.no_grad():
+        assert plain(images).block is None  # only on request
+
+
+def test_block_is_not_claimed_without_conv_bn_relu():
+    with ModelAdapter(AuxAfterHead(), capture_block=True) as adapter:
+        assert not adapter.has_block and adapter(torch.rand(1, 3, 16, 16)).block is None
+
+
+def test_head_by_name_and_errors():
+    model = AuxAfterHead()
+    with ModelAdapter(model, head="aux") as adapter:
+        assert adapter.head is model.aux
+    with pytest.raises(OodsegError, match="'down': is a Conv2d.*not a 1×1"):
+        ModelAdapter(model, head="down")
+    with pytest.raises(OodsegError, match="no module of that name"):
+        ModelAdapter(model, head="nope")
+    with pytest.raises(OodsegError, match="no 1×1 Conv2d classifier head"):
+        ModelAdapter(NoHead())
+    with pytest.raises(OodsegError, match="expected a torch.nn.Module"):
+        ModelAdapter(lambda x: x)
+
+
+def test_bad_images_are_rejected():
+    with ModelAdapter(AuxAfterHead()) as adapter:
+        with pytest.raises(OodsegError, match=r"images: expected shape \(B, 3, H, W\)"):
+            adapter(torch.rand(3, 16, 16))
+        with pytest.raises(OodsegError, match="NaN or Inf"):
+            adapter(torch.full((1, 3, 8, 8), float("nan")))
+        with pytest.raises(OodsegError, match="dtype"):
+            adapter(torch.zeros((1, 3, 8, 8), dtype=torch.uint8))
+
+
+def test_gradients_flow_to_the_input_like_a_plain_forward(rng):
+    model = _randomise_bn(_models()["small"]).eval()
+    x = torch.from_numpy(rng.random((1, 3, 32, 32), dtype=np.float32))
+    through_adapter = x.clone().requires_grad_(True)
+    with ModelAdapter(model) as adapter:
+        out = adapter(through_adapter)
+        out.logits.max(dim=1).values.sum().backward()
+    direct = x.clone().requires_grad_(True)
+    model.classifier(model.features(direct)).max(dim=1).values.sum().backward()
+    assert through_adapter.grad.abs().sum() > 0
+    torch.testing.assert_close(through_adapter.grad, direct.grad)
+
+
+def test_close_removes_hooks_and_nothing_is_kept_between_calls():
+    model = _models()["small"].eval()
+    hooks_before = sum(len(m._forward_hooks) for m in model.modules())
+    adapter = ModelAdapter(model, capture_block=True)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks_before + 3
+    with torch.no_grad():
+        out = adapter(torch.rand(1, 3, 32, 32))
+    assert adapter._captured == {}
+    ref = weakref.ref(out.features)
+    del out
+    gc.collect()
+    assert ref() is None  # the adapter holds no reference to the last call's tensors
+    adapter.close()
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks_before
+    with pytest.raises(OodsegError, match="closed"):
+        adapter(torch.rand(1, 3, 32, 32))
+
+
+def test_train_mode_is_kept_and_dropout_stays_stochastic():
+    model = _models()["small"].train()
+    adapter = ModelAdapter(model)
+    assert model.training  # the probe pass does not change the mode
+    model.eval()
+    model.decoder.dropout.train()
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        a, b = adapter(x).logits, adapter(x).logits
+    assert not torch.equal(a, b)
+    adapter.close()
+
+
+def test_tuple_outputs_are_understood():
+    class TupleNet(AuxAfterHead):
+        def forward(self, x):
+            out = super().forward(x)
+            return out["out"], out["aux"]
+
+    with ModelAdapter(TupleNet()) as adapter:
+        assert adapter.head_name == "cls"
+    with pytest.raises(OodsegError, match="model output"):
+        model_logits("text")
