@@ -118,6 +118,8 @@ def test_head_by_name_and_errors():
         ModelAdapter(NoHead())
     with pytest.raises(OodsegError, match="expected a torch.nn.Module"):
         ModelAdapter(lambda x: x)
+    with pytest.raises(OodsegError, match=r"probe forward pass on a \(2, 2\) image failed.*probe_size"):
+        ModelAdapter(nn.Sequential(nn.Conv2d(3, 4, 5), nn.Conv2d(4, 2, 1)), probe_size=(2, 2))
 
 
 def test_bad_images_are_rejected():

@@ -94,3 +94,23 @@ def test_train_set_checks_labels_and_shapes(rng):
         dataset[(0, 1)]
     item = SegmentationTrainSet([SimpleNamespace(image=image, label=label, image_path="x/w.png")], TrainAugment(8), 19)[(0, 7)]
     assert item["image"].shape == (3, 8, 8) and item["label"].shape == (8, 8) and item["seed"] == 7
+
+
+class _CountingDataset(list):
+    reads = 0
+
+    def __getitem__(self, index):
+        type(self).reads += 1
+        return super().__getitem__(index)
+
+
+def test_train_set_cache_reads_each_frame_once_within_budget(rng):
+    frames = _CountingDataset(SimpleNamespace(image=img, label=lab, image_path=f"{i}.png")
+                              for i, (img, lab) in enumerate(_pair(rng) for _ in range(3)))
+    one_frame_mb = (20 * 30 * 4) / 2 ** 20
+    cached = SegmentationTrainSet(frames, TrainAugment(8), 19, cache_mb=2.5 * one_frame_mb)  # room for 2 frames
+    for _ in range(3):
+        for index in range(3):
+            cached[(index, 0)]
+    assert _CountingDataset.reads == 2 + 3  # frames 0, 1 once; frame 2 every time
+    assert torch.equal(cached[(2, 5)]["image"], SegmentationTrainSet(frames, TrainAugment(8), 19)[(2, 5)]["image"])

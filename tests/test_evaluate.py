@@ -19,7 +19,7 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from oodseg.cli import main
-from oodseg.data import open_dataset, score_path, write_score
+from oodseg.data import open_dataset, write_score
 from oodseg.errors import OodsegError
 from oodseg.evaluation import evaluate_dataset
 
@@ -46,7 +46,7 @@ def make_smiyc(root: Path, rng, n=N, score_shape=(H, W)):
         (root / "labels_masks").mkdir(exist_ok=True)
         Image.fromarray(label).save(root / "labels_masks" / f"{fid}_labels_semantic.png")
         yy, xx = np.mgrid[0:score_shape[0], 0:score_shape[1]]
-        up = np.kron(label, np.ones((1, 1), np.uint8)) if score_shape == (H, W) else label[::2, ::2]
+        up = label if score_shape == (H, W) else label[::2, ::2]
         score = (up == 1) * 2.0 + rng.normal(0, 0.8, score_shape) + 0.01 * (yy + xx)
         write_score(scores_dir / f"{fid}.hdf5", score.astype(np.float32))
         labels[fid] = label
@@ -324,7 +324,7 @@ def test_torchrun_two_processes_equal_one(smiyc, tmp_path):
         two = tmp_path / f"two_{mode}.json"
         base = ["evaluate", "--root", str(root), "--scores", str(scores_dir), "--mode", mode]
         subprocess.run([str(oodseg), *base, "--json", str(one)], check=True, env=env, capture_output=True)
-        proc = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=0", str(oodseg), *base,
+        proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(oodseg), *base,
                                "--json", str(two)], env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         results[mode] = json.loads(one.read_text()), json.loads(two.read_text())

@@ -161,6 +161,9 @@ class ModelAdapter:
             self.model.eval()
             with torch.no_grad():
                 logits = model_logits(self.model(probe))
+        except RuntimeError as exc:
+            raise OodsegError(f"model {type(self.model).__name__}: probe forward pass on a {probe_size} image failed "
+                              f"({str(exc).splitlines()[0]}); pass probe_size=(H, W) or head=NAME") from exc
         finally:
             self.model.train(was_training)
             for h in handles:

@@ -334,3 +334,101 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
     miou = "–" if summary["val_mIoU"] is None else f"{100 * summary['val_mIoU']:.2f}%"
     click.echo(f"{summary['recipe']}: {summary['steps']} steps in {summary['seconds']:.1f} s, val mIoU {miou}; "
                f"checkpoint {summary['checkpoint']}")
+
+
+# --- synth ---
+@main.command("synth")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder (created).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed; same seed → byte-identical files.")
+@click.option("--size", "size", default="256x512", show_default=True, help="Image size HxW (multiples of 8, ≥ 64).")
+@click.option("--frames", default=None,
+              help="Counts per split, e.g. train=300,val=50,anomaly=40,obstacle=40,shifted=10,outliers=60 "
+                   "(shifted is per condition; unnamed splits keep these defaults).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
+@click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON.")
+def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite: bool, json_out: bool) -> None:
+    """Generate the SynthStreet benchmark: street scenes, anomaly/obstacle tracks, shifted set, outlier pool.
+
+    \b
+    Writes Cityscapes-layout train/val (and shifted night/fog/blur/noise) splits, SMIYC-layout
+    anomaly and obstacle tracks, an outlier object pool disjoint from the test anomalies, and
+    DIR/synthstreet.json. Deterministic. Rerunning with the same seed, size and frames on a
+    complete folder is a no-op ("cached"); an interrupted run never leaves a complete-looking folder.
+    \b
+    Examples:
+      oodseg synth --out data/synth
+      oodseg synth --out data/tiny --size 128x256 --frames train=50,val=10,anomaly=10,obstacle=10 --seed 1
+      oodseg synth --out data/synth --seed 2 --overwrite --json
+    """
+    from oodseg.data.synthetic import generate, parse_size
+
+    manifest = generate(out, seed=seed, size=parse_size(size), frames=frames, overwrite=overwrite, progress=True)
+    if json_out:
+        echo_json(manifest)
+        return
+    counts = manifest["frames"]
+    state = "up to date (cached)" if manifest["cached"] else "written"
+    click.echo(f"SynthStreet {manifest['size'][0]}x{manifest['size'][1]} seed {manifest['seed']} {state} in {out}: "
+               f"train {counts['train']}, val {counts['val']}, anomaly {counts['anomaly']}, obstacle {counts['obstacle']}, "
+               f"shifted {counts['shifted']}x4, outliers {counts['outliers']}; "
+               f"{len(manifest['classes_present'])} classes present")
+
+
+# --- demo ---
+@main.command("demo")
+@click.option("--out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder; every step is cached there, so a rerun only redoes what is missing.")
+@click.option("--seed", default=0, show_default=True, help="SynthStreet and training seed.")
+@click.option("--method", "methods", multiple=True, help="Score only these methods (default: every post-hoc score).")
+@click.option("--frames", "report_frames", default=4, show_default=True, help="Example frames per track in the report.")
+@click.option("--quick", is_flag=True, help="Tiny data and a few training steps (a smoke test in seconds).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking tables and timings as JSON.")
+def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: int, quick: bool, as_json: bool) -> None:
+    """Run everything on SynthStreet: generate, train, score, evaluate, rank, report.
+
+    \b
+    Example:
+      oodseg demo --out demo-out        # ~10 min on 2 CPU cores the first time, ~1-2 min after
+      open demo-out/report/index.html
+    """
+    from oodseg.demo import DEMO_METHODS, DemoConfig, run_demo
+
+    log = (lambda message: click.echo(message, err=True))
+    config = DemoConfig(out=out, seed=seed, methods=methods or DEMO_METHODS, report_frames=report_frames,
+                        quick=quick, log=log)
+    result = run_demo(config)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(f"results: {result['out']}/results.md · report: {result['out']}/report/index.html")
+
+
+# --- bench ---
+@main.command("bench")
+@click.argument("names", nargs=-1)
+@click.option("--quick", is_flag=True, help="Smaller inputs (each script's --quick).")
+def bench_command(names: tuple[str, ...], quick: bool) -> None:
+    """Run the speed/memory benchmarks of a source checkout (benchmarks/*.py); print their ratios.
+
+    \b
+    Example:
+      oodseg bench scores metrics --quick
+    """
+    import runpy
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not folder.is_dir():
+        raise OodsegError(f"{folder}: benchmarks are only available in a source checkout of oodseg")
+    available = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+    unknown = sorted(set(names) - set(available))
+    if unknown:
+        raise OodsegError(f"unknown benchmark {unknown[0]!r} (available: {', '.join(available)})")
+    for name in names or available:
+        click.echo(f"== benchmarks/{name}.py", err=True)
+        argv = sys.argv
+        sys.argv = [str(folder / f"{name}.py")] + (["--quick"] if quick else [])
+        try:
+            runpy.run_path(str(folder / f"{name}.py"), run_name="__main__")
+        finally:
+            sys.argv = argv

@@ -245,7 +245,6 @@ def _save(path: Path, image: np.ndarray, fmt: str) -> None:
     elif fmt == "webp":
         Image.fromarray(image).save(path, "WEBP", lossless=True, quality=0, method=0)
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
         _save_label_png(path, image)
 
 

@@ -97,18 +97,25 @@ class SegmentationTrainSet(torch.utils.data.Dataset):
 
     Indexed by ``(index, seed)`` pairs (see ``oodseg.training.trainer``): the seed drives the
     augmentation. Items are ``{"image": (3,c,c) float32, "label": (c,c) int64, "seed": int}``.
+    Decoded, checked frames are kept in memory up to ``cache_mb`` MiB (per process), so small
+    datasets are read from disk once.
     """
 
-    def __init__(self, dataset, augment: TrainAugment, num_classes: int) -> None:
+    def __init__(self, dataset, augment: TrainAugment, num_classes: int, cache_mb: float = 0) -> None:
         if len(dataset) == 0:
             raise OodsegError(f"{dataset.root}: no training images found")
         self.dataset, self.augment, self.num_classes = dataset, augment, num_classes
+        self.cache_bytes = int(cache_mb * 2 ** 20)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        index, seed = key
+    def frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image uint8 (H,W,3), label uint8 (H,W)) of frame ``index``, checked (cached when room is left)."""
+        if index in self._cache:
+            return self._cache[index]
         sample = self.dataset[index]
         if sample.label is None:
             raise OodsegError(f"{sample.image_path}: no label file for this training image")
@@ -116,6 +123,15 @@ class SegmentationTrainSet(torch.utils.data.Dataset):
             raise OodsegError(f"{sample.image_path}: label shape {sample.label.shape} differs from image "
                               f"{sample.image.shape[:2]}")
         check_labels(sample.label, self.num_classes, str(sample.image_path))
+        size = sample.image.nbytes + sample.label.nbytes
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[index] = (sample.image, sample.label)
+            self._cached_bytes += size
+        return sample.image, sample.label
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        index, seed = key
+        image, label = self.frame(index)
         rng = np.random.default_rng(seed)
-        image, label = self.augment(image_to_tensor(sample.image), label_to_tensor(sample.label), rng)
+        image, label = self.augment(image_to_tensor(image), label_to_tensor(label), rng)
         return {"image": image, "label": label, "seed": seed}

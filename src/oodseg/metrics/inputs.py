@@ -78,7 +78,3 @@ def check_mask(mask, shape: tuple[int, ...], name: str) -> np.ndarray:
         raise OodsegError(f"{name}: shape {tuple(arr.shape)} does not match score shape {tuple(shape)}")
     return arr
 
-
-def check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> None:
-    if a.shape != b.shape:
-        raise OodsegError(f"{name_b}: shape {tuple(b.shape)} does not match {name_a} shape {tuple(a.shape)}")

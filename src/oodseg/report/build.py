@@ -42,9 +42,11 @@ def build_report(results_dir: str | Path, out: str | Path, frames: int = 4, over
 
     with atomic_directory(out) as tmp:
         (tmp / "plots").mkdir()
-        sections = [DatasetSection(table, _dataset_caption(ranked[table.dataset]),
-                                   _dataset_figures(i, ranked[table.dataset], colours, tmp))
-                    for i, table in enumerate(track(tables, "report: charts"))]
+        sections = []
+        for i, table in enumerate(track(tables, "report: charts")):
+            figures = _dataset_figures(i, ranked[table.dataset], colours, tmp)
+            sections.append(DatasetSection(table, _dataset_caption(ranked[table.dataset]), figures,
+                                           frames_after=int(bool(figures) and figures[0][1].endswith("-pr-roc.png"))))
         scales, colourbar = {}, None
         if frames and ranked:
             grids, scales = render_frames(ranked, frames, tmp / "frames", tmp)

@@ -110,6 +110,7 @@ class DatasetSection:
     caption: str
     figures: list[tuple[str, str, str]] = field(default_factory=list)  # (title, path, caption)
     frames: FrameGrid | None = None
+    frames_after: int = 1  # the example frames follow this many figures (the PR/ROC curves)
 
 
 @dataclass
@@ -214,7 +215,8 @@ def _dataset_html(index: int, section: DatasetSection, colours: dict,
             f'<p class="meta">{escape(section.caption)}</p>{_table_html(section.table, colours)}'
             f'<p class="note">Best value per column highlighted; click a header to sort. '
             f"Values in percent except AuSE; — = not in the results file.</p>"
-            f"{_figures_html(section.figures)}{frames}</section>")
+            f"{_figures_html(section.figures[:section.frames_after])}{frames}"
+            f"{_figures_html(section.figures[section.frames_after:])}</section>")
 
 
 def _extra_html(section: ExtraSection) -> str:

@@ -107,7 +107,7 @@ def plot_score_histograms(evaluations: list[Evaluation], path: Path) -> Figure:
             ax.set_title(ev.label)
             ax.set_yticks([])
             ax.set_xlabel("anomaly score")
-        fig.legend(*axes[0].get_legend_handles_labels(), loc="upper right", ncols=2, frameon=False)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="upper left", ncols=2, frameon=False)
         return _save(fig, path)
 
 
@@ -157,19 +157,19 @@ def plot_meta_thresholds(meta: dict, path: Path) -> Figure:
         return [np.nan if row[stage].get(key) is None else row[stage][key] for row in rows]
 
     with matplotlib.rc_context(STYLE):
-        fig = _figure(12.0, 3.4, right=1.6, wspace=0.75)
+        fig = _figure(11.0, 3.4, right=1.2, wspace=0.45)
         ax_err, ax_rate = fig.subplots(1, 2)
         for key, colour in (("FP", ANOMALY_COLOUR), ("FN", INLIER_COLOUR)):
             ax_err.plot(t, series("before", key), color=colour, marker="o", ms=3, lw=1.4, label=f"{key} before")
             ax_err.plot(t, series("after", key), color=colour, marker="o", ms=3, lw=1.4, ls="--",
                         label=f"{key} after")
         for key, colour in (("F1", "#2b8a3e"), ("miss_rate", "#862e9c")):
-            name = "road miss rate ε" if key == "miss_rate" else key
+            name = "ε" if key == "miss_rate" else key
             ax_rate.plot(t, series("before", key), color=colour, marker="o", ms=3, lw=1.4, label=f"{name} before")
             ax_rate.plot(t, series("after", key), color=colour, marker="o", ms=3, lw=1.4, ls="--",
                          label=f"{name} after")
         ax_err.set(title="Segment errors", xlabel="entropy threshold t", ylabel="count")
-        ax_rate.set(title="F1 and road miss rate", xlabel="entropy threshold t", ylim=(0, 1.02))
+        ax_rate.set(title="F1 and road miss rate ε", xlabel="entropy threshold t", ylim=(0, 1.02))
         for ax in (ax_err, ax_rate):
             ax.legend(frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
         return _save(fig, path)

@@ -22,7 +22,7 @@ from oodseg.errors import OodsegError
 from oodseg.scores.inputs import ScoreInputs, check_finite
 
 #: Pixels per tile for pixel-wise scores (rows are grouped until a tile holds about this many).
-TILE_PIXELS = 1 << 14
+TILE_PIXELS = 1 << 15
 
 
 class Scorer:

@@ -207,6 +207,25 @@ class Flow(nn.Module):
             channels = keep
 
     @property
+    def initialized(self) -> bool:
+        """Whether the actnorm layers have had their data-dependent initialisation."""
+        return all(bool(m.initialized) for m in self.modules() if isinstance(m, ActNorm))
+
+    @torch.no_grad()
+    def initialize(self, images: Tensor, generator: torch.Generator | None = None) -> None:
+        """Data-dependent actnorm initialisation on random square crops of ``images`` (B, C, H, W) in [0, 1].
+
+        The crop side is the largest multiple of ``2**levels`` up to half the shorter image side.
+        """
+        side = max(self.multiple, min(images.shape[-2:]) // 2 // self.multiple * self.multiple)
+        crops, _ = random_crops(images, side, side, generator)
+        noise = torch.rand(crops.shape, generator=generator, dtype=crops.dtype).to(crops.device)
+        was_training = self.training
+        self.train()
+        self((crops * 255.0 + noise) / 256.0)
+        self.train(was_training)
+
+    @property
     def multiple(self) -> int:
         """Spatial sizes must be multiples of this (``2**levels``)."""
         return 2 ** self.num_levels
@@ -370,6 +389,8 @@ class NFlowJSModule(nn.Module):
     def forward(self, images: Tensor, boxes: Tensor, seeds: Tensor, joint: bool = True) -> dict[str, Tensor]:
         nll, pasted = [], images.clone()
         with torch.autocast(images.device.type, enabled=False):  # the flow always runs in float32
+            if self.training and not self.flow.initialized:
+                self.flow.initialize(images.float(), torch.Generator().manual_seed(int(seeds[0])))
             for i, ((top, left, h, w), seed) in enumerate(zip(boxes.tolist(), seeds.tolist())):
                 generator = torch.Generator().manual_seed(int(seed))
                 crop = images[i:i + 1, :, top:top + h, left:left + w].float()

@@ -70,7 +70,8 @@ class RPLModel(nn.Module):
     ``forward(images (B,3,H,W) in [0,1])`` returns the base network's output computed with
     ``z + residual`` at the head; ``forward(images, training_outputs=True)`` returns
     ``{"vanilla", "rpl"}`` logits (B,C,h,w) at the head's resolution and ``"projection"``
-    (B,R,h,w), running the frozen network once without gradients.
+    (B,R,h,w), running the frozen network once without gradients. The hooks act only inside
+    this forward: calling ``base`` directly still gives the vanilla logits.
 
     Args:
         base: the closed-set network; frozen (``requires_grad=False``, always eval mode).

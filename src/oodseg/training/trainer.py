@@ -88,6 +88,7 @@ class TrainConfig:
     and still writes the final checkpoint. ``batch_size`` is the global batch (split over ranks).
     ``crop_size`` in pixels (square crops); ``scale_range`` the random rescale before cropping.
     ``amp``: "auto" (bf16 autocast on CUDA, off on CPU), "bf16", "fp16" (with GradScaler) or "off".
+    ``cache_mb``: decoded training frames kept in memory per process (small datasets load once).
     """
 
     recipe: str = "baseline"
@@ -123,6 +124,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 250
     num_workers: int = 0
+    cache_mb: float = 1024.0
     validate: bool = True
     resume: bool = False
     overwrite: bool = False
@@ -331,34 +333,23 @@ def set_batchnorm_mode(module: nn.Module, bn: str) -> None:
 # --- evaluation -----------------------------------------------------------------------------------
 
 @torch.no_grad()
-def confusion_matrix(model: nn.Module, dataset, num_classes: int, device: torch.device,
-                     description: str = "validate") -> torch.Tensor:
-    """(C, C) int64 confusion matrix (rows = ground truth, cols = prediction) over this rank's share
-    of ``dataset``, summed over all ranks; label pixels outside ``0..C-1`` are skipped."""
-    from oodseg.data.transforms import check_labels, image_to_tensor, label_to_tensor
+def validation_miou(model: nn.Module, dataset, num_classes: int, device: torch.device) -> float:
+    """mIoU (:class:`oodseg.metrics.SegmentationMetrics`) of ``model`` on ``dataset`` at full resolution;
+    frames sharded over ranks, the confusion matrix summed over all of them."""
+    from oodseg.data.transforms import check_labels, image_to_tensor
+    from oodseg.metrics import SegmentationMetrics
 
     was_training = model.training
     model.eval()
-    matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64)
-    for index in track(dist_utils.shard(range(len(dataset))), description):
+    metrics = SegmentationMetrics(num_classes)
+    for index in track(dist_utils.shard(range(len(dataset))), "validate"):
         sample = dataset[index]
         check_labels(sample.label, num_classes, str(sample.image_path))
         logits = segmentation_logits(model, image_to_tensor(sample.image)[None].to(device))
-        pred = logits.argmax(1)[0].cpu()
-        label = label_to_tensor(sample.label)
-        valid = label < num_classes
-        matrix += torch.bincount(label[valid] * num_classes + pred[valid], minlength=num_classes ** 2)
+        metrics.update(logits.argmax(1).cpu().numpy(), sample.label[None])
     model.train(was_training)
-    return dist_utils.all_reduce_sum(matrix).view(num_classes, num_classes)
-
-
-def mean_iou(matrix: torch.Tensor) -> float:
-    """Mean IoU over classes present in the ground truth or the prediction of a (C, C) confusion matrix."""
-    matrix = matrix.double()
-    tp = matrix.diag()
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+    metrics.all_reduce()
+    return metrics.compute()["mIoU"]
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -524,8 +515,8 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
 
     augment = TrainAugment(config.crop_size, tuple(config.scale_range), config.hflip, config.color_jitter)
     sampler = StepBatchSampler(len(train_data), config.batch_size, config.seed, start_step, total_steps, rank, world)
-    loader = torch.utils.data.DataLoader(SegmentationTrainSet(train_data, augment, config.num_classes),
-                                         batch_sampler=sampler, num_workers=config.num_workers)
+    train_set = SegmentationTrainSet(train_data, augment, config.num_classes, config.cache_mb)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=config.num_workers)
     params_to_clip = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = _autocast(device, config.amp)
     step, started = start_step, time.perf_counter()
@@ -582,7 +573,7 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     model, _, _ = recipe.export(unwrap(trainable))
     val_miou = None
     if val_data is not None and len(val_data):
-        val_miou = mean_iou(confusion_matrix(model, val_data, config.num_classes, device))
+        val_miou = validation_miou(model, val_data, config.num_classes, device)
     summary = {"schema": "oodseg.train", "version": 1, "recipe": config.recipe, "steps": step,
                "total_steps": total_steps, "stopped_early": stopped_early, "seconds": round(seconds, 3),
                "val_mIoU": val_miou, "checkpoint": str(out / CHECKPOINT_DIR), "architecture": config.arch,

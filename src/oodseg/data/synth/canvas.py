@@ -149,9 +149,11 @@ class Canvas:
         ids = self.paint_ids() if ids is None else ids
         h, w = ids.shape
         oy, ox = rng.integers(0, TILE_MARGIN + 1, size=2)
-        tiles = np.ascontiguousarray(texture_tiles(h, w)[:, oy:oy + h, ox:ox + w]).ravel()
-        flat = (self._table("texture", np.int64) * (h * w))[ids].ravel() + np.arange(h * w)
-        shade = 1.0 + self._table("amplitude", np.float32)[ids] * tiles[flat].reshape(h, w)
+        tiles = texture_tiles(h, w)
+        _, th, tw = tiles.shape
+        pixel = (np.arange(h)[:, None] * tw + np.arange(w)[None, :]) + (oy * tw + ox)
+        flat = (self._table("texture", np.int64) * (th * tw))[ids] + pixel
+        shade = 1.0 + self._table("amplitude", np.float32)[ids] * tiles.ravel()[flat]
         np.maximum(shade, 0.0, out=shade)
         image = self._table("rgb", np.float32)[ids] * shade[..., None]
         for pid, top, left, sprite in self._sprites:
