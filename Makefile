@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/oodseg demo --out demo-out
 
 test: $(STAMP)
+	bash scripts/install-chromium.sh
 	$(PY) -m pytest
 	$(PY) -m pytest -m slow
 

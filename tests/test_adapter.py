@@ -186,3 +186,16 @@ def test_tuple_outputs_are_understood():
         assert adapter.head_name == "cls"
     with pytest.raises(OodsegError, match="model output"):
         model_logits("text")
+
+
+def test_adapter_keeps_each_modules_own_train_mode():
+    """Building the adapter runs a probe pass in eval mode, then restores every module's own mode."""
+    model = SmallSegNet(num_classes=5)
+    model.eval()
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout2d)]
+    for m in dropouts:
+        m.train()  # mixed modes, as mc_dropout sets them
+    ModelAdapter(model)
+    assert not model.training
+    assert all(m.training for m in dropouts)
+    assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -47,7 +47,7 @@ def brute_force_features(ids, maps, probs, prediction):
             f[f"{name}_var_rel_in"] = f[f"{name}_var_in"] * f["S_rel_in"]
         if probs is not None:
             for c in range(probs.shape[0]):
-                f[f"cprob{c}"] = np.mean([probs[c, h, w] for h, w in pixels])
+                f[f"cprob{c}"] = np.mean([float(probs[c, h, w]) for h, w in pixels])
                 f[f"ndist{c}"] = sum(prediction[y, x] == c for y, x in ring) / max(len(ring), 1)
         f["mean_x"] = np.mean([h for h, _ in pixels])
         f["mean_y"] = np.mean([w for _, w in pixels])
@@ -114,7 +114,8 @@ def test_border_one_pixel_and_no_interior_segments():
     ids[2:5, 5] = 3              # a vertical line: no interior
     ids[3:6, 0:6][ids[3:6, 0:6] == 0] = 4  # an L-shaped block along the bottom border
     interior = interior_mask(ids)
-    assert interior.sum() == 1 + 1  # (1,1) of segment 1 and (4,1) of segment 4
+    # hand-counted: (1,1) of segment 1; (4,1), (4,2), (4,3) of segment 4 ((4,4) touches segment 3)
+    assert sorted(zip(*np.nonzero(interior))) == [(1, 1), (4, 1), (4, 2), (4, 3)]
     m = np.arange(42, dtype=np.float64).reshape(6, 7)
     probs = np.stack([m / 41, 1 - m / 41])
     result = segment_features(ids, 4, {"M": m}, probs)
@@ -124,8 +125,9 @@ def test_border_one_pixel_and_no_interior_segments():
     assert row["S_in"] == 0 and row["M_in"] == 0 and row["M_var_in"] == 0 and row["M_rel_in"] == 0
     row = dict(zip(result.names, result.values[1]))
     assert row["S"] == 1 and row["S_bd"] == 1 and row["M_var"] == 0
-    # hand-computed ring of the corner pixel (5,6): (4,5) segment 3? no: (4,5) is segment 3, (4,6) and (5,5)
-    assert row["ndist0"] + row["ndist1"] == pytest.approx(1.0)
+    # hand-computed ring of the corner pixel (5,6): (4,5), (4,6), (5,5) — three pixels
+    cls = probs.argmax(0)
+    assert row["ndist0"] == pytest.approx(np.mean([cls[4, 5] == 0, cls[4, 6] == 0, cls[5, 5] == 0]))
 
 
 def test_full_metaood_set_has_75_named_features():

@@ -156,7 +156,7 @@ class ModelAdapter:
         dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
         generator = torch.Generator().manual_seed(0)
         probe = torch.rand((1, 3, *probe_size), generator=generator).to(device=device, dtype=dtype)
-        was_training = self.model.training
+        modes = {module: module.training for module in self.model.modules()}
         try:
             self.model.eval()
             with torch.no_grad():
@@ -165,7 +165,8 @@ class ModelAdapter:
             raise OodsegError(f"model {type(self.model).__name__}: probe forward pass on a {probe_size} image failed "
                               f"({str(exc).splitlines()[0]}); pass probe_size=(H, W) or head=NAME") from exc
         finally:
-            self.model.train(was_training)
+            for module, training in modes.items():  # per module: a recursive train() would lose mixed modes
+                module.training = training
             for h in handles:
                 h.remove()
         if logits.dim() != 4:
