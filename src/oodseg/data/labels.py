@@ -133,3 +133,11 @@ STREETHAZARDS = _table("StreetHazards", {0: 255, **{v: 0 for v in range(1, 14)},
 CITYSCAPES_TRAINIDS = _table("Cityscapes trainIds", {**{v: v for v in range(19)}, 255: 255}, semantic=True)
 #: Cityscapes ``*_labelIds.png`` (0..33) mapped to trainIds.
 CITYSCAPES_LABELIDS = _table("Cityscapes labelIds", CITYSCAPES_ID_TO_TRAINID, semantic=True)
+#: Semantic labels with an outlier class (SynthStreet ``{fid}_labels_trainIds.png``): trainIds 0..18,
+#: 254 anomaly/obstacle pixels, 255 void.
+TRAINIDS_WITH_OUTLIERS = _table("trainIds with outliers", {**{v: v for v in range(19)}, 254: 254, 255: 255},
+                                semantic=True)
+#: StreetHazards annotations as semantic labels: class+1 -> class 0..12, the anomaly (14) -> 254,
+#: raw 0 -> 255 (void).
+STREETHAZARDS_SEMANTIC = _table("StreetHazards semantic", {0: 255, **{v: v - 1 for v in range(1, 14)}, 14: 254},
+                                semantic=True)

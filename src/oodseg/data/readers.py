@@ -12,6 +12,12 @@ Options every kind accepts:
 - ``labels``: ``"auto"`` (default: labels required when any exist, none otherwise),
   ``"required"``, ``"available"`` (keep only labelled frames, e.g. the SMIYC
   validation frames) or ``"none"`` (images only, e.g. for scoring).
+
+``smiyc-anomaly``, ``smiyc-obstacle`` and ``streethazards`` also take ``target``:
+``"ood"`` (default, labels 0/1/255) or ``"semantic"`` (trainIds, 254 on anomalies, 255
+void) for segmentation metrics with an outlier class (SPEC §4.4). Semantic SMIYC labels
+are ``labels_masks/{fid}_labels_trainIds.png`` (written by SynthStreet; the public SMIYC
+sets have none); StreetHazards reads its annotations with class+1 -> class, 14 -> 254.
 """
 from __future__ import annotations
 
@@ -26,8 +32,8 @@ import numpy as np
 from oodseg.data.imagefiles import IMAGE_SUFFIXES, read_image, read_raw_label
 from oodseg.data.labels import (CITYSCAPES_LABELIDS, CITYSCAPES_TRAINIDS, LOSTANDFOUND,
                                 LOSTANDFOUND_KNOWN_OBJECT_PREFIXES, OOD_LABELS, ROAD_ANOMALY_ORIGINAL,
-                                STREETHAZARDS, LabelEncoding, decode_label, encoding_from_mapping,
-                                parse_mapping)
+                                STREETHAZARDS, STREETHAZARDS_SEMANTIC, TRAINIDS_WITH_OUTLIERS, LabelEncoding,
+                                decode_label, encoding_from_mapping, parse_mapping)
 from oodseg.errors import OodsegError
 from oodseg.progress import track
 
@@ -168,6 +174,13 @@ def _paired_folders(root: Path, image_dir: str, label_dir: str, label_name: Call
     return [Frame(p.stem, p, labels / label_name(p.stem), encoding) for p in images]
 
 
+def _check_target(target: str) -> bool:
+    """Whether ``target`` asks for semantic labels (``"semantic"``) rather than OoD labels (``"ood"``)."""
+    if target not in ("ood", "semantic"):
+        raise OodsegError(f"target: {target!r} is not one of ood, semantic")
+    return target == "semantic"
+
+
 def _is_preprocessed(root: Path) -> bool:
     return (root / "original").is_dir() and (root / "labels").is_dir()
 
@@ -175,21 +188,25 @@ def _is_preprocessed(root: Path) -> bool:
 # --- layouts ------------------------------------------------------------------------------
 # Each returns (frames with the *expected* label paths, default name); labels are resolved after.
 
-def _smiyc(root: Path, track_dir: str) -> tuple[list[Frame], str]:
+def _smiyc(root: Path, track_dir: str, target: str) -> tuple[list[Frame], str]:
+    semantic = _check_target(target)
     base = root if (root / "images").is_dir() else root / track_dir
     images = _image_files(_require_dir(base / "images", f"SMIYC images; root must hold images/ or {track_dir}/"))
     masks = base / "labels_masks"
-    return [Frame(p.stem, p, masks / f"{p.stem}_labels_semantic.png", OOD_LABELS) for p in images], base.name
+    suffix, encoding = ("_labels_trainIds", TRAINIDS_WITH_OUTLIERS) if semantic else ("_labels_semantic", OOD_LABELS)
+    return [Frame(p.stem, p, masks / f"{p.stem}{suffix}.png", encoding) for p in images], base.name
 
 
-def _smiyc_anomaly(root: Path) -> tuple[list[Frame], str]:
-    """RoadAnomaly21: ``images/{fid}.jpg|png|webp``, ``labels_masks/{fid}_labels_semantic.png`` 0/1/255."""
-    return _smiyc(root, "dataset_AnomalyTrack")
+def _smiyc_anomaly(root: Path, target: str = "ood") -> tuple[list[Frame], str]:
+    """RoadAnomaly21: ``images/{fid}.jpg|png|webp``, ``labels_masks/{fid}_labels_semantic.png`` 0/1/255
+    (``target="semantic"``: ``{fid}_labels_trainIds.png``)."""
+    return _smiyc(root, "dataset_AnomalyTrack", target)
 
 
-def _smiyc_obstacle(root: Path) -> tuple[list[Frame], str]:
-    """RoadObstacle21: ``images/{fid}.webp``, ``labels_masks/{fid}_labels_semantic.png`` 0/1/255 (off-road 255)."""
-    return _smiyc(root, "dataset_ObstacleTrack")
+def _smiyc_obstacle(root: Path, target: str = "ood") -> tuple[list[Frame], str]:
+    """RoadObstacle21: ``images/{fid}.webp``, ``labels_masks/{fid}_labels_semantic.png`` 0/1/255 (off-road 255)
+    (``target="semantic"``: ``{fid}_labels_trainIds.png``, full scene labels)."""
+    return _smiyc(root, "dataset_ObstacleTrack", target)
 
 
 def _lostandfound(root: Path, split: str = "test") -> tuple[list[Frame], str]:
@@ -272,29 +289,40 @@ def _road_anomaly(root: Path) -> tuple[list[Frame], str]:
     raise OodsegError(f"{root}: not a RoadAnomaly layout (expected frames/ or original/ + labels/)")
 
 
-def _streethazards(root: Path, split: str = "test") -> tuple[list[Frame], str]:
-    """StreetHazards: ``{split}/images/**.png`` + ``{split}/annotations/**.png`` (class+1; anomaly 14)."""
+def _streethazards(root: Path, split: str = "test", target: str = "ood") -> tuple[list[Frame], str]:
+    """StreetHazards: ``{split}/images/**.png`` + ``{split}/annotations/**.png`` (class+1; anomaly 14).
+
+    ``target="semantic"``: the 13 classes 0..12, the anomaly as 254."""
+    encoding = STREETHAZARDS_SEMANTIC if _check_target(target) else STREETHAZARDS
     base = root / split if (root / split / "images").is_dir() else root
     images = _require_dir(base / "images", f"StreetHazards images; root must hold {split}/images/ or images/")
     annotations = base / "annotations"
     frames = [Frame(_fid_from_relative(p.relative_to(images)), p, annotations / p.relative_to(images).with_suffix(".png"),
-                    STREETHAZARDS) for p in _image_files(images, recursive=True)]
+                    encoding) for p in _image_files(images, recursive=True)]
     return frames, f"{root.name}-{split}"
 
 
-def _cityscapes(root: Path, split: str = "val") -> tuple[list[Frame], str]:
+def _cityscapes(root: Path, split: str = "val", city: str | None = None) -> tuple[list[Frame], str]:
     """Cityscapes: ``leftImg8bit/{split}/{city}/{fid}_leftImg8bit.png`` with
-    ``gtFine/.../{fid}_gtFine_labelTrainIds.png``, or ``_labelIds.png`` mapped to trainIds."""
+    ``gtFine/.../{fid}_gtFine_labelTrainIds.png``, or ``_labelIds.png`` mapped to trainIds.
+
+    ``city``: only these city folders (comma-separated, e.g. ``fog`` of SynthStreet's
+    ``shifted`` set); the name gets ``-{city}`` appended."""
     image_dir = _require_dir(root / "leftImg8bit" / split, f"Cityscapes images of split {split!r}")
+    cities = None if city is None else [c for c in str(city).replace(" ", "").split(",") if c]
+    for name in cities or []:
+        _require_dir(image_dir / name, f"city {name!r} of split {split!r}")
     frames = []
     for fid, p in _index_by_suffix(image_dir, "*/*_leftImg8bit.*", "_leftImg8bit").items():
+        if cities is not None and p.parent.name not in cities:
+            continue
         gt = root / "gtFine" / split / p.parent.name
         train_ids, label_ids = gt / f"{fid}_gtFine_labelTrainIds.png", gt / f"{fid}_gtFine_labelIds.png"
         if not train_ids.is_file() and label_ids.is_file():
             frames.append(Frame(fid, p, label_ids, CITYSCAPES_LABELIDS))
         else:
             frames.append(Frame(fid, p, train_ids, CITYSCAPES_TRAINIDS))
-    return frames, f"{root.name}-{split}"
+    return frames, f"{root.name}-{split}" + (f"-{'-'.join(cities)}" if cities else "")
 
 
 def _folder(root: Path, images: str = "images", masks: str = "masks", mapping: str | dict = "0:0,1:1,255:255",

@@ -5,6 +5,9 @@
 * ``cityscapes/``  train/val street scenes in Cityscapes layout (19 trainIds + 255 void);
 * ``anomaly/``     SMIYC anomaly track: large unknown objects anywhere (labels 0/1/255);
 * ``obstacle/``    SMIYC obstacle track: small objects on the road, off-road void;
+                   both tracks also hold semantic labels ``labels_masks/{fid}_labels_trainIds.png``
+                   (the full scene's trainIds, 254 on the anomalies/obstacles, 255 void) for
+                   segmentation metrics with an outlier class (open-mIoU);
 * ``shifted/``     in-distribution scenes under night, fog, blur and noise (Cityscapes layout);
 * ``outliers/``    an object pool for OoD training whose sources are disjoint from every
                    test anomaly (``images/{id}.png`` RGB, ``masks/{id}.png`` 0/1);
@@ -39,7 +42,9 @@ DEFAULT_SIZE: tuple[int, int] = (256, 512)
 #: Frames per split; ``shifted`` is per condition (4 conditions), ``outliers`` counts objects.
 DEFAULT_FRAMES: dict[str, int] = {"train": 300, "val": 50, "anomaly": 40, "obstacle": 40, "shifted": 10, "outliers": 60}
 MANIFEST_NAME = "synthstreet.json"
-GENERATOR_VERSION = 1
+#: Semantic labels of the anomaly/obstacle tracks, read by ``open_dataset(kind, root, target="semantic")``.
+SEMANTIC_LABELS = "labels_masks/{fid}_labels_trainIds.png"
+GENERATOR_VERSION = 2  # 2: semantic track labels {fid}_labels_trainIds.png
 MAX_FRAMES = 100_000
 _STREAMS = {"train": 1, "val": 2, "anomaly": 3, "obstacle": 4, "shifted": 5, "outliers": 6}
 _CITY = "synth"
@@ -280,6 +285,7 @@ def _write_job(root: Path, seed: int, size: tuple[int, int], split: str, index: 
         _save(root / split / "images" / f"{fid}.{'jpg' if split == 'anomaly' else 'webp'}", frame.image,
               "jpg" if split == "anomaly" else "webp")
         _save(root / split / "labels_masks" / f"{fid}_labels_semantic.png", frame.ood_label, "label")
+        _save(root / split / "labels_masks" / f"{fid}_labels_trainIds.png", frame.train_ids, "label")
         summary[split][fid] = list(frame.sources)
         return
     _save(base / "leftImg8bit" / part / city / f"{fid}_leftImg8bit.png", frame.image, "png")
@@ -302,8 +308,10 @@ def _build_manifest(seed: int, size: tuple[int, int], counts: Mapping[str, int],
                       "classes_present": present("train")},
             "val": {"kind": "cityscapes", "path": "cityscapes", "split": "val", "n_frames": counts["val"],
                     "classes_present": present("val")},
-            "anomaly": {"kind": "smiyc-anomaly", "path": "anomaly", "n_frames": counts["anomaly"], "sources": summary["anomaly"]},
-            "obstacle": {"kind": "smiyc-obstacle", "path": "obstacle", "n_frames": counts["obstacle"], "sources": summary["obstacle"]},
+            "anomaly": {"kind": "smiyc-anomaly", "path": "anomaly", "n_frames": counts["anomaly"],
+                        "semantic_labels": SEMANTIC_LABELS, "sources": summary["anomaly"]},
+            "obstacle": {"kind": "smiyc-obstacle", "path": "obstacle", "n_frames": counts["obstacle"],
+                         "semantic_labels": SEMANTIC_LABELS, "sources": summary["obstacle"]},
             "shifted": {"kind": "cityscapes", "path": "shifted", "split": "val", "conditions": list(CONDITIONS),
                         "n_frames": counts["shifted"] * len(CONDITIONS), "classes_present": present("shifted")},
             "outliers": {"kind": "folder", "path": "outliers", "n_objects": counts["outliers"], "sources": summary["outliers"]},

@@ -164,6 +164,13 @@ def ring_class_counts(ids: np.ndarray, n: int, prediction: np.ndarray, num_class
     return counts.reshape(n + 1, num_classes)[1:]
 
 
+def segment_means(ids: np.ndarray, n: int, pixel_map: np.ndarray) -> np.ndarray:
+    """float64 (n,) mean of ``pixel_map`` (H, W) over each segment 1..n of ``ids``."""
+    flat = ids.ravel()
+    sums = np.bincount(flat, weights=pixel_map.ravel().astype(np.float64), minlength=n + 1)[1:]
+    return sums / np.maximum(np.bincount(flat, minlength=n + 1)[1:], 1)
+
+
 def _check_map(name: str, array, shape) -> np.ndarray:
     array = np.asarray(array)
     if array.shape != shape:

@@ -7,8 +7,9 @@ the softmax probabilities and the semantic label (trainIds, 255 ignored).
   to the first bin); ``ECE = Σ_b n_b/N · |accuracy_b − mean confidence_b|``, accuracy =
   argmax prediction equals the label. Uncertainty becomes confidence by
   ``confidence="normalised"``: ``1 − u / max u`` with the maximum over the whole test data
-  (as PGN does for its gradient scores; needs ``u ≥ 0``), or ``"complement"``: ``1 − u``
-  (for scores already in [0, 1], e.g. ``msp`` gives back the max softmax probability).
+  (as PGN does for its gradient scores; needs ``u ≥ 0``), ``"complement"``: ``1 − u``
+  (for scores already in [0, 1], e.g. ``msp`` gives back the max softmax probability), or
+  ``"minmax"``: ``1 − (u − min u) / (max u − min u)`` (for scores of any sign, e.g. energy).
 * **AuSE** (Ilg et al.): pixel Brier score ``B = Σ_c (p_c − 1[c = y])²``. The model curve removes
   the fraction f of pixels with the highest ``u`` and takes the mean B of the rest; the
   oracle removes by highest B. Ties are removed proportionally (the expectation over tie
@@ -28,7 +29,7 @@ from oodseg.errors import OodsegError
 from oodseg.metrics.inputs import VOID, as_batch, check_scores, to_numpy
 from oodseg.metrics.tally import ScoreTally
 
-CONFIDENCE_MAPS = ("normalised", "complement")
+CONFIDENCE_MAPS = ("normalised", "complement", "minmax")
 
 
 def calibration_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
@@ -123,6 +124,9 @@ class CalibrationMetrics:
             if self.u_min < 0 or self.u_max > 1:
                 raise OodsegError("confidence='complement': uncertainty must lie in [0, 1]")
             return 1.0 - u
+        if self.confidence == "minmax":
+            span = self.u_max - self.u_min
+            return 1.0 - (u - self.u_min) / span if span > 0 else np.ones_like(u)
         if self.u_min < 0:
             raise OodsegError("confidence='normalised': uncertainty must be >= 0 (use 'complement' or shift it)")
         return 1.0 - u / self.u_max if self.u_max > 0 else np.ones_like(u)

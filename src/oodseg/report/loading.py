@@ -16,9 +16,10 @@ from typing import Any
 from oodseg.errors import OodsegError
 
 SUPPORTED_VERSIONS = {"oodseg.evaluate": {1}, "oodseg.meta": {1}, "oodseg.train": {1},
-                      "oodseg.score": {1}, "oodseg.report": {1}}
-"""Schema name → versions this reader understands. ``oodseg.report`` is the report's own
-``tables.json``: known (so a report inside RESULTS_DIR is accepted) but not an input."""
+                      "oodseg.score": {1}, "oodseg.report": {1}, "oodseg.synth": {1}}
+"""Schema name → versions this reader understands. ``oodseg.report`` (the report's own
+``tables.json``) and ``oodseg.synth`` (a SynthStreet manifest) are known, so a report or a
+dataset inside RESULTS_DIR is accepted, but they are not inputs."""
 
 EVALUATE_METRICS = ("AP", "AUROC", "FPR95", "best_F1", "best_F1_threshold", "sIoU", "PPV", "mean_F1")
 CALIBRATION_METRICS = ("ECE", "AuSE")

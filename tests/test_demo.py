@@ -1,0 +1,96 @@
+"""End to end through the CLI: synth → train → score → evaluate → report, and the demo itself."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import average_precision_score
+
+from oodseg.cli import main
+from oodseg.data import open_dataset, read_score
+
+EVALUATE_KEYS = {"AP", "AUROC", "FPR95", "best_F1", "best_F1_threshold", "sIoU", "PPV", "mean_F1",
+                 "n_frames", "n_pixels"}
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_cli_pipeline_on_tiny_synthstreet(tmp_path: Path):
+    data, run, scores = tmp_path / "synth", tmp_path / "run", tmp_path / "scores"
+    invoke("synth", "--out", data, "--size", "64x128",
+           "--frames", "train=6,val=2,anomaly=3,obstacle=2,shifted=1,outliers=3")
+    invoke("train", "--recipe", "baseline", "--data", data, "--out", run, "--steps", 3, "--batch-size", 2,
+           "--crop-size", 32)
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["schema"] == "oodseg.train" and summary["steps"] == 3
+    assert 0.0 <= summary["val_mIoU"] <= 1.0
+    invoke("score", "--checkpoint", run / "checkpoint", "--images", data / "anomaly", "--method", "entropy",
+           "--method", "energy", "--out", scores)
+    out = tmp_path / "entropy.json"
+    invoke("evaluate", "--dataset", "smiyc-anomaly", "--root", data / "anomaly",
+           "--scores", scores / "entropy" / "anomaly", "--json", out)
+    result = json.loads(out.read_text())
+    assert EVALUATE_KEYS <= set(result)
+    for key in ("AP", "AUROC", "FPR95", "best_F1"):
+        assert 0.0 <= result[key] <= 1.0, key
+    for key in ("sIoU", "PPV", "mean_F1"):
+        assert result[key] is None or 0.0 <= result[key] <= 1.0, key
+    assert result["n_frames"] == 3 and result["n_pixels"] > 0
+
+    # The pooled AP equals scikit-learn on the written files and the labels.
+    dataset = open_dataset("smiyc-anomaly", data / "anomaly")
+    scores_all, labels_all = [], []
+    for sample in dataset:
+        score = read_score(scores / "entropy" / "anomaly" / f"{sample.fid}.hdf5")
+        valid = sample.label != 255
+        scores_all.append(score[valid])
+        labels_all.append(sample.label[valid])
+    expected = average_precision_score(np.concatenate(labels_all), np.concatenate(scores_all))
+    assert result["AP"] == pytest.approx(expected, abs=1e-6)
+
+    report = tmp_path / "report"
+    invoke("report", tmp_path, "--out", report, "--frames", 1)
+    assert (report / "index.html").is_file()
+
+
+def test_quick_demo_writes_results_and_report(tmp_path: Path):
+    out = tmp_path / "demo"
+    invoke("demo", "--quick", "--out", out, "--method", "entropy", "--method", "msp", "--method", "mahalanobis",
+           "--method", "ensemble")
+    tables = json.loads((out / "results.json").read_text())["tables"]
+    assert {t["dataset"] for t in tables} == {"anomaly", "obstacle"}
+    for table in tables:
+        assert {row["method"] for row in table["rows"]} == {"entropy", "msp", "mahalanobis", "ensemble"}
+        aps = [row["AP"] for row in table["rows"]]
+        assert aps == sorted(aps, reverse=True)
+    assert "| method |" in (out / "results.md").read_text()
+    assert (out / "results.csv").read_text().startswith("dataset,method,metric,value")
+    assert (out / "report" / "index.html").is_file()
+    # A rerun reuses every cached step and gives the same tables.
+    invoke("demo", "--quick", "--out", out, "--method", "entropy", "--method", "msp", "--method", "mahalanobis",
+           "--method", "ensemble")
+    assert json.loads((out / "results.json").read_text())["tables"] == tables
+
+
+def test_demo_rejects_unknown_method(tmp_path: Path):
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(tmp_path), "--method", "nope"])
+    assert result.exit_code == 2
+    assert "nope" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_full_demo(tmp_path: Path):
+    """The real `make demo` run: every method, both tracks, baseline ≥ 70% val mIoU."""
+    out = tmp_path / "demo"
+    invoke("demo", "--out", out)
+    summary = json.loads((out / "train" / "baseline" / "train.json").read_text())
+    assert summary["val_mIoU"] >= 0.70
+    tables = json.loads((out / "results.json").read_text())["tables"]
+    for table in tables:
+        assert len(table["rows"]) == 17
+    assert (out / "report" / "index.html").is_file()
