@@ -78,6 +78,26 @@ def _print_evaluation_table(result: dict) -> None:
     click.echo("(values in %; θ = pixel threshold of the component metrics)")
 
 
+def _print_semantic_table(result: dict) -> None:
+    """mIoU, mIoU at each t, open-mIoU and ECE/AuSE of a result with ``segmentation``/``calibration`` blocks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    seg, cal = result["segmentation"], result["calibration"]
+    table = Table(title=f"{result['method']} on {result['dataset']}: segmentation and calibration "
+                        f"({cal['confidence']} confidence)")
+    cells = {"mIoU": seg["mIoU"]}
+    cells.update({f"mIoU@{row['t']:.4g}": row["mIoU"] for row in seg["mIoU_at"]})
+    cells.update({"open-mIoU": seg["open_mIoU"], "open t": seg["open_threshold"], "ECE": cal["ECE"],
+                  "AuSE": cal["AuSE"]})
+    for column in cells:
+        table.add_column(column, justify="right")
+    percent = lambda key: key not in ("open t", "AuSE")  # noqa: E731
+    table.add_row(*("–" if v is None else (f"{100 * v:.2f}" if percent(k) else f"{v:.4g}") for k, v in cells.items()))
+    Console().print(table)
+    click.echo("(values in % except the open-mIoU threshold and AuSE; – = undefined, e.g. no outlier pixels)")
+
+
 @main.command("evaluate")
 @click.option("--dataset", "kind", default=None, help="Dataset layout (e.g. smiyc-anomaly, lostandfound); default: detected from --root.")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root folder (read as-is).")
@@ -95,14 +115,31 @@ def _print_evaluation_table(result: dict) -> None:
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option, repeatable: split=testNoKnown, mapping=0:0,1:1,255:255, laf_root=DIR, labels=available, ...")
 @click.option("--method", default=None, help="Method name stored in the result (default: parent folder of --scores).")
+@click.option("--segmentation", is_flag=True,
+              help="Also compute mIoU, mIoU at --ood-threshold, open-mIoU, ECE and AuSE from semantic labels "
+                   "(implied by --probs/--ood-threshold and by datasets with semantic labels only, e.g. Cityscapes).")
+@click.option("--probs", type=click.Path(), default=None,
+              help="Checkpoint directory (or folder of {fid}.npz probabilities) giving the softmax for "
+                   "--segmentation (default: the checkpoint in the scores' manifest).")
+@click.option("--ood-threshold", "ood_thresholds", type=float, multiple=True,
+              help="Score threshold t of 'mIoU at t' (pixels with score >= t predicted OoD), repeatable.")
+@click.option("--confidence", type=click.Choice(["auto", "normalised", "complement", "minmax"]), default="auto",
+              show_default=True, help="Score -> confidence for the ECE: 1-u/max u (normalised; auto when u >= 0), "
+                                      "1-u (complement, e.g. msp), min-max scaled (minmax; auto when u < 0).")
+@click.option("--device", default="cpu", show_default=True, help="Where the checkpoint runs for --segmentation.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write the oodseg.evaluate result object here ('-': print it instead of the table).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
-def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggregate, options, method, json_out, overwrite):
+def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggregate, options, method, segmentation,
+             probs, ood_thresholds, confidence, device, json_out, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
-    Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. Runs distributed under
-    torchrun (frames sharded by rank, rank 0 writes).
+    Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. With --segmentation (or on a
+    dataset with semantic labels only, e.g. Cityscapes val or SynthStreet shifted) it re-runs
+    the model for its softmax and adds mIoU, mIoU at t, open-mIoU (SPEC §4.4) and the ECE/AuSE
+    of the score as uncertainty (SPEC §4.3). SMIYC tracks read semantic labels from
+    labels_masks/{fid}_labels_trainIds.png (SynthStreet), StreetHazards from its annotations.
+    Runs distributed under torchrun (frames sharded by rank, rank 0 writes).
 
     \b
     Examples:
@@ -111,6 +148,10 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
           --scores scores/pgn/LostAndFound-testNoKnown --track obstacle --json results/laf.json
       torchrun --nproc_per_node=2 "$(which oodseg)" evaluate --root data/synth/obstacle \\
           --scores scores/energy/obstacle --mode streaming
+      oodseg evaluate --root data/synth/anomaly --scores scores/msp/anomaly --segmentation \\
+          --probs ckpt/baseline --ood-threshold 0.5 --json results/anomaly-msp.json
+      oodseg evaluate --root data/synth/shifted -o city=fog --scores scores/msp/shifted-val \\
+          --confidence complement --json results/fog-msp.json
     """
     from pathlib import Path
 
@@ -124,10 +165,20 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
     distributed.init()
     try:
         kind = kind or detect_kind(root)
-        dataset = open_dataset(kind, root, **_parse_dataset_options(options))
-        track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
-        result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
-                                  roi=roi, aggregate=aggregate, method=method)
+        dataset_options = _parse_dataset_options(options)
+        dataset = open_dataset(kind, root, **dataset_options)
+        result = None
+        if dataset.label_type != "semantic":
+            track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
+            result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
+                                      roi=roi, aggregate=aggregate, method=method)
+        if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":
+            from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
+
+            semantic = evaluate_semantic(open_semantic_dataset(kind, root, **dataset_options), scores_dir, probs,
+                                         method=method, mode=mode, ood_thresholds=ood_thresholds,
+                                         confidence=confidence, resize=resize, roi=roi, device=device)
+            result = semantic if result is None else with_semantic(result, semantic)
         is_main = distributed.is_main()
     finally:
         distributed.cleanup()
@@ -136,7 +187,10 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
     if json_out == "-":
         echo_json(result)
         return
-    _print_evaluation_table(result)
+    if "track" in result:
+        _print_evaluation_table(result)
+    if "segmentation" in result:
+        _print_semantic_table(result)
     if json_out is not None:
         write_json(json_out, result)
         click.echo(f"wrote {json_out}")
@@ -432,3 +486,112 @@ def bench_command(names: tuple[str, ...], quick: bool) -> None:
             runpy.run_path(str(folder / f"{name}.py"), run_name="__main__")
         finally:
             sys.argv = argv
+
+
+# --- meta ---
+def _print_meta_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(value, digits=3):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    console = Console()
+    c = result["classification"]
+    console.print(f"meta classification ({result['model']}, {result['cv']}) on {result['dataset']}, "
+                  f"segments {result['segments']}: {result['n_segments']} segments, {result['n_features']} features; "
+                  f"AUROC {fmt(c['AUROC'])} (MSP baseline {fmt(c['baseline_AUROC'])}), "
+                  f"AUPRC {fmt(c['AUPRC'])} (baseline {fmt(c['baseline_AUPRC'])})"
+                  + (f"; regression R² {fmt(result['regression']['R2'])}" if result["regression"] else ""))
+    if result["thresholds"]:
+        table = Table(title="Meta-OoD detection errors before → after removing segments classified false positive")
+        for column in ("t", "FP", "FN", "F1", "road miss %", "AUROC", "AUROC MSP"):
+            table.add_column(column, justify="right")
+        for row in result["thresholds"]:
+            b, a, m = row["before"], row["after"], row["classification"]
+            miss = [None if x["miss_rate"] is None else 100 * x["miss_rate"] for x in (b, a)]
+            table.add_row(f"{row['t']:g}", f"{b['FP']} → {a['FP']}", f"{b['FN']} → {a['FN']}",
+                          f"{fmt(b['F1'])} → {fmt(a['F1'])}", f"{fmt(miss[0], 2)} → {fmt(miss[1], 2)}",
+                          fmt(m["AUROC"]), fmt(m["baseline_AUROC"]))
+        console.print(table)
+    if result["lars"]:
+        console.print("LARS order: " + ", ".join(name for name, _ in result["lars"][:12]))
+    if result["filtered"]:
+        console.print(f"filtered score maps: {result['filtered']}")
+
+
+def _parse_thresholds(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OodsegError(f"--thresholds: {text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise OodsegError("--thresholds: give at least one threshold")
+    return values
+
+
+@main.command("meta")
+@click.option("--dataset", "kind", default=None, help="Dataset layout (e.g. smiyc-anomaly, cityscapes); default: detected from --root.")
+@click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root folder (labelled frames are used).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset option, repeatable (e.g. split=val, target=semantic for SynthStreet tracks with --segments class).")
+@click.option("--scores", "scores_dir", type=click.Path(file_okay=False), default=None,
+              help="Score files OUT/METHOD/DATASET/{fid}.hdf5 thresholded into segments (required for entropy:T).")
+@click.option("--probs", required=True, type=click.Path(),
+              help="Checkpoint directory (model re-run for softmax/PGN) or folder of {fid}.npz with array 'probs' "
+                   "(C,H,W) float16 softmax at image size.")
+@click.option("--segments", default="entropy:0.3", show_default=True,
+              help="entropy:T (Meta-OoD: components of score >= T) or class (MetaSeg: components of each predicted class).")
+@click.option("--features", default="metaseg", show_default=True,
+              help="Comma-separated feature sets: metaseg (75 Meta-OoD features for 19 classes), gradient (PGN maps; "
+                   "needs a checkpoint), score (statistics of the --scores map).")
+@click.option("--model", type=click.Choice(["logistic", "gbm"]), default="logistic", show_default=True,
+              help="logistic: logistic/linear regression on z-scored features; gbm: gradient boosting.")
+@click.option("--cv", default="image-kfold:5", show_default=True,
+              help="Cross-validation grouped by image: image-kfold:K or loo (leave one image out).")
+@click.option("--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", show_default=True,
+              help="Thresholds t of the before/after detection table (entropy segments).")
+@click.option("--filtered-out", type=click.Path(file_okay=False), default=None,
+              help="Write score maps with rejected segments suppressed to DIR/{method}_meta/{dataset}/{fid}.hdf5.")
+@click.option("--method", default=None, help="Method name (default: parent folder of --scores).")
+@click.option("--device", default="cpu", show_default=True, help="Where a --probs checkpoint runs (cpu, cuda, cuda:1).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write the oodseg.meta result here ('-': print it instead of the table).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --filtered-out maps.")
+def meta_command(kind, root, options, scores_dir, probs, segments, features, model, cv, thresholds, filtered_out,
+                 method, device, json_out, overwrite):
+    """Segment-wise meta classification/regression: remove false-positive OoD segments (Meta-OoD) or
+    estimate segment IoU (MetaSeg), with image-grouped cross-validation.
+
+    Prints AUROC/AUPRC of finding false-positive segments (vs the mean-MSP baseline), R² of the
+    IoU regression, the LARS feature order and, for entropy:T segments, FP/FN/F1/road miss rate
+    before and after removal per threshold.
+
+    \b
+    Examples:
+      oodseg score --checkpoint ckpt/baseline/checkpoint --images data/synth/anomaly --method entropy --out scores
+      oodseg meta --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly \\
+          --probs ckpt/baseline/checkpoint --segments entropy:0.3 --filtered-out scores --json meta.json
+      oodseg evaluate --root data/synth/anomaly --scores scores/entropy_meta/anomaly
+      oodseg meta --dataset cityscapes --root data/synth/cityscapes -o split=val --probs ckpt/baseline/checkpoint \\
+          --segments class --features metaseg,gradient --cv loo --json -
+    """
+    from pathlib import Path
+
+    from oodseg.atomic import write_json
+    from oodseg.data import detect_kind, open_dataset
+    from oodseg.meta import run_meta
+
+    if json_out and json_out != "-" and Path(json_out).exists() and not overwrite:
+        raise OodsegError(f"{json_out}: exists; pass --overwrite to replace it")
+    dataset_options = {"labels": "available", **_parse_dataset_options(options)}
+    dataset = open_dataset(kind or detect_kind(root), root, **dataset_options)
+    result = run_meta(dataset, probs=probs, scores_dir=scores_dir, segments=segments, features=features, model=model,
+                      cv=cv, thresholds=_parse_thresholds(thresholds), filtered_out=filtered_out, method=method,
+                      overwrite=overwrite, device=device)
+    if json_out == "-":
+        echo_json(result)
+        return
+    if json_out:
+        write_json(json_out, result)
+    _print_meta_table(result)

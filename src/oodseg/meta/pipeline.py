@@ -18,6 +18,7 @@ set to the frame's minimum score, and below t) as ``{out}/{method}_meta/{dataset
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,8 +152,8 @@ def _check_label(sample, spec: SegmentSpec, num_classes: int) -> np.ndarray:
 class _FrameReader:
     """Reads one frame's label, score map and probabilities and checks that their sizes agree."""
 
-    def __init__(self, dataset, scores_dir, probs_source, spec: SegmentSpec):
-        self.dataset, self.scores_dir, self.probs_source, self.spec = dataset, scores_dir, probs_source, spec
+    def __init__(self, scores_dir, probs_source):
+        self.scores_dir, self.probs_source = scores_dir, probs_source
 
     def score(self, sample) -> np.ndarray | None:
         if self.scores_dir is None:
@@ -221,7 +222,7 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
             raise OodsegError(f"{target}: exists; pass --overwrite to replace the filtered maps")
 
     probs_source = open_probabilities(probs, gradient="gradient" in feature_sets, device=device)
-    reader = _FrameReader(dataset, scores_dir, probs_source, spec)
+    reader = _FrameReader(scores_dir, probs_source)
     settings = table if spec.kind == "entropy" else ["class"]
     collected = {key: _Collected() for key in settings}
     try:
@@ -243,7 +244,7 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
               "root": str(dataset.root), "scores": str(Path(scores_dir).resolve()) if scores_dir else None,
               "probs": str(Path(probs).resolve()), "method": method, "segments": segments,
               "features": list(feature_sets), "model": model, "cv": cv, "n_frames": len(dataset),
-              "n_segments": per_setting[main_key]["n_segments"], "n_features": len(main.names or []),
+              "n_segments": per_setting[main_key]["n_segments"], "n_features": len(main.names or []), "feature_names": main.names,
               "classification": classification, "regression": _meta_regress(main, cv, model),
               "thresholds": [], "lars": [[name, rank] for name, rank in lars], "filtered": None}
     if spec.kind == "entropy":
@@ -285,7 +286,7 @@ def _detection_table(dataset, reader: _FrameReader, table, collected, decisions,
     before, after = DetectionMetrics(table), DetectionMetrics(table)
     # row offset of each frame's first segment, per threshold
     offsets = {t: np.concatenate([[0], np.cumsum([len(b) for b in collected[t].iou])]) for t in table}
-    with atomic_directory(target) if target is not None else _no_directory() as folder:
+    with atomic_directory(target) if target is not None else contextlib.nullcontext() as folder:
         for index in track(range(len(dataset)), f"meta filtering {dataset.name}", total=len(dataset)):
             sample = dataset[index]
             score = reader.score(sample)
@@ -306,14 +307,6 @@ def _detection_table(dataset, reader: _FrameReader, table, collected, decisions,
     for b, a in zip(before.compute(), after.compute()):
         rows.append({"t": b["t"], "before": _detection_row(b), "after": _detection_row(a)})
     return rows
-
-
-class _no_directory:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _detection_row(row: dict) -> dict:
