@@ -70,6 +70,23 @@ def test_smiyc_obstacle_and_label_options(tmp_path, rng):
     assert ds.fids == ["x_1", "x_2"] and ds[1].label is None and ds.label_type is None
 
 
+def test_smiyc_semantic_target_reads_train_ids_with_outliers(tmp_path, rng):
+    _img(tmp_path / "images" / "a.jpg", rng)
+    ood = _lbl(tmp_path / "labels_masks" / "a_labels_semantic.png", _values(rng, [0, 1, 255]))
+    sem = _lbl(tmp_path / "labels_masks" / "a_labels_trainIds.png", _values(rng, list(range(19)) + [254, 255]))
+    ds = open_dataset("smiyc-anomaly", tmp_path, target="semantic")
+    assert ds.label_type == "semantic" and ds.name == tmp_path.name
+    np.testing.assert_array_equal(ds[0].label, sem)
+    np.testing.assert_array_equal(open_dataset("smiyc-anomaly", tmp_path, target="ood")[0].label, ood)
+    with pytest.raises(OodsegError, match="target: 'labels' is not one of ood, semantic"):
+        open_dataset("smiyc-anomaly", tmp_path, target="labels")
+    _lbl(tmp_path / "labels_masks" / "a_labels_trainIds.png", np.full((H, W), 19))
+    with pytest.raises(OodsegError, match=r"a_labels_trainIds\.png: label value 19 is not in the trainIds with outliers"):
+        open_dataset("smiyc-anomaly", tmp_path, target="semantic")[0]
+    (tmp_path / "labels_masks" / "a_labels_trainIds.png").unlink()   # public SMIYC: no semantic labels
+    assert open_dataset("smiyc-anomaly", tmp_path, target="semantic").label_type is None
+
+
 def test_smiyc_test_set_without_labels_opens_image_only(tmp_path, rng):
     _img(tmp_path / "images" / "a.jpg", rng)
     (tmp_path / "labels_masks").mkdir()
@@ -226,10 +243,16 @@ def test_streethazards_minus_one_mapping(tmp_path, rng):
     assert ds.fids == ["test_t5_300"]
     cls = raw.astype(int) - 1                  # StreetHazards: class = value - 1, anomaly = class 13
     np.testing.assert_array_equal(ds[0].label, np.where(cls == 13, 1, 0))
+    semantic = open_dataset("streethazards", tmp_path, target="semantic")
+    assert semantic.label_type == "semantic"
+    np.testing.assert_array_equal(semantic[0].label, np.where(cls == 13, 254, cls))
     raw[0, 0] = 15
     _lbl(tmp_path / "test" / "annotations" / rel, raw)
     with pytest.raises(OodsegError, match="label value 15"):
         ds[0]
+    raw[0, 0] = 0                                 # unlabelled pixels are void in both views
+    _lbl(tmp_path / "test" / "annotations" / rel, raw)
+    assert ds[0].label[0, 0] == 255 and semantic[0].label[0, 0] == 255
 
 
 # Official Cityscapes table (cityscapesScripts labels.py), typed independently of oodseg:
@@ -261,6 +284,11 @@ def test_cityscapes_label_ids_and_train_ids(tmp_path, rng):
     np.testing.assert_array_equal(ds["aachen_000000_000019"].label, train)
     with pytest.raises(OodsegError, match="Cityscapes images of split 'train'"):
         open_dataset("cityscapes", tmp_path, split="train")
+    one_city = open_dataset("cityscapes", tmp_path, city="lindau")
+    assert one_city.fids == ["lindau_000001_000019"] and one_city.name == f"{tmp_path.name}-val-lindau"
+    assert open_dataset("cityscapes", tmp_path, city="aachen,lindau").fids == ds.fids
+    with pytest.raises(OodsegError, match="city 'bonn' of split 'val'"):
+        open_dataset("cityscapes", tmp_path, city="bonn")
     train[0, 0] = 19
     _lbl(tmp_path / "gtFine" / "val" / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png", train)
     with pytest.raises(OodsegError, match="label value 19 is not in the Cityscapes trainIds"):

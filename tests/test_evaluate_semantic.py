@@ -8,6 +8,7 @@ pixels one at a time with ties averaged).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,18 @@ ARCH = {"widths": [8, 8, 8, 8], "aspp_channels": 8, "low_channels": 8, "decoder_
 
 
 def tiny_checkpoint(path: Path, num_classes: int = K) -> Path:
+    """A random small model whose BN statistics come from random images, so that it predicts many classes
+    with spread-out confidences (a freshly initialised one predicts one class everywhere)."""
     torch.manual_seed(1)
     model = build_model("small", num_classes=num_classes, **ARCH)
-    return save_checkpoint(model, path, "small", {"num_classes": num_classes, **ARCH})
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average
+    with torch.no_grad():
+        for _ in range(5):
+            model(torch.rand(2, 3, H, W))
+        model.classifier.weight.mul_(3.0)
+    return save_checkpoint(model.eval(), path, "small", {"num_classes": num_classes, **ARCH})
 
 
 def reference_probs(checkpoint: Path, image: np.ndarray) -> np.ndarray:
@@ -179,7 +189,9 @@ def check_against_brute_force(result, ref, method, thresholds, confidence):
     assert result["calibration"]["confidence"] == confidence
     assert result["calibration"]["ECE"] == pytest.approx(cal["ECE"], abs=1e-6)
     assert result["calibration"]["AuSE"] == pytest.approx(cal["AuSE"], abs=1e-6)
-    assert 0 < seg["mIoU"] < 1 and cal["AuSE"] != 0  # the case is not degenerate
+    # the case is not degenerate: several classes, OoD thresholds that change the mIoU
+    assert 0.2 < seg["mIoU"] < 1 and cal["AuSE"] != 0 and cal["ECE"] > 0
+    assert all(0 < m < seg["mIoU"] for m in seg["mIoU_at"] + [seg["open_mIoU"]])
 
 
 def run_cli(*args):
@@ -190,10 +202,10 @@ def run_cli(*args):
 
 def test_cli_segmentation_and_calibration_match_brute_force(tree, tmp_path):
     root, ckpt, out, ref = tree
-    thresholds = [0.9, 0.95]
+    thresholds = [0.75, 0.85]
     json_out = tmp_path / "results" / "msp.json"
     res = run_cli("--root", root, "--scores", out / "msp" / "anomaly", "--segmentation",
-                  "--ood-threshold", 0.9, "--ood-threshold", 0.95, "--json", json_out)
+                  "--ood-threshold", 0.75, "--ood-threshold", 0.85, "--json", json_out)
     assert res.exit_code == 0, res.output
     assert "open-mIoU" in res.stdout and "AP" in res.stdout
     result = json.loads(json_out.read_text())
@@ -227,9 +239,9 @@ def test_saved_probabilities_and_streaming_mode(tree, tmp_path):
         write_probabilities(tmp_path / "probs" / f"{fid}.npz", probs)
     dataset = open_semantic_dataset("smiyc-anomaly", root)
     saved = {fid: np.load(tmp_path / "probs" / f"{fid}.npz")["probs"].astype(np.float32) for fid in ref["probs"]}
-    exact = evaluate_semantic(dataset, out / "msp" / "anomaly", tmp_path / "probs", ood_thresholds=[0.92])
-    check_against_brute_force(exact, {**ref, "probs": saved}, "msp", [0.92], "normalised")
-    streaming = evaluate_semantic(dataset, out / "msp" / "anomaly", tmp_path / "probs", ood_thresholds=[0.92],
+    exact = evaluate_semantic(dataset, out / "msp" / "anomaly", tmp_path / "probs", ood_thresholds=[0.8])
+    check_against_brute_force(exact, {**ref, "probs": saved}, "msp", [0.8], "normalised")
+    streaming = evaluate_semantic(dataset, out / "msp" / "anomaly", tmp_path / "probs", ood_thresholds=[0.8],
                                   mode="streaming")
     seg, ref_seg = streaming["segmentation"], exact["segmentation"]
     assert seg["mIoU"] == pytest.approx(ref_seg["mIoU"], abs=1e-12)          # the confusion matrix is exact
@@ -263,7 +275,7 @@ def test_cityscapes_layout_per_city_without_outliers(tmp_path, rng):
                 refs["probs"][fid], refs["labels"][fid] = probs, label
                 refs["msp"][fid] = read_h5(tmp_path / "scores" / "msp" / "cs-val" / f"{fid}.hdf5")
     res = run_cli("--root", tmp_path / "cs", "-o", "city=fog", "--scores", tmp_path / "scores" / "msp" / "cs-val",
-                  "--probs", ckpt, "--ood-threshold", 0.9, "--json", "-")
+                  "--probs", ckpt, "--ood-threshold", 0.8, "--json", "-")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["dataset"] == "cs-val-fog" and result["n_frames"] == 2 and result["AP"] is None
@@ -274,11 +286,37 @@ def test_cityscapes_layout_per_city_without_outliers(tmp_path, rng):
     label = np.concatenate([refs["labels"][f].ravel().astype(int) for f in fids])
     score = np.concatenate([refs["msp"][f].ravel() for f in fids])
     valid = label != 255
-    assert seg["mIoU"] == pytest.approx(np.nanmean(iou_with_ood(pred[valid], label[valid], np.zeros(valid.sum(), bool))))
-    assert seg["mIoU_at"][0]["mIoU"] == pytest.approx(np.nanmean(iou_with_ood(pred, label, score >= 0.9)))
+    closed_iou = iou_with_ood(pred[valid], label[valid], np.zeros(valid.sum(), bool))
+    assert seg["mIoU"] == pytest.approx(np.nanmean(closed_iou))
+    assert seg["mIoU_at"][0]["mIoU"] == pytest.approx(np.nanmean(iou_with_ood(pred, label, score >= 0.8)))
     cal = brute_calibration(refs["probs"], refs["labels"], refs["msp"], "normalised")
     assert result["calibration"]["ECE"] == pytest.approx(cal["ECE"], abs=1e-6)
     assert result["calibration"]["AuSE"] == pytest.approx(cal["AuSE"], abs=1e-6)
+
+
+def test_streethazards_thirteen_classes_anomaly_as_outlier(tmp_path, rng):
+    """StreetHazards semantic view: annotations class+1 → 0..12, anomaly (14) → 254; needs a 13-class model."""
+    ckpt13 = tiny_checkpoint(tmp_path / "ckpt13", num_classes=13)
+    image = (rng.random((H, W, 3)) * 255).astype(np.uint8)
+    raw = rng.integers(1, 14, (H, W)).astype(np.uint8)
+    raw[4:14, 6:20] = 14
+    for folder, array in (("images", image), ("annotations", raw)):
+        (tmp_path / "sh" / "test" / folder / "t1").mkdir(parents=True)
+        Image.fromarray(array).save(tmp_path / "sh" / "test" / folder / "t1" / "000.png")
+    score = np.where(raw == 14, 2.0, 0.0).astype(np.float32) + rng.random((H, W)).astype(np.float32)
+    write_score(tmp_path / "scores" / "energy" / "sh-test" / "t1_000.hdf5", score)
+    res = run_cli("--root", tmp_path / "sh", "--scores", tmp_path / "scores" / "energy" / "sh-test",
+                  "--probs", ckpt13, "--aggregate", "per_image", "--json", "-")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["AP"] is not None and len(result["segmentation"]["IoU_per_class"]) == 13
+    stored = read_h5(tmp_path / "scores" / "energy" / "sh-test" / "t1_000.hdf5")
+    t_open = np.sort(stored[raw == 14])[::-1][int(np.ceil(0.95 * (raw == 14).sum())) - 1]
+    assert result["segmentation"]["open_threshold"] == pytest.approx(float(t_open), abs=0)
+    res = run_cli("--root", tmp_path / "sh", "--scores", tmp_path / "scores" / "energy" / "sh-test",
+                  "--probs", tiny_checkpoint(tmp_path / "ckpt19"), "--segmentation")
+    assert res.exit_code == 2 and "checkpoint has 19 classes but the labels of sh-test (streethazards) are " \
+        "trainIds 0..12" in res.stderr
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -340,12 +378,11 @@ def _ood_target(root, ckpt, out, tmp):
     return ["-o", "target=ood"], "target=ood: segmentation metrics need target=semantic"
 
 
-@pytest.mark.parametrize("break_input", [_other_class_count, _other_class_count_than_scores, _no_probabilities, _manifest_checkpoint_gone,
+@pytest.mark.parametrize("break_input", [_other_class_count, _other_class_count_than_scores, _no_probabilities,
+                                         _manifest_checkpoint_gone,
                                          _missing_probability_file, _unknown_label_value, _missing_semantic_label,
                                          _score_size, _probability_size, _ood_target])
 def test_bad_input_one_line_error_nothing_written(tree, tmp_path, break_input):
-    import shutil
-
     root0, ckpt, out0, _ = tree
     root, out = tmp_path / "anomaly", tmp_path / "scores"
     shutil.copytree(root0, root)
@@ -391,14 +428,16 @@ def test_torchrun_two_processes_equal_one(tree, tmp_path):
     oodseg = Path(sys.executable).with_name("oodseg")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OODSEG_QUIET": "1"}
     base = ["evaluate", "--root", str(root), "--scores", str(out / "msp" / "anomaly"), "--segmentation",
-            "--ood-threshold", "0.9"]
-    subprocess.run([str(oodseg), *base, "--json", str(tmp_path / "one.json")], check=True, env=env, capture_output=True)
+            "--ood-threshold", "0.8"]
+    subprocess.run([str(oodseg), *base, "--json", str(tmp_path / "one.json")], check=True, env=env,
+                   capture_output=True)
     proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(oodseg), *base,
                            "--json", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["n_frames"] == one["n_frames"] == N
-    for block, keys in (("segmentation", ("mIoU", "open_mIoU", "open_threshold", "mIoU_at", "IoU_per_class")),
+    for block, keys in (("segmentation", ("mIoU", "open_mIoU", "open_threshold", "IoU_per_class")),
                         ("calibration", ("ECE", "AuSE"))):
         for key in keys:
             assert two[block][key] == pytest.approx(one[block][key], abs=1e-12), key
+    assert two["segmentation"]["mIoU_at"][0]["mIoU"] == pytest.approx(one["segmentation"]["mIoU_at"][0]["mIoU"])

@@ -36,8 +36,9 @@ def test_same_seed_gives_byte_identical_files(tiny_dataset, tmp_path):
     first, second = _files(tiny_dataset), _files(tmp_path / "b")
     assert first.keys() == second.keys()
     assert all(first[k] == second[k] for k in first)
-    # 2 train + 1 val (image + label), 2+2 SMIYC frames (image + label), 4 shifted, 2 outliers, manifest
-    assert len(first) == 2 * 3 + 2 * 4 + 2 * 4 + 2 * 2 + 1
+    # 2 train + 1 val (image + label), 2+2 SMIYC frames (image + OoD label + semantic label), 4 shifted,
+    # 2 outliers, manifest
+    assert len(first) == 2 * 3 + 3 * 4 + 2 * 4 + 2 * 2 + 1
 
 
 def test_frames_do_not_depend_on_generation_order_or_counts(tiny_dataset, tmp_path):
@@ -104,6 +105,34 @@ def test_obstacles_stand_on_road_and_off_road_is_void(seed):
     assert np.array_equal(frame.ood_label == 1, mask)
     assert np.array_equal(frame.ood_label == 0, (scene.train_ids == ROAD) & ~mask)
     assert np.all(frame.ood_label[scene.train_ids != ROAD] == 255)
+
+
+@pytest.mark.parametrize("track", ["anomaly", "obstacle"])
+def test_semantic_track_labels_are_the_scene_with_254_on_the_smiyc_anomalies(tiny_dataset, track):
+    """labels_trainIds: 254 exactly where the SMIYC label is 1, the un-pasted scene's trainIds elsewhere
+    (on-road and, as full scene labels, off-road too); read by open_dataset(..., target="semantic")."""
+    from oodseg.data import open_dataset
+
+    kind = f"smiyc-{track}"
+    semantic = open_dataset(kind, tiny_dataset / track, target="semantic")
+    ood = open_dataset(kind, tiny_dataset / track)
+    assert semantic.label_type == "semantic" and semantic.fids == ood.fids == [f"{track}_0000", f"{track}_0001"]
+    stream = {"anomaly": 3, "obstacle": 4}[track]
+    assert json.loads((tiny_dataset / "synthstreet.json").read_text())["splits"][track]["semantic_labels"] == \
+        "labels_masks/{fid}_labels_trainIds.png"
+    for index, fid in enumerate(semantic.fids):
+        labels = semantic.read_label(fid)
+        smiyc = ood.read_label(fid)
+        raw = np.asarray(Image.open(tiny_dataset / track / "labels_masks" / f"{fid}_labels_trainIds.png"))
+        assert np.array_equal(labels, raw)
+        scene = render_frame([3, stream, index], TINY, track, paste=False).train_ids
+        assert np.array_equal(labels == ANOMALY, smiyc == 1) and (smiyc == 1).any()
+        assert np.array_equal(labels[smiyc != 1], scene[smiyc != 1])
+        assert np.all(labels[smiyc == 0] < 19)           # on-road / inlier pixels carry a trainId
+        if track == "obstacle":
+            assert np.all(scene[smiyc == 0] == ROAD)
+            off_road = smiyc == 255
+            assert (labels[off_road] != ROAD).any() and not np.all(labels[off_road] == 255)
 
 
 def test_outlier_pool_and_test_anomalies_share_no_source(tiny_dataset):

@@ -154,16 +154,16 @@ def evaluate_semantic(dataset: Dataset, scores_dir: str | Path, probs: str | Pat
         raise OodsegError(f"{scores_dir}: scores folder not found")
     num_classes = label_classes(dataset)
     manifest = score_manifest(scores_dir)
-    source, source_path, classes = _probability_source(probs, manifest, scores_dir, device)
-    if source.num_classes is not None and source.num_classes != num_classes:
-        raise OodsegError(f"--probs {source_path}: checkpoint has {source.num_classes} classes but the labels of "
-                          f"{dataset.name} ({dataset.kind}) are trainIds 0..{num_classes - 1}")
     read = _FrameReader(dataset, scores_dir, resize, load_roi(roi))
     segmentation = SegmentationMetrics(num_classes=num_classes, ood_label=OUTLIER, ood_thresholds=thresholds,
                                        mode=mode)
     calibration = CalibrationMetrics(mode=mode, confidence="normalised" if confidence == "auto" else confidence)
     mine = distributed.shard(range(len(dataset)))
+    source, source_path, classes = _probability_source(probs, manifest, scores_dir, device)
     try:
+        if source.num_classes is not None and source.num_classes != num_classes:
+            raise OodsegError(f"--probs {source_path}: checkpoint has {source.num_classes} classes but the labels of "
+                              f"{dataset.name} ({dataset.kind}) are trainIds 0..{num_classes - 1}")
         for i in progress(mine, f"{dataset.name}: segmentation + calibration"):
             score, label = read(i)
             frame = dataset.frame(i)

@@ -21,6 +21,7 @@ With ``E, D, V`` and C = 19 this is exactly the 75-feature "full Meta-OoD set" (
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -29,7 +30,6 @@ import torch
 
 from oodseg.errors import OodsegError
 from oodseg.meta.segments import NEIGHBOUR_OFFSETS, interior_mask
-from oodseg.scores.softmax import normalized_entropy
 
 SIZE_FEATURES = ("S", "S_in", "S_bd", "S_rel", "S_rel_in")
 MAP_STATISTICS = ("mean", "in", "bd", "var", "var_in", "var_bd", "rel", "rel_in", "var_rel", "var_rel_in")
@@ -75,23 +75,33 @@ def metaood_feature_names(num_classes: int = 19) -> list[str]:
 def dispersion_maps(probs) -> dict[str, np.ndarray]:
     """``{"E", "D", "V"}`` float32 (H, W) maps of softmax probabilities ``probs`` (C, H, W).
 
-    ``E = -Σ p log p / log C``, ``D = 1 - p_(1) + p_(2)`` (margin), ``V = 1 - p_(1)``.
+    ``E = -Σ p log p / log C`` (``0 log 0 = 0``), ``D = 1 - p_(1) + p_(2)`` (margin),
+    ``V = 1 - p_(1)``. One pass per class over contiguous (H, W) planes (a reduction across
+    the class axis of a (C, H, W) array is strided and several times slower).
     """
     p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
     if p.ndim != 3 or p.shape[0] < 2:
         raise OodsegError(f"probs: expected (C, H, W) with C >= 2, got {tuple(p.shape)}")
-    top2 = torch.topk(p, 2, dim=0).values
-    entropy = normalized_entropy(p[None])[0]
-    return {"E": entropy.numpy(), "D": (1.0 - top2[0] + top2[1]).numpy(), "V": (1.0 - top2[0]).numpy()}
+    entropy = torch.zeros(p.shape[1:], dtype=torch.float32)
+    first = p[0].clone()
+    second = torch.full_like(first, float("-inf"))
+    entropy -= torch.special.xlogy(p[0], p[0])
+    for plane in p[1:]:
+        entropy -= torch.special.xlogy(plane, plane)
+        torch.maximum(second, torch.minimum(first, plane), out=second)
+        torch.maximum(first, plane, out=first)
+    entropy = (entropy / math.log(p.shape[0])).clamp_(0.0, 1.0)
+    return {"E": entropy.numpy(), "D": (1.0 - first + second).numpy(), "V": (1.0 - first).numpy()}
 
 
 class _SegmentPixels:
-    """The pixels of all segments with their bin index ``2·id + interior`` (all pixels or only segment pixels)."""
+    """The pixels of all segments: bin index ``2·id + interior`` per pixel (all pixels, or only the
+    segment pixels when they are few) and the row runs of constant id, for sums over the frame."""
 
     def __init__(self, ids: np.ndarray, n: int):
         flat = ids.ravel()
         interior = interior_mask(ids).ravel()
-        self.n = n
+        self.n, self.shape = n, ids.shape
         self.selection = None
         if np.count_nonzero(flat) < _GATHER_BELOW * flat.size:
             self.selection = np.flatnonzero(flat)
@@ -100,19 +110,38 @@ class _SegmentPixels:
         counts = np.bincount(self.bins, minlength=2 * (n + 1)).reshape(n + 1, 2)[1:]
         self.n_bd, self.n_in = counts[:, 0].astype(np.float64), counts[:, 1].astype(np.float64)
         self.size = self.n_bd + self.n_in
-        self.ids = flat
+        # runs: maximal pieces of one image row with one id (0 included), in raster order
+        H, W = ids.shape
+        change = np.empty(ids.shape, dtype=bool)
+        change[:, 0] = True
+        np.not_equal(ids[:, 1:], ids[:, :-1], out=change[:, 1:])
+        self.run_starts = np.flatnonzero(change)
+        self.run_ids = ids.ravel()[self.run_starts].astype(np.int64)
+        self.run_lengths = np.diff(np.append(self.run_starts, H * W))
 
     def take(self, pixel_map: np.ndarray) -> np.ndarray:
-        """Values of an (H, W) map at the segment pixels (same order as ``bins``)."""
+        """Values of an (H, W) map at the pixels of ``bins`` (same order)."""
         flat = pixel_map.ravel()
         return flat if self.selection is None else flat[self.selection]
 
-    def flat_indices(self, shape) -> np.ndarray:
-        return np.arange(int(np.prod(shape))) if self.selection is None else self.selection
+    def run_sums_to_segments(self, run_sums: np.ndarray) -> np.ndarray:
+        """(K, n_runs) sums per run → (K, n) sums per segment."""
+        return np.stack([np.bincount(self.run_ids, weights=row, minlength=self.n + 1)[1:] for row in run_sums])
 
-    def per_segment_sum(self, values: np.ndarray) -> np.ndarray:
-        """(n,) sum of per-pixel ``values`` over each segment."""
-        return np.bincount(self.ids, weights=values, minlength=self.n + 1)[1:]
+    def channel_means(self, channels: np.ndarray) -> np.ndarray:
+        """(n, K) mean of each channel of ``channels`` (K, H, W) over each segment (float64 sums over runs)."""
+        flat = channels.reshape(channels.shape[0], -1)
+        run_sums = np.stack([np.add.reduceat(channel, self.run_starts, dtype=np.float64) for channel in flat])
+        return (self.run_sums_to_segments(run_sums) / self.size).T
+
+    def centre(self) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) mean row index and (n,) mean column index of each segment (exact arithmetic-series sums)."""
+        rows, first = np.divmod(self.run_starts, self.shape[1])
+        length = self.run_lengths.astype(np.float64)
+        row_sums = rows * length
+        col_sums = length * first + length * (length - 1) / 2
+        sums = self.run_sums_to_segments(np.stack([row_sums, col_sums]))
+        return sums[0] / self.size, sums[1] / self.size
 
 
 def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -215,11 +244,10 @@ def segment_features(ids: np.ndarray, n: int, maps: Mapping[str, np.ndarray] | N
     for name, pixel_map in maps.items():
         columns += _map_statistics(pixels, pixels.take(pixel_map).astype(np.float64), s_rel, s_rel_in)
     if probs is not None:
-        columns += [pixels.per_segment_sum(pixels.take(probs[c])) / size for c in range(num_classes)]
+        columns += list(pixels.channel_means(probs).T)
         ring = ring_class_counts(ids, n, prediction, num_classes).astype(np.float64)
         ring_size = np.maximum(ring.sum(axis=1), 1.0)
         columns += list((ring / ring_size[:, None]).T)
-    rows, cols = np.divmod(pixels.flat_indices(shape), shape[1])
-    columns += [pixels.per_segment_sum(rows.astype(np.float64)) / size, pixels.per_segment_sum(cols.astype(np.float64)) / size]
+    columns += list(pixels.centre())
     values = np.stack(columns, axis=1)
     return SegmentFeatures(values, names, np.arange(1, n + 1, dtype=np.int64))
