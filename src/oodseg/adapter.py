@@ -16,6 +16,13 @@ from torch import nn
 from oodseg.errors import OodsegError
 
 
+def upsample_score(score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) anomaly map → (B, H, W), bilinear with ``align_corners=False`` (SPEC §0)."""
+    if tuple(score.shape[-2:]) == tuple(size):
+        return score
+    return F.interpolate(score[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
 @dataclass
 class HeadBlock:
     """The ``conv(k×k) → BN → ReLU`` block feeding the final 1×1 head (for second-to-last-layer PGN).
@@ -57,6 +64,11 @@ class SegOutput:
     bias: torch.Tensor | None = None
     image_size: tuple[int, int] | None = None
     block: HeadBlock | None = None
+
+    def upsample(self, score: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """A (B, h, w) score at the head's resolution, bilinearly upsampled to ``size`` or the image size."""
+        size = size or self.image_size
+        return score if size is None else upsample_score(score, size)
 
     def upsampled_logits(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, C, H, W) logits bilinearly upsampled (``align_corners=False``) to ``size`` or the image size."""

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from oodseg import distributed
+from oodseg.adapter import upsample_score
 from oodseg.data.imagefiles import read_raw_label
 from oodseg.data.io import find_score, read_score
 from oodseg.data.readers import Dataset
@@ -33,8 +33,7 @@ def resize_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (``align_corners=False``, SPEC §0) of a float32 ``(h, w)`` map to ``size`` ``(H, W)``."""
     if score.shape == tuple(size):
         return score
-    t = torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    return upsample_score(torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None], size)[0].numpy()
 
 
 def load_roi(roi) -> np.ndarray | None:

@@ -9,7 +9,9 @@ Then per segmentation: out-of-fold meta-classifier probabilities ``P(false posit
 image-grouped cross-validation (:mod:`oodseg.meta.models`), AUROC/AUPRC of finding false
 positives against the MSP baseline (Meta-OoD Table 3: the baseline ranks segments by their
 mean MSP alone — a confident segment is more likely a false OoD detection), R² of the IoU
-regression and the LARS ranking (at the main segmentation only).
+regression (predictions clipped to [0, 1], the range of IoU; the target is mostly 0 for
+Meta-OoD segments and an unclipped linear fit overshoots) and the LARS ranking (at the main
+segmentation only).
 
 Pass 2 (Meta-OoD): segments with ``P(false positive) > 0.5`` are removed; FP, FN, F1 and the
 road miss rate before/after per threshold come from :class:`oodseg.metrics.DetectionMetrics`
@@ -133,7 +135,7 @@ def _meta_regress(collected: _Collected, cv: str, model: str) -> dict | None:
     valid = np.isfinite(iou)
     if len(np.unique(frame[valid])) < 2:
         return None
-    prediction = cross_val_predict(X[valid], iou[valid], frame[valid], cv, "regression", model)
+    prediction = np.clip(cross_val_predict(X[valid], iou[valid], frame[valid], cv, "regression", model), 0.0, 1.0)
     return {"R2": _finite_or_none(regression_score(iou[valid], prediction))}
 
 

@@ -22,11 +22,10 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from oodseg import distributed
-from oodseg.adapter import ModelAdapter
+from oodseg.adapter import ModelAdapter, upsample_score
 from oodseg.atomic import atomic_path, write_json
 from oodseg.data import detect_kind, open_dataset, score_path, write_score
 from oodseg.data.transforms import image_to_tensor, label_to_tensor
@@ -348,15 +347,8 @@ def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor) -> tuple[
         if scorer.model_based:
             maps[scorer.key] = scorer(adapter, images).detach()
     with torch.no_grad():
-        maps = {key: _upsample(value.float(), size) for key, value in maps.items()}
+        maps = {key: upsample_score(value.float(), size) for key, value in maps.items()}
     return maps, prediction
-
-
-def _upsample(score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) → (B, H, W) bilinear, ``align_corners=False``."""
-    if tuple(score.shape[-2:]) == size:
-        return score
-    return F.interpolate(score[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
 def _write_prediction(path: Path, prediction: torch.Tensor) -> None:
