@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 from skimage.measure import label as sk_label
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from oodseg.cli import main
 from oodseg.data import open_dataset, write_score
@@ -126,6 +127,17 @@ def test_run_meta_table_filtered_maps_and_schema(tiny, tmp_path):
     assert result["classification"]["AUROC"] > 0.9
     assert result["regression"]["R2"] is not None
     assert result["lars"] and result["lars"][0][1] == 1
+    # the MSP baseline and the segment count, recomputed from the files with skimage + sklearn
+    is_fp, mean_msp = [], []
+    for fid, s, y in zip(dataset.fids, scores, labels):
+        msp = np.load(probs_dir / f"{fid}.npz")["probs"].astype(np.float32).max(0)
+        comps = sk_label((s >= 0.5) & (y != 255), connectivity=2)
+        for k in range(1, comps.max() + 1):
+            is_fp.append(not (y[comps == k] == 1).any())
+            mean_msp.append(msp[comps == k].astype(np.float64).mean())
+    assert result["n_segments"] == len(is_fp) and result["classification"]["n_false_positive"] == sum(is_fp)
+    assert result["classification"]["baseline_AUROC"] == pytest.approx(roc_auc_score(is_fp, mean_msp))
+    assert result["classification"]["baseline_AUPRC"] == pytest.approx(average_precision_score(is_fp, mean_msp))
     json.dumps(result, allow_nan=False)  # valid JSON: no NaN
 
 
@@ -214,3 +226,30 @@ def test_cli_meta_end_to_end_and_evaluate_reads_filtered_maps(tiny, tmp_path):
                                     str(probs_dir), "--cv", "folds"])
     assert bad.exit_code == 2 and bad.output.startswith("error: --cv")
     assert "Example" in CliRunner().invoke(main, ["meta", "--help"]).output
+
+
+def test_probability_files_round_trip_as_float16(tmp_path, rng):
+    probs = softmax(rng.normal(size=(C, 6, 7))).astype(np.float32)
+    write_probabilities(tmp_path / "a.npz", probs)
+    with np.load(tmp_path / "a.npz") as npz:
+        assert npz.files == ["probs"] and npz["probs"].dtype == np.float16
+    np.testing.assert_array_equal(read_probabilities(tmp_path / "a.npz"), probs.astype(np.float16).astype(np.float32))
+    with pytest.raises(OodsegError, match="probability file not found"):
+        read_probabilities(tmp_path / "missing.npz")
+    np.savez(tmp_path / "flat.npz", probs=np.full((6, 7), 0.5))
+    with pytest.raises(OodsegError, match=r"flat.npz: expected probabilities of shape \(C, H, W\)"):
+        read_probabilities(tmp_path / "flat.npz")
+
+
+def test_suppress_segments_changes_exactly_the_removed_pixels():
+    from oodseg.meta import suppress_segments
+
+    score = np.array([[0.9, 0.8, 0.1], [0.5, 0.4, 0.35]], np.float32)
+    removed = np.array([[True, True, False], [False, False, True]])
+    out = suppress_segments(score, removed, 0.3)
+    np.testing.assert_array_equal(out[~removed], score[~removed])
+    assert (out[removed] == np.float32(0.1)).all()        # the frame minimum, already below t
+    high = np.array([[0.9, 0.8], [0.7, 0.6]], np.float32)  # every pixel above t: just below t in float16
+    out = suppress_segments(high, np.eye(2, dtype=bool), 0.5)
+    assert (out[np.eye(2, dtype=bool)] < 0.5).all() and np.float16(out[0, 0]) < np.float16(0.5)
+    assert out[0, 1] == np.float32(0.8) and (score == np.array([[0.9, 0.8, 0.1], [0.5, 0.4, 0.35]], np.float32)).all()

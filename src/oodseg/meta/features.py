@@ -107,8 +107,8 @@ class _SegmentPixels:
             self.selection = np.flatnonzero(flat)
             flat, interior = flat[self.selection], interior[self.selection]
         self.bins = flat.astype(np.int64) * 2 + interior
-        counts = np.bincount(self.bins, minlength=2 * (n + 1)).reshape(n + 1, 2)[1:]
-        self.n_bd, self.n_in = counts[:, 0].astype(np.float64), counts[:, 1].astype(np.float64)
+        self.bin_counts = np.bincount(self.bins, minlength=2 * (n + 1)).astype(np.float64)
+        self.n_bd, self.n_in = self.bin_counts[2::2], self.bin_counts[3::2]
         self.size = self.n_bd + self.n_in
         # runs: maximal pieces of one image row with one id (0 included), in raster order
         H, W = ids.shape
@@ -152,8 +152,7 @@ def _map_statistics(pixels: _SegmentPixels, values: np.ndarray, s_rel: np.ndarra
     """The 10 statistics (MAP_STATISTICS order) of one map; variances by deviation from the bin means."""
     n = pixels.n
     bins = pixels.bins
-    counts2 = np.stack([pixels.n_bd, pixels.n_in], axis=1).ravel()
-    counts2 = np.concatenate([[0.0, 0.0], counts2])
+    counts2 = pixels.bin_counts
     sums2 = np.bincount(bins, weights=values, minlength=2 * (n + 1))
     means2 = _safe_divide(sums2, counts2)
     deviation = values - means2[bins]
@@ -162,8 +161,8 @@ def _map_statistics(pixels: _SegmentPixels, values: np.ndarray, s_rel: np.ndarra
     var_bd, var_in = var2[2::2], var2[3::2]
     size = pixels.size
     mean = (sums2[2::2] + sums2[3::2]) / size
+    # law of total variance over the interior and boundary parts
     var = (pixels.n_in * (var_in + (mean_in - mean) ** 2) + pixels.n_bd * (var_bd + (mean_bd - mean) ** 2)) / size
-    var = np.maximum(var, 0.0)
     return [mean, mean_in, mean_bd, var, var_in, var_bd, mean * s_rel, mean_in * s_rel_in, var * s_rel, var_in * s_rel_in]
 
 

@@ -3,12 +3,13 @@
 Pass 1, per frame: segments (Meta-OoD: components of ``score >= t`` off void for every
 threshold t; MetaSeg: components of each predicted class), their features
 (:mod:`oodseg.meta.features`) and targets (:mod:`oodseg.meta.targets`), and the MSP
-baseline (mean max-softmax probability of the segment).
+baseline: the segment's mean max-softmax probability (MSP) alone, which flags a false
+positive when it is high for an OoD segment (a confident prediction is no anomaly) and when
+it is low for a class segment (MetaSeg's "maximum softmax" baseline).
 
 Then per segmentation: out-of-fold meta-classifier probabilities ``P(false positive)`` by
 image-grouped cross-validation (:mod:`oodseg.meta.models`), AUROC/AUPRC of finding false
-positives against the MSP baseline (Meta-OoD Table 3: the baseline ranks segments by their
-mean MSP alone — a confident segment is more likely a false OoD detection), R² of the IoU
+positives against the MSP baseline (Meta-OoD Table 3), R² of the IoU
 regression (predictions clipped to [0, 1], the range of IoU; the target is mostly 0 for
 Meta-OoD segments and an unclipped linear fit overshoots) and the LARS ranking (at the main
 segmentation only).
@@ -280,7 +281,10 @@ def _collect_frame(index, sample, reader: _FrameReader, spec, feature_sets, sett
         else:
             ids, n, segment_class = class_segments(prediction)
         feats = segment_features(ids, n, maps, class_probs, prediction)
-        collected[key].add(index, feats, segment_iou(ids, n, segment_class, label), segment_means(ids, n, max_prob))
+        mean_msp = segment_means(ids, n, max_prob)
+        # baseline score for "false positive": a confident OoD segment, an unconfident class segment
+        baseline = mean_msp if spec.kind == "entropy" else 1.0 - mean_msp
+        collected[key].add(index, feats, segment_iou(ids, n, segment_class, label), baseline)
 
 
 def _detection_table(dataset, reader: _FrameReader, table, collected, decisions, main_t, target, main_key) -> list[dict]:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from oodseg.adapter import upsample_score
 from oodseg.atomic import atomic_path
 from oodseg.errors import OodsegError
 from oodseg.models.checkpoint import META_FILE
@@ -124,9 +124,7 @@ class CheckpointProbabilities:
             if self.scorers:
                 raw = compute(self.scorers, out)
                 for name, scorer in zip(gradient_map_names(), self.scorers):
-                    value = F.interpolate(raw[scorer.key][:, None].float(), size=size, mode="bilinear",
-                                          align_corners=False)[0, 0]
-                    maps[name] = value.cpu().numpy()
+                    maps[name] = upsample_score(raw[scorer.key].float(), size)[0].cpu().numpy()
         return probs.cpu().numpy(), maps
 
     def close(self) -> None:

@@ -35,6 +35,28 @@ def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return _masked_mean(ce, mask)
 
 
+def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                               hard_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Online hard-example mining ("bootstrapped" CE): mean ``-log p_y`` over the hardest pixels.
+
+    Of the N inlier pixels of the batch (labels 254/255 ignored), the ``ceil(hard_fraction · N)``
+    with the largest cross entropy are averaged; ``hard_fraction = 1`` is
+    :func:`inlier_cross_entropy`. Rare and thin classes (poles, signs, bicycles), whose pixels
+    stay hard longest, get a larger share of the gradient without per-class weights.
+    Returns ``(hard CE, plain CE over all inlier pixels)``, both scalars (the second for logging).
+    """
+    if not 0.0 < hard_fraction <= 1.0:
+        raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction}")
+    mask = inlier_mask(labels, logits.shape[1])
+    ce = F.cross_entropy(logits, torch.where(mask, labels, torch.zeros_like(labels)), reduction="none")
+    plain = _masked_mean(ce, mask)
+    count = int(mask.sum())
+    if count == 0 or hard_fraction == 1.0:
+        return plain, plain
+    hardest = torch.topk(ce[mask], math.ceil(hard_fraction * count), sorted=False).values
+    return hardest.mean(), plain
+
+
 def uniform_cross_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over ``mask`` pixels of ``-(1/C) Σ_j log p_j`` (CE against the uniform label).
 

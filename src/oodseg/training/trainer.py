@@ -214,16 +214,30 @@ def segmentation_logits(module: nn.Module, images: torch.Tensor) -> torch.Tensor
 
 
 class BaselineRecipe(Recipe):
-    """Closed-set training: pixel-wise cross entropy over the trainIds (255 and 254 ignored)."""
+    """Closed-set training: pixel-wise cross entropy over the trainIds (255 and 254 ignored).
+
+    ``hard_fraction`` < 1 averages the CE over only that fraction of hardest pixels of each
+    (per-rank) batch (:func:`oodseg.training.losses.bootstrapped_cross_entropy`); 1 is plain CE.
+    Logged terms: ``ce`` (plain mean CE) and ``hard_ce`` (the loss) when ``hard_fraction < 1``.
+    """
 
     name = "baseline"
 
+    def __init__(self, hard_fraction: float = 1.0) -> None:
+        super().__init__()
+        if not 0.0 < float(hard_fraction) <= 1.0:
+            raise OodsegError(f"recipe baseline: hard_fraction must be in (0, 1], got {hard_fraction}")
+        self.hard_fraction = float(hard_fraction)
+
     def loss(self, module, batch):
-        from oodseg.training.losses import inlier_cross_entropy
+        from oodseg.training.losses import bootstrapped_cross_entropy
 
         logits = segmentation_logits(module, batch["image"])
-        ce = inlier_cross_entropy(logits, batch["label"])
-        return ce, {"ce": float(ce.detach())}
+        loss, ce = bootstrapped_cross_entropy(logits, batch["label"], self.hard_fraction)
+        terms = {"ce": float(ce.detach())}
+        if self.hard_fraction < 1.0:
+            terms["hard_ce"] = float(loss.detach())
+        return loss, terms
 
 
 def get_recipe(name: str, **params: Any) -> Recipe:

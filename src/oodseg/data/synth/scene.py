@@ -241,8 +241,13 @@ def _draw_building_lines(canvas: Canvas, layout: Layout, rng: np.random.Generato
 # ----------------------------------------------------------------------------- standing things
 
 
+#: Thinnest drawn line (px): thin structures stay at least this wide, so they survive a stride-4 network.
+MIN_LINE_PX = 2.0
+
+
 def _line_width(s: float, metres: float) -> float:
-    return max(1.0, metres * s)
+    """Width in px of a ``metres``-wide line at ``s`` px/m, at least :data:`MIN_LINE_PX`."""
+    return max(MIN_LINE_PX, metres * s)
 
 
 def _draw_person(canvas: Canvas, rng: np.random.Generator, x: float, z: float, class_id: int = PERSON) -> None:
@@ -276,20 +281,24 @@ def _draw_two_wheeler(canvas: Canvas, rng: np.random.Generator, x: float, z: flo
     half_base = (0.7 if motor else 0.52) * s
     tyre = canvas.paint(cls, _colour(rng, ((25, 25, 28),), 4.0), FINE, 0.05, depth=z)
     frame = canvas.paint(cls, _colour(rng, CLOTHES_COLOURS if not motor else CAR_COLOURS), FINE, 0.06, depth=z)
+    # wheel discs: spokes (bicycle) or rims (motorcycle) read as one textured grey disc at this resolution
+    wheel = canvas.paint(cls, _colour(rng, ((120, 122, 125), (150, 150, 150), (95, 95, 100)), 8.0), VSTREAK,
+                         0.35 if not motor else 0.12, depth=z)
     back, front = (u - face * half_base, v - r), (u + face * half_base, v - r)
     seat = (u - face * 0.18 * s, v - (0.78 if motor else 0.88) * s)
     bar = (u + face * 0.42 * s, v - 1.0 * s)
     for cu, cv in (back, front):
-        canvas.ring(tyre, cu, cv, r, r, (0.09 if motor else 0.05) * s)
+        canvas.ellipse(wheel, cu, cv, r, r)
+        canvas.ring(tyre, cu, cv, r, r, _line_width(s, 0.1 if motor else 0.07))
     if motor:
         canvas.polygon(frame, [back[0], u - face * 0.35 * s, u + face * 0.5 * s, front[0], u + face * 0.1 * s],
                        [back[1], seat[1], v - 0.95 * s, front[1], v - 0.25 * s])
         canvas.ellipse(tyre, u, v - 0.35 * s, 0.28 * s, 0.16 * s)
     else:
         crank = (u, v - 0.3 * s)
-        canvas.line(frame, [back[0], seat[0], bar[0], front[0]], [back[1], seat[1], bar[1], front[1]], _line_width(s, 0.05))
-        canvas.line(frame, [back[0], crank[0], seat[0]], [back[1], crank[1], seat[1]], _line_width(s, 0.05))
-        canvas.line(frame, [crank[0], bar[0] - face * 0.05 * s], [crank[1], bar[1] + 0.12 * s], _line_width(s, 0.05))
+        canvas.line(frame, [back[0], seat[0], bar[0], front[0]], [back[1], seat[1], bar[1], front[1]], _line_width(s, 0.08))
+        canvas.line(frame, [back[0], crank[0], seat[0]], [back[1], crank[1], seat[1]], _line_width(s, 0.08))
+        canvas.line(frame, [crank[0], bar[0] - face * 0.05 * s], [crank[1], bar[1] + 0.12 * s], _line_width(s, 0.08))
     if not ridden:
         return
     clothes = canvas.paint(RIDER, _colour(rng, CLOTHES_COLOURS), FINE, 0.08, depth=z - 0.01)
@@ -306,7 +315,7 @@ def _draw_pole(canvas: Canvas, paint: int, x: float, z: float, y_top: float, wid
     cam = canvas.camera
     s = cam.scale(z)
     u, v = cam.project(x, 0.0, z)
-    half = max(1.0, 0.5 * width * s)
+    half = 0.5 * _line_width(s, width)
     top = v - y_top * s
     canvas.polygon(paint, [u - half, u + half, u + half, u - half], [v, v, top, top])
 
@@ -316,7 +325,7 @@ def _draw_street_lamp(canvas: Canvas, rng: np.random.Generator, x: float, z: flo
     s = cam.scale(z)
     pole = canvas.paint(POLE, _colour(rng, POLE_COLOURS, 6.0), FINE, 0.06, depth=z)
     height = rng.uniform(6.0, 8.5)
-    _draw_pole(canvas, pole, x, z, height, 0.2)
+    _draw_pole(canvas, pole, x, z, height, 0.25)
     u, v = cam.project(x, height, z)
     tip = u + towards * 1.6 * s
     canvas.line(pole, [u, tip], [v, v + 0.2 * s], _line_width(s, 0.12))
@@ -328,9 +337,9 @@ def _draw_sign(canvas: Canvas, rng: np.random.Generator, x: float, z: float) -> 
     s = cam.scale(z)
     pole = canvas.paint(POLE, _colour(rng, POLE_COLOURS, 6.0), FINE, 0.06, depth=z)
     height = rng.uniform(2.2, 3.0)
-    _draw_pole(canvas, pole, x, z, height, 0.09)
+    _draw_pole(canvas, pole, x, z, height, 0.12)
     u, v = cam.project(x, height, z)
-    size = rng.uniform(0.6, 0.85) * s
+    size = rng.uniform(0.75, 1.05) * s
     shape = int(rng.integers(5))
     outer = canvas.paint(TRAFFIC_SIGN, _colour(rng, SIGN_COLOURS, 8.0), FINE, 0.05, depth=z - 0.01)
     inner = canvas.paint(TRAFFIC_SIGN, _colour(rng, SIGN_COLOURS, 8.0), FINE, 0.05, depth=z - 0.01)
@@ -356,19 +365,19 @@ def _draw_traffic_light(canvas: Canvas, rng: np.random.Generator, x: float, z: f
     pole = canvas.paint(POLE, _colour(rng, POLE_COLOURS, 6.0), FINE, 0.06, depth=z)
     overhead = rng.random() < 0.4
     height = rng.uniform(5.5, 6.5) if overhead else rng.uniform(2.4, 3.0)
-    _draw_pole(canvas, pole, x, z, height, 0.14)
+    _draw_pole(canvas, pole, x, z, height, 0.18)
     u, v = cam.project(x, height, z)
     if overhead:
         reach = rng.uniform(2.5, 5.0) * s
         canvas.line(pole, [u, u + towards * reach], [v, v], _line_width(s, 0.14))
         u, v = u + towards * reach, v + 1.1 * s
     housing = canvas.paint(TRAFFIC_LIGHT, _colour(rng, ((30, 32, 30), (40, 45, 40), (170, 150, 40)), 6.0), FINE, 0.05, depth=z - 0.01)
-    w, h = 0.36 * s, 1.0 * s
+    w, h = 0.45 * s, 1.2 * s
     canvas.polygon(housing, [u - w / 2, u + w / 2, u + w / 2, u - w / 2], [v - h, v - h, v, v])
     lit = int(rng.integers(3))
     for k, colour in enumerate(((230, 40, 30), (240, 180, 30), (40, 220, 90))):
         lamp = canvas.paint(TRAFFIC_LIGHT, np.asarray(colour) * (1.0 if k == lit else 0.3), FINE, 0.03, depth=z - 0.01)
-        canvas.ellipse(lamp, u, v - h * (0.83 - 0.33 * k), 0.13 * s, 0.13 * s)
+        canvas.ellipse(lamp, u, v - h * (0.83 - 0.33 * k), 0.15 * s, 0.15 * s)
 
 
 def _draw_vehicle(canvas: Canvas, rng: np.random.Generator, cls: int, x: float, z: float, oncoming: bool) -> None:
@@ -462,7 +471,7 @@ def street_items(layout: Layout, rng: np.random.Generator) -> list[Item]:
         if rng.random() < 0.5:
             for z in _spaced(rng, int(rng.integers(1, 5)), 5.0, 70.0, 6.0):
                 add(z, _draw_vehicle, CAR if rng.random() < 0.85 else TRUCK, edge - side * 1.1, z, side < 0)
-        if rng.random() < 0.45:
+        if rng.random() < 0.6:
             z = rng.uniform(7.0, 35.0)
             add(z, _draw_two_wheeler, edge - side * 0.8, z, rng.random() < 0.3, True)
     walk_x = {-1.0: (sl + 0.4, rl - 0.6), 1.0: (rr + 0.6, sr - 0.4)}
@@ -476,12 +485,12 @@ def street_items(layout: Layout, rng: np.random.Generator) -> list[Item]:
         if rng.random() < 0.6:
             for z in np.arange(rng.uniform(4.0, 20.0), 100.0, rng.uniform(18.0, 30.0)):
                 add(z, _draw_street_lamp, curb_x, z, -side)
-        for z in rng.uniform(6.0, 45.0, size=int(rng.integers(0, 3))):
+        for z in rng.uniform(6.0, 45.0, size=int(rng.integers(0, 4))):
             add(z, _draw_sign, curb_x + side * rng.uniform(0.0, 0.4), z)
         if rng.random() < 0.4:
             for z in np.arange(rng.uniform(5.0, 12.0), 70.0, rng.uniform(9.0, 15.0)):
                 add(z, _draw_tree, rng.uniform(lo, hi) * 0.5 + (sl if side < 0 else sr) * 0.5, z, rng.uniform(4.5, 8.0))
-    if rng.random() < 0.55:
+    if rng.random() < 0.75:
         z = rng.uniform(12.0, 40.0)
         for side, edge in ((-1.0, rl - 0.6), (1.0, rr + 0.6)):
             if rng.random() < 0.8:
