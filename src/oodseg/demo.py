@@ -7,6 +7,7 @@ Every step is cached in the output folder, so a second run only redoes what is m
     OUT/train/member-1/       a second baseline (other seed), the partner of the ``ensemble`` score
     OUT/scores/               every post-hoc score of SPEC §1 on both tracks (``oodseg score``)
     OUT/evaluate/{track}/     one ``oodseg.evaluate`` JSON per method (``oodseg evaluate``)
+    OUT/meta/anomaly.json     Meta-OoD false-positive removal on the entropy segments (``oodseg meta``)
     OUT/results.{json,csv,md} the ranking tables
     OUT/report/               the HTML report (``oodseg report``)
 """
@@ -75,6 +76,8 @@ def run_demo(config: DemoConfig) -> dict:
     evaluations = []
     for track in TRACKS:
         evaluations += _step(config, f"evaluate {track}", lambda: _evaluate(config, data, track))
+    if "entropy" in config.methods:
+        _step(config, "meta anomaly", lambda: _meta(config, data, baseline))
     tables = _step(config, "tables", lambda: _write_tables(config))
     if config.report_frames >= 0:
         _step(config, "report", lambda: _report(config))
@@ -154,6 +157,22 @@ def _evaluate(config: DemoConfig, data: Path, track: str) -> list[dict]:
         write_json(path, result)
         results.append(result)
     return results
+
+
+def _meta(config: DemoConfig, data: Path, checkpoint: Path) -> dict:
+    """Meta-OoD on the anomaly track: entropy ≥ 0.3 segments, logistic meta classifier, image-grouped CV."""
+    from oodseg.data import open_dataset
+    from oodseg.meta import run_meta
+
+    path = config.out / "meta" / "anomaly.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    dataset = open_dataset("smiyc-anomaly", data / "anomaly")
+    folds = min(5, len(dataset))
+    result = run_meta(dataset, probs=checkpoint, scores_dir=config.out / "scores" / "entropy" / "anomaly",
+                      segments="entropy:0.3", cv=f"image-kfold:{folds}", method="entropy")
+    write_json(path, result)
+    return result
 
 
 def _write_tables(config: DemoConfig) -> list[dict]:
