@@ -16,7 +16,6 @@ both sides of the frame. Prints medians (seconds) and ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 
 from oodseg.meta.features import dispersion_maps, segment_features
 from oodseg.meta.segments import NEIGHBOUR_OFFSETS, class_segments, interior_mask
+from _timing import median_time  # noqa: E402
 
 
 def make_frame(height: int, width: int, classes: int = 19, blocks=(22, 23), seed: int = 0):
@@ -69,16 +69,6 @@ def loop_features(ids, segments, maps, probs, prediction):
     return np.array(rows)
 
 
-def median_time(work, repeats: int) -> float:
-    work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="512×1024 instead of 1024×2048")
@@ -92,9 +82,9 @@ def main() -> None:
     maps = dispersion_maps(probs)
     print(f"frame {height}×{width}, 19 classes, {n} class segments, 75 features, one thread")
 
-    t_maps = median_time(lambda: dispersion_maps(probs), args.repeats)
-    t_segments = median_time(lambda: class_segments(prediction), args.repeats)
-    t_features = median_time(lambda: segment_features(ids, n, maps, probs, prediction), args.repeats)
+    t_maps = median_time(lambda: dispersion_maps(probs), args.repeats, warmup=True)
+    t_segments = median_time(lambda: class_segments(prediction), args.repeats, warmup=True)
+    t_features = median_time(lambda: segment_features(ids, n, maps, probs, prediction), args.repeats, warmup=True)
     subset = np.linspace(1, n, min(args.subset, n)).round().astype(int)
     fast = segment_features(ids, n, maps, probs, prediction)
     slow = loop_features(ids, subset, maps, probs, prediction)

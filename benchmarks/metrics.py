@@ -14,7 +14,6 @@ Times are medians of repeats; only ratios are meaningful on a shared machine.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 import tracemalloc
@@ -28,17 +27,11 @@ from test_metrics_component import reference_frame_scores  # noqa: E402  (the lo
 
 from oodseg.metrics.component import ComponentMetrics  # noqa: E402
 from oodseg.metrics.pixel import PixelMetrics  # noqa: E402
+from _timing import median_time  # noqa: E402
 
 CHUNK = (2, 1000, 1000)  # 2M pixels per update
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def pixel_chunk(rng) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from synthetic import write_results  # noqa: E402
 
 from oodseg.data import find_score, open_dataset, read_score  # noqa: E402
 from oodseg.report import build_report, load_results  # noqa: E402
+from _timing import median_time  # noqa: E402
 
 BUDGET_S = 30.0
 
@@ -41,13 +41,6 @@ def read_inputs(results_dir: Path, frames: int) -> None:
                 read_score(find_score(ev.data["scores"], sample.fid))
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -480,12 +480,13 @@ def bench_command(names: tuple[str, ...], quick: bool) -> None:
         raise OodsegError(f"unknown benchmark {unknown[0]!r} (available: {', '.join(available)})")
     for name in names or available:
         click.echo(f"== benchmarks/{name}.py", err=True)
-        argv = sys.argv
+        argv, path = sys.argv, list(sys.path)
         sys.argv = [str(folder / f"{name}.py")] + (["--quick"] if quick else [])
+        sys.path.insert(0, str(folder))  # as when run as a script: the scripts share benchmarks/_timing.py
         try:
             runpy.run_path(str(folder / f"{name}.py"), run_name="__main__")
         finally:
-            sys.argv = argv
+            sys.argv, sys.path[:] = argv, path
 
 
 # --- meta ---
