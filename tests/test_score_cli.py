@@ -224,7 +224,7 @@ def test_torchrun_two_processes_write_the_same_files(frames, checkpoint, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OODSEG_QUIET": "1"}
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "oodseg"), *common, "--out", str(single)], check=True, env=env, timeout=300)
-    run = subprocess.run([str(bin_dir / "torchrun"), "--nproc_per_node=2", "--no-python", str(bin_dir / "oodseg"),
+    run = subprocess.run([str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=2", "--no-python", str(bin_dir / "oodseg"),
                           *common, "--out", str(double)], env=env, timeout=300, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     files = sorted(p.relative_to(single) for p in single.rglob("*") if p.is_file() and "_manifest" not in p.parts)
