@@ -197,28 +197,31 @@ class ScoreInputs:
         return self.shifted - torch.log(total).unsqueeze(1)
 
     @cached_property
-    def top2(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, h, w) largest and second-largest logit (equal on ties), one pass over the classes."""
+    def _top2_argmax(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass over the classes: (B, h, w) largest logit, second largest, int64 index of the first largest.
+
+        ``torch.argmax``/``topk`` over a channel-first dimension are an order of magnitude slower on CPU.
+        """
         logits = self.logits
-        first = torch.maximum(logits[:, 0], logits[:, 1])
-        second = torch.minimum(logits[:, 0], logits[:, 1])
-        for c in range(2, logits.shape[1]):
+        first, second = logits[:, 0], torch.full_like(logits[:, 0], -torch.inf)
+        index = torch.zeros(first.shape, dtype=torch.int64, device=logits.device)
+        for c in range(1, logits.shape[1]):
             channel = logits[:, c]
+            index.masked_fill_(channel > first, c)  # strict: ties keep the first maximal class
             second = torch.maximum(second, torch.minimum(first, channel))
             first = torch.maximum(first, channel)
+        return first, second, index
+
+    @property
+    def top2(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w) largest and second-largest logit (equal on ties)."""
+        first, second, _ = self._top2_argmax
         return first, second
 
-    @cached_property
+    @property
     def argmax(self) -> torch.Tensor:
-        """(B, h, w) int64 predicted class ``ĉ`` (first maximal class, as ``torch.argmax``).
-
-        ``C - max_c (C - c)·[l_c = m]``: three cheap passes; ``torch.argmax`` over a
-        channel-first dimension is an order of magnitude slower on CPU.
-        """
-        num_classes = self.logits.shape[1]
-        rank = torch.arange(num_classes, 0, -1, dtype=self.logits.dtype, device=self.logits.device)
-        is_max = self.logits == self.max_logit.unsqueeze(1)
-        return num_classes - (is_max * rank.view(1, -1, 1, 1)).amax(dim=1).long()
+        """(B, h, w) int64 predicted class ``ĉ`` (first maximal class, as ``torch.argmax``)."""
+        return self._top2_argmax[2]
 
     # --- feature family ---------------------------------------------------------------
     @cached_property
