@@ -8,8 +8,8 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp, softmax
 from scipy.stats import entropy
 
-from oodseg.training.losses import (js_to_uniform, pixel_entropy, rpl_inlier_loss, rpl_outlier_loss,
-                                    supervised_infonce)
+from oodseg.training.losses import (js_to_uniform, pixel_entropy, rpl_inlier_energy_loss, rpl_inlier_loss,
+                                    rpl_outlier_loss, supervised_infonce)
 
 
 def _pixels(logits: np.ndarray) -> np.ndarray:
@@ -129,3 +129,25 @@ def test_supervised_infonce_prefers_clustered_embeddings():
     empty = torch.zeros(0, 2)
     none = torch.zeros(0, dtype=torch.long)
     assert float(supervised_infonce(clustered, labels, empty, none)) < float(supervised_infonce(mixed, labels, empty, none))
+
+
+def test_rpl_inlier_energy_loss_matches_scipy(rng):
+    rpl = rng.normal(0, 2, size=(2, 4, 3, 5))
+    vanilla = rng.normal(0, 2, size=(2, 4, 3, 5))
+    mask = rng.random((2, 3, 5)) < 0.6
+    got = rpl_inlier_energy_loss(torch.tensor(rpl), torch.tensor(vanilla), torch.tensor(mask))
+    gap = logsumexp(_pixels(rpl), axis=1) - logsumexp(_pixels(vanilla), axis=1)
+    assert float(got) == pytest.approx((gap ** 2)[mask.reshape(-1)].mean(), rel=1e-10)
+
+
+def test_only_the_energy_anchor_sees_a_class_uniform_logit_shift(rng):
+    """The RPL failure it prevents: lowering every class logit by c leaves CE to the pseudo-label and the
+    entropy gap unchanged (so nothing stops the residual from lowering every pixel's energy), but costs c²."""
+    vanilla = torch.tensor(rng.normal(0, 2, size=(1, 5, 4, 4)))
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    shifted = vanilla - 3.0
+    ce, entropy_gap = rpl_inlier_loss(shifted, vanilla, mask)
+    ce_ref, _ = rpl_inlier_loss(vanilla, vanilla, mask)
+    assert float(ce) == pytest.approx(float(ce_ref), rel=1e-12) and float(entropy_gap) < 1e-20
+    assert float(rpl_inlier_energy_loss(shifted, vanilla, mask)) == pytest.approx(9.0, rel=1e-12)
+    assert float(rpl_inlier_energy_loss(vanilla, vanilla, mask)) == 0.0

@@ -87,7 +87,7 @@ def test_training_keeps_the_frozen_network_bit_identical(arch, outlier_pool):
     module = recipe.setup(base, config)
     rpl_before = {k: v.clone() for k, v in module.rpl.state_dict().items()}
     terms = _train_steps(recipe, module, config)
-    assert set(terms) == {"ce", "entropy_mse", "energy", "corocl"}
+    assert set(terms) == {"ce", "entropy_mse", "energy_mse", "energy", "corocl"}
     assert all(np.isfinite(v) for v in terms.values())
     assert not module.base.training and all(not m.training for m in module.base.modules())
     after = module.base.state_dict()
@@ -108,6 +108,29 @@ def test_param_groups_give_the_heads_ten_times_the_learning_rate(outlier_pool):
     assert ids[1] == {id(p) for p in [*module.rpl.residual_head.parameters(), *module.rpl.projector.parameters()]}
     assert ids[0] | ids[1] == {id(p) for p in module.rpl.parameters()}
     assert not ids[0] & {id(p) for p in module.base.parameters()}
+
+
+def test_loss_adds_the_weighted_inlier_energy_anchor(outlier_pool):
+    config = make_config("rpl", data="unused", out="unused", outliers=str(outlier_pool))
+    data = {"image": torch.rand(2, 3, 64, 64), "label": torch.randint(0, 5, (2, 64, 64)), "seed": torch.tensor([1, 2])}
+    totals = {}
+    for weight in (0.0, 2.5):
+        recipe = RPLRecipe(samples_per_group=32, inlier_energy_weight=weight)
+        module = recipe.setup(_base("small"), config).eval()  # deterministic: no dropout, BN statistics fixed
+        torch.manual_seed(0)
+        nn.init.normal_(module.rpl.residual_head.weight, std=0.5)  # a residual that moves the logits
+        batch = recipe.batch(data, np.random.default_rng(0))
+        with torch.no_grad():
+            totals[weight], terms = recipe.loss(module, batch)
+        out = module(batch["image"], training_outputs=True)
+        up = lambda x: torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)  # noqa: E731
+        inlier = (batch["label"] < 5).numpy()
+        gap = (torch.logsumexp(up(out["rpl"][:2]), 1) - torch.logsumexp(up(out["vanilla"][:2]), 1)).detach().numpy()
+        assert terms["energy_mse"] == pytest.approx(float((gap[inlier] ** 2).mean()), rel=1e-5)
+        assert terms["energy_mse"] > 0
+    assert float(totals[2.5] - totals[0.0]) == pytest.approx(2.5 * terms["energy_mse"], rel=1e-4)
+    with pytest.raises(OodsegError, match="inlier_energy_weight"):
+        RPLRecipe(inlier_energy_weight=-1)
 
 
 def test_checkpoint_round_trip_rebuilds_the_rpl_model(tmp_path, outlier_pool):

@@ -109,6 +109,17 @@ def rpl_inlier_loss(rpl_logits: torch.Tensor, vanilla_logits: torch.Tensor,
     return ce, _masked_mean(entropy_gap * entropy_gap, mask)
 
 
+def rpl_inlier_energy_loss(rpl_logits: torch.Tensor, vanilla_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over ``mask`` (B,H,W) of ``(logsumexp(rpl) - logsumexp(vanilla))²`` (vanilla detached).
+
+    CE to the pseudo-label and the entropy gap are both blind to adding the same constant to every
+    class logit, so without this anchor the residual can lower the free energy of every pixel at once
+    (what :func:`rpl_outlier_loss` asks for on outliers) and the ``energy`` score stops separating.
+    """
+    gap = torch.logsumexp(rpl_logits, dim=1) - torch.logsumexp(vanilla_logits, dim=1).detach()
+    return _masked_mean(gap * gap, mask)
+
+
 def rpl_outlier_loss(rpl_logits: torch.Tensor, mask: torch.Tensor, weight: float = 0.05) -> torch.Tensor:
     """RPL on outlier pixels: ``weight · mean ReLU(logsumexp(rpl))`` over ``mask`` (pushes the energy ``-lse`` up to ≥ 0)."""
     return weight * _masked_mean(F.relu(torch.logsumexp(rpl_logits, dim=1)), mask)
