@@ -197,31 +197,33 @@ class ScoreInputs:
         return self.shifted - torch.log(total).unsqueeze(1)
 
     @cached_property
-    def _top2_argmax(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One pass over the classes: (B, h, w) largest logit, second largest, int64 index of the first largest.
+    def top2(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, w) largest and second-largest logit (equal on ties), one pass over the classes.
 
-        ``torch.argmax``/``topk`` over a channel-first dimension are an order of magnitude slower on CPU.
+        ``torch.topk`` over a channel-first dimension is an order of magnitude slower on CPU.
         """
         logits = self.logits
-        first, second = logits[:, 0], torch.full_like(logits[:, 0], -torch.inf)
-        index = torch.zeros(first.shape, dtype=torch.int64, device=logits.device)
-        for c in range(1, logits.shape[1]):
+        first, second = torch.maximum(logits[:, 0], logits[:, 1]), torch.minimum(logits[:, 0], logits[:, 1])
+        for c in range(2, logits.shape[1]):
             channel = logits[:, c]
-            index.masked_fill_(channel > first, c)  # strict: ties keep the first maximal class
             second = torch.maximum(second, torch.minimum(first, channel))
             first = torch.maximum(first, channel)
-        return first, second, index
-
-    @property
-    def top2(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, h, w) largest and second-largest logit (equal on ties)."""
-        first, second, _ = self._top2_argmax
         return first, second
 
-    @property
+    @cached_property
     def argmax(self) -> torch.Tensor:
-        """(B, h, w) int64 predicted class ``ĉ`` (first maximal class, as ``torch.argmax``)."""
-        return self._top2_argmax[2]
+        """(B, h, w) int64 predicted class ``ĉ`` (first maximal class, as ``torch.argmax``).
+
+        A running maximum with its index, one pass over the classes (3× faster than ``torch.argmax``
+        over a channel-first dimension on CPU).
+        """
+        logits = self.logits
+        best, index = logits[:, 0], torch.zeros_like(logits[:, 0])
+        for c in range(1, logits.shape[1]):
+            channel = logits[:, c]
+            index = torch.where(channel > best, float(c), index)  # strict: ties keep the first class
+            best = torch.maximum(best, channel)
+        return index.long()
 
     # --- feature family ---------------------------------------------------------------
     @cached_property
