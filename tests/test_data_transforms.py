@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from oodseg.data.transforms import (SegmentationTrainSet, TrainAugment, check_labels, image_to_tensor,
-                                    jitter_colours, scaled_crop)
+from oodseg.data.transforms import (SegmentationTrainSet, TrainAugment, check_labels, class_uniform_pixel,
+                                    image_to_tensor, jitter_colours, scaled_crop)
 from oodseg.errors import OodsegError
 
 
@@ -114,3 +114,43 @@ def test_train_set_cache_reads_each_frame_once_within_budget(rng):
             cached[(index, 0)]
     assert _CountingDataset.reads == 2 + 3  # frames 0, 1 once; frame 2 every time
     assert torch.equal(cached[(2, 5)]["image"], SegmentationTrainSet(frames, TrainAugment(8), 19)[(2, 5)]["image"])
+
+
+def test_focused_crop_contains_the_focus_pixel_at_every_position():
+    # every pixel has its own label value (row * 40 + col), so the crop shows which pixels it holds
+    label = torch.arange(30 * 40).reshape(30, 40)
+    image = torch.zeros(3, 30, 40)
+    for focus, positions in [((0, 0), 1), ((29, 39), 1), ((15, 3), 10 * 4), ((15, 20), 10 * 10)]:
+        starts = set()
+        for seed in range(60):
+            _, crop = scaled_crop(image, label, 10, 1.0, np.random.default_rng(seed), focus=focus)
+            assert focus[0] * 40 + focus[1] in crop.numpy()
+            starts.add(int(crop[0, 0]))
+        # drawn among all the windows containing the focus (a corner pixel has exactly one)
+        assert len(starts) == 1 if positions == 1 else len(starts) >= 20
+
+
+def test_class_uniform_pixel_picks_classes_not_pixels():
+    label = torch.zeros(20, 20, dtype=torch.int64)
+    label[3, 7] = 5  # one pixel of class 5 among 399 of class 0
+    label[10:, :] = 255  # void is never chosen
+    picks = [class_uniform_pixel(label, np.random.default_rng(seed)) for seed in range(400)]
+    rare = sum(p == (3, 7) for p in picks)
+    # class 5 is drawn with probability 1/2: 200 ± 4.5 sigma (sigma = 10)
+    assert 155 <= rare <= 245
+    assert all(int(label[r, c]) != 255 for r, c in picks)
+    assert class_uniform_pixel(torch.full((4, 4), 255), np.random.default_rng(0)) is None
+
+
+def test_class_uniform_augment_shows_rare_classes_more_often(rng):
+    label = np.zeros((64, 96), dtype=np.uint8)
+    label[40:44, 80:82] = 7  # a small sign in one corner
+    image = np.repeat(label[..., None] * 20, 3, axis=2)
+    img_t, lab_t = image_to_tensor(image), torch.from_numpy(label).long()
+    uniform = TrainAugment(16, (1.0, 1.0), hflip=False, color_jitter=0.0)
+    focused = TrainAugment(16, (1.0, 1.0), hflip=False, color_jitter=0.0, class_uniform=1.0)
+    seen = [sum(bool((aug(img_t, lab_t, np.random.default_rng(s))[1] == 7).any()) for s in range(200))
+            for aug in (uniform, focused)]
+    # uniform windows (49 x 81 positions) contain the sign in 17 * 18 of them: ~7.7 %; focused: half the
+    # crops pick class 7 and always contain it, the other half pick class 0 (rarely near the sign)
+    assert seen[0] <= 35 and seen[1] >= 80

@@ -22,7 +22,8 @@ def test_far_poles_are_at_least_min_line_px_wide(draw):
     pole = _labels(draw, *args) == POLE
     rows = np.flatnonzero(pole.any(1))
     assert rows.size >= 5
-    widths = pole[rows].sum(1)
+    shaft = rows[rows >= (rows[0] + rows[-1]) / 2]  # the lower half: shaft only (no arm, lamp head or light)
+    widths = pole[shaft].sum(1)
     assert widths.min() >= MIN_LINE_PX, widths
 
 
@@ -32,8 +33,9 @@ def test_near_poles_scale_with_distance():
         pole = _labels(_draw_street_lamp, 0.0, z, 1.0) == POLE
         ground = int(CAMERA.ground_row(z)) - 3  # a row of the shaft just above the ground
         widths.append(pole[ground].sum())
-    # 0.25 m at 400/8 = 50 px/m is 12.5 px; at 16 m half of that (pinhole), ±1 px of rasterisation
-    assert widths[0] == pytest.approx(12.5, abs=1.5) and widths[1] == pytest.approx(6.25, abs=1.5)
+    # 0.25 m at 400/8 = 50 px/m is 12.5 px; at 16 m half of that (pinhole); PIL fills both edge
+    # columns, so up to 2 px more
+    assert 12 <= widths[0] <= 15 and 6 <= widths[1] <= 9
 
 
 @pytest.mark.parametrize("motor, cls", [(False, BICYCLE), (True, MOTORCYCLE)])

@@ -22,7 +22,7 @@ def data(tmp_path):
 
 def _config(data, out, **overrides):
     values = dict(data=str(data), out=str(out), arch_params=TINY_ARCH, steps=4, batch_size=2, crop_size=32,
-                  log_every=1, ckpt_every=2, lr=5e-3)
+                  log_every=1, ckpt_every=2, lr=5e-3, warmup_steps=0)
     values.update(overrides)
     return make_config(overrides.pop("recipe", "baseline"), **{k: v for k, v in values.items() if k != "recipe"})
 
@@ -130,7 +130,7 @@ def test_sampler_covers_each_epoch_once_and_splits_batches_by_rank():
 
 
 def test_lr_schedules_against_closed_forms():
-    poly = make_config("baseline", schedule="poly", poly_power=0.9)
+    poly = make_config("baseline", schedule="poly", poly_power=0.9, warmup_steps=0)
     assert lr_factor(0, 100, poly) == 1.0
     assert lr_factor(50, 100, poly) == pytest.approx(0.5 ** 0.9)
     cosine = make_config("baseline", schedule="cosine", warmup_steps=10)
@@ -179,3 +179,15 @@ def test_time_budget_stops_early_with_a_final_checkpoint_and_epochs_set_the_leng
     assert load_checkpoint(tmp_path / "budget" / "checkpoint")[1]["step"] == 1
     summary = train(_config(data, tmp_path / "epochs", steps=None, epochs=0.5, validate=False))
     assert summary["total_steps"] == 2 and summary["val_mIoU"] is None  # 0.5 · 8 images / batch 2
+
+
+def test_baseline_hard_fraction_trains_on_the_hardest_pixels_and_logs_both_terms(data, tmp_path):
+    train(_config(data, tmp_path / "hard", steps=2, recipe_params={"hard_fraction": 0.25}))
+    log = [json.loads(line) for line in (tmp_path / "hard" / "log.jsonl").read_text().splitlines()]
+    # the loss is the mean CE of the hardest quarter of pixels, never below the plain mean CE
+    assert all(r["loss"] == r["hard_ce"] and r["hard_ce"] > r["ce"] for r in log)
+    with pytest.raises(OodsegError, match="hard_fraction must be in"):
+        train(_config(data, tmp_path / "bad", recipe_params={"hard_fraction": 0}))
+    with pytest.raises(OodsegError, match="class_uniform: must be a probability"):
+        train(_config(data, tmp_path / "bad", class_uniform=1.5))
+    assert not (tmp_path / "bad" / "log.jsonl").exists()

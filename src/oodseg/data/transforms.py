@@ -36,18 +36,28 @@ def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
         raise OodsegError(f"{where}: unknown label value(s) {values} (expected 0..{num_classes - 1} or 255)")
 
 
+def _window_start(size: int, window: int, rng: np.random.Generator, inside: int | None) -> int:
+    """Uniform start of a ``window`` on an axis of ``size`` px; among those containing ``inside`` when given."""
+    last = max(size - window, 0)
+    if inside is None:
+        return int(rng.integers(0, last + 1))
+    low, high = max(0, inside - window + 1), min(last, inside)
+    return int(rng.integers(low, high + 1)) if low <= high else int(rng.integers(0, last + 1))
+
+
 def scaled_crop(image: torch.Tensor, label: torch.Tensor, crop_size: int, scale: float,
-                rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                rng: np.random.Generator, focus: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A random ``crop_size``² crop of the image rescaled by ``scale`` (pads with 0 / 255 when too small).
 
     Cuts a ``round(crop_size/scale)``² window at a uniform random position from the original
     and resizes it to ``crop_size`` (bilinear for the image, nearest for the label), which is
-    the same as rescaling the whole image first, at a fraction of the cost.
+    the same as rescaling the whole image first, at a fraction of the cost. ``focus`` = (row,
+    column): the window is drawn uniformly among the positions that contain that pixel.
     """
     _, height, width = image.shape
     window = max(1, int(round(crop_size / scale)))
-    top = int(rng.integers(0, max(height - window, 0) + 1))
-    left = int(rng.integers(0, max(width - window, 0) + 1))
+    top = _window_start(height, window, rng, None if focus is None else focus[0])
+    left = _window_start(width, window, rng, None if focus is None else focus[1])
     img = image[:, top:top + window, left:left + window]
     lab = label[top:top + window, left:left + window]
     pad_h, pad_w = window - img.shape[1], window - img.shape[2]
@@ -71,20 +81,43 @@ def jitter_colours(image: torch.Tensor, strength: float, rng: np.random.Generato
     return out.clamp_(0.0, 1.0)
 
 
+def class_uniform_pixel(label: torch.Tensor, rng: np.random.Generator) -> tuple[int, int] | None:
+    """(row, column) of a random pixel of a class drawn uniformly among the classes in ``label``
+    (255 excluded); None when every pixel is 255. Rare classes are picked as often as common ones."""
+    flat = label.reshape(-1)
+    classes = torch.unique(flat)
+    classes = classes[classes != IGNORE]
+    if classes.numel() == 0:
+        return None
+    chosen = int(classes[int(rng.integers(classes.numel()))])
+    pixels = torch.nonzero(flat == chosen).reshape(-1)
+    index = int(pixels[int(rng.integers(pixels.numel()))])
+    return divmod(index, label.shape[1])
+
+
 @dataclass
 class TrainAugment:
-    """Random rescale (uniform in ``scale_range``) + square crop, horizontal flip, colour jitter."""
+    """Random rescale (uniform in ``scale_range``) + square crop, horizontal flip, colour jitter.
+
+    ``class_uniform``: probability that a crop is centred on (contains) a pixel of a class drawn
+    uniformly among the frame's classes (:func:`class_uniform_pixel`) instead of a uniform
+    position; 0 keeps uniform crops only.
+    """
 
     crop_size: int
     scale_range: tuple[float, float] = (0.75, 1.25)
     hflip: bool = True
     color_jitter: float = 0.2
+    class_uniform: float = 0.0
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``(3,H,W)`` float, ``(H,W)`` int64 -> ``(3,c,c)``, ``(c,c)`` with c = ``crop_size``."""
         scale = float(rng.uniform(*self.scale_range))
-        image, label = scaled_crop(image, label, self.crop_size, scale, rng)
+        focus = None
+        if self.class_uniform > 0 and rng.random() < self.class_uniform:
+            focus = class_uniform_pixel(label, rng)
+        image, label = scaled_crop(image, label, self.crop_size, scale, rng, focus)
         if self.hflip and rng.random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
         if self.color_jitter > 0:

@@ -86,7 +86,9 @@ class TrainConfig:
 
     ``steps`` wins over ``epochs``; ``time_budget`` (seconds of training loop) stops a run early
     and still writes the final checkpoint. ``batch_size`` is the global batch (split over ranks).
-    ``crop_size`` in pixels (square crops); ``scale_range`` the random rescale before cropping.
+    ``crop_size`` in pixels (square crops); ``scale_range`` the random rescale before cropping;
+    ``class_uniform`` the share of crops placed on a pixel of a class drawn uniformly among the
+    frame's classes (:class:`oodseg.data.transforms.TrainAugment`).
     ``amp``: "auto" (bf16 autocast on CUDA, off on CPU), "bf16", "fp16" (with GradScaler) or "off".
     ``cache_mb``: decoded training frames kept in memory per process (small datasets load once).
     """
@@ -109,6 +111,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.75, 1.25)
     hflip: bool = True
     color_jitter: float = 0.2
+    class_uniform: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     optimizer: str = "adam"
@@ -147,6 +150,8 @@ class TrainConfig:
             raise OodsegError(f"--batch-size: must be >= 1, got {self.batch_size}")
         if self.crop_size < 8:
             raise OodsegError(f"--crop-size: must be >= 8, got {self.crop_size}")
+        if not 0.0 <= self.class_uniform <= 1.0:
+            raise OodsegError(f"class_uniform: must be a probability in [0, 1], got {self.class_uniform}")
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise OodsegError(f"scale_range: need 0 < low <= high, got {self.scale_range}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -222,6 +227,9 @@ class BaselineRecipe(Recipe):
     """
 
     name = "baseline"
+    #: chosen by measurement on default SynthStreet (1500 steps, small model): class-uniform crops
+    #: and lr 5e-3 with a 50-step warm-up beat uniform crops at lr 2e-3; plain CE beat hard_fraction 0.25
+    defaults = {"class_uniform": 0.5, "lr": 5e-3, "warmup_steps": 50}
 
     def __init__(self, hard_fraction: float = 1.0) -> None:
         super().__init__()
@@ -527,7 +535,8 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
         trainable = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
                                                         find_unused_parameters=recipe.find_unused_parameters)
 
-    augment = TrainAugment(config.crop_size, tuple(config.scale_range), config.hflip, config.color_jitter)
+    augment = TrainAugment(config.crop_size, tuple(config.scale_range), config.hflip, config.color_jitter,
+                           config.class_uniform)
     sampler = StepBatchSampler(len(train_data), config.batch_size, config.seed, start_step, total_steps, rank, world)
     train_set = SegmentationTrainSet(train_data, augment, config.num_classes, config.cache_mb)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=config.num_workers)

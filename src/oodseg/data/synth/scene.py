@@ -85,8 +85,12 @@ TERRAIN_COLOURS = ((125, 135, 75), (140, 125, 85), (110, 140, 80), (150, 140, 10
 POLE_COLOURS = ((80, 82, 86), (125, 128, 130), (60, 70, 62), (105, 100, 95))
 CAR_COLOURS = ((215, 215, 212), (30, 30, 34), (150, 152, 158), (160, 30, 30), (40, 60, 130), (90, 90, 95),
                (200, 180, 60), (60, 100, 70), (120, 40, 50))
-TRUCK_COLOURS = ((225, 225, 220), (200, 110, 40), (70, 100, 150), (190, 190, 185), (90, 130, 80))
-BUS_COLOURS = ((200, 40, 40), (230, 190, 40), (60, 110, 180), (230, 230, 225), (60, 150, 90))
+# trucks and buses, and riders and pedestrians, differ in colour families as well as in shape,
+# so a small network can tell them apart from local evidence
+TRUCK_COLOURS = ((225, 225, 220), (200, 110, 40), (190, 190, 185), (140, 120, 95))
+BUS_COLOURS = ((200, 40, 40), (230, 190, 40), (40, 120, 170), (60, 150, 90))
+#: high-visibility jackets of cyclists and motorcyclists
+RIDER_COLOURS = ((235, 220, 40), (245, 130, 30), (40, 170, 230), (225, 40, 90), (170, 230, 60))
 CLOTHES_COLOURS = ((40, 40, 45), (200, 40, 40), (40, 70, 150), (230, 230, 230), (120, 100, 70), (60, 120, 60),
                    (220, 180, 50), (150, 60, 140), (100, 100, 105))
 SKIN_COLOURS = ((230, 190, 160), (200, 150, 110), (140, 95, 65), (90, 60, 45))
@@ -177,7 +181,7 @@ def _draw_low_structure(canvas: Canvas, rng: np.random.Generator, kind: int, x: 
     """A wall, fence or hedge in the plane ``x`` from ``z0`` to ``z1``."""
     cam = canvas.camera
     if kind == WALL:
-        paint = canvas.paint(WALL, _colour(rng, WALL_COLOURS), BLOTCH, 0.16, depth=x, depth_kind=DEPTH_PLANE_X)
+        paint = canvas.paint(WALL, _colour(rng, WALL_COLOURS), BLOTCH, 0.28, depth=x, depth_kind=DEPTH_PLANE_X)
         height = rng.uniform(1.2, 2.8)
     elif kind == FENCE:
         paint = canvas.paint(FENCE, _colour(rng, FENCE_COLOURS), VSTREAK, 0.4, depth=x, depth_kind=DEPTH_PLANE_X)
@@ -189,6 +193,10 @@ def _draw_low_structure(canvas: Canvas, rng: np.random.Generator, kind: int, x: 
                          canvas.paints[paint].amplitude, depth=z0)
     canvas.polygon(front, *_vertical_quad(cam, x, z0, x + np.sign(x) * 0.3, z0, 0.0, height))
     canvas.polygon(paint, *_vertical_quad(cam, x, z0, x, z1, 0.0, height))
+    if kind == WALL:  # coping stones along the top
+        coping = canvas.paint(WALL, np.asarray(canvas.paints[paint].rgb) * 0.6, FINE, 0.1, depth=x,
+                              depth_kind=DEPTH_PLANE_X)
+        canvas.polygon(coping, *_vertical_quad(cam, x, z0, x, z1, height - 0.2, height))
 
 
 def _draw_tree(canvas: Canvas, rng: np.random.Generator, x: float, z: float, height: float) -> None:
@@ -301,7 +309,7 @@ def _draw_two_wheeler(canvas: Canvas, rng: np.random.Generator, x: float, z: flo
         canvas.line(frame, [crank[0], bar[0] - face * 0.05 * s], [crank[1], bar[1] + 0.12 * s], _line_width(s, 0.08))
     if not ridden:
         return
-    clothes = canvas.paint(RIDER, _colour(rng, CLOTHES_COLOURS), FINE, 0.08, depth=z - 0.01)
+    clothes = canvas.paint(RIDER, _colour(rng, RIDER_COLOURS), FINE, 0.08, depth=z - 0.01)
     legs = canvas.paint(RIDER, _colour(rng, CLOTHES_COLOURS), FINE, 0.08, depth=z - 0.01)
     head = canvas.paint(RIDER, _colour(rng, SKIN_COLOURS + ((40, 40, 45), (220, 220, 220)), 6.0), FINE, 0.05, depth=z - 0.01)
     shoulder = (u + face * 0.05 * s, v - 1.5 * s)
@@ -473,14 +481,14 @@ def street_items(layout: Layout, rng: np.random.Generator) -> list[Item]:
                 add(z, _draw_vehicle, CAR if rng.random() < 0.85 else TRUCK, edge - side * 1.1, z, side < 0)
         if rng.random() < 0.6:
             z = rng.uniform(7.0, 35.0)
-            add(z, _draw_two_wheeler, edge - side * 0.8, z, rng.random() < 0.3, True)
+            add(z, _draw_two_wheeler, edge - side * 0.8, z, rng.random() < 0.5, True)
     walk_x = {-1.0: (sl + 0.4, rl - 0.6), 1.0: (rr + 0.6, sr - 0.4)}
     for side in (-1.0, 1.0):
         lo, hi = walk_x[side]
         for z in rng.uniform(5.0, 55.0, size=int(rng.integers(0, 6))):
             add(z, _draw_person, rng.uniform(lo, hi), z)
         for z in rng.uniform(6.0, 40.0, size=int(rng.integers(0, 3))):
-            add(z, _draw_two_wheeler, rng.uniform(lo, hi), z, rng.random() < 0.2, False)
+            add(z, _draw_two_wheeler, rng.uniform(lo, hi), z, rng.random() < 0.35, False)
         curb_x = rl - 0.5 if side < 0 else rr + 0.5
         if rng.random() < 0.6:
             for z in np.arange(rng.uniform(4.0, 20.0), 100.0, rng.uniform(18.0, 30.0)):
