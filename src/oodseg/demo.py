@@ -117,8 +117,8 @@ def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: 
     overrides = {"seed": seed}
     if steps is not None:
         overrides["steps"] = steps
-    if member:  # the ensemble partner: same recipe, another seed; half the steps keeps the demo short
-        overrides.setdefault("steps", max(1, make_config("baseline").steps // 2))
+    if member:  # the ensemble partner: same recipe, another seed; a third of the steps keeps the demo short
+        overrides.setdefault("steps", max(1, make_config("baseline").steps // 3))
     if config.quick:
         overrides.update(batch_size=2, crop_size=32, validate=True, log_every=1, ckpt_every=1000)
     resume = (out / "trainer_state.pt").is_file()
