@@ -188,6 +188,20 @@ def test_baseline_hard_fraction_trains_on_the_hardest_pixels_and_logs_both_terms
     assert all(r["loss"] == r["hard_ce"] and r["hard_ce"] > r["ce"] for r in log)
     with pytest.raises(OodsegError, match="hard_fraction must be in"):
         train(_config(data, tmp_path / "bad", recipe_params={"hard_fraction": 0}))
-    with pytest.raises(OodsegError, match="class_uniform: must be a probability"):
+    with pytest.raises(OodsegError, match="--class-uniform: must be a probability"):
         train(_config(data, tmp_path / "bad", class_uniform=1.5))
     assert not (tmp_path / "bad" / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--class-uniform", "1.5"), ("--warmup-steps", "-1")])
+def test_train_cli_rejects_bad_schedule_options_in_one_line(tmp_path, option, value):
+    from click.testing import CliRunner
+
+    from oodseg.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                       option, value])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0]
+    assert not (tmp_path / "run").exists()

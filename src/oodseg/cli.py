@@ -136,8 +136,8 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
 
     Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. With --segmentation (or on a
     dataset with semantic labels only, e.g. Cityscapes val or SynthStreet shifted) it re-runs
-    the model for its softmax and adds mIoU, mIoU at t, open-mIoU (SPEC §4.4) and the ECE/AuSE
-    of the score as uncertainty (SPEC §4.3). SMIYC tracks read semantic labels from
+    the model for its softmax and adds mIoU, mIoU at t, open-mIoU and the ECE/AuSE
+    of the score as uncertainty. SMIYC tracks read semantic labels from
     labels_masks/{fid}_labels_trainIds.png (SynthStreet), StreetHazards from its annotations.
     Runs distributed under torchrun (frames sharded by rank, rank 0 writes).
 
@@ -205,7 +205,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset layout option, repeatable, e.g. split=testNoKnown.")
 @click.option("--method", "methods", multiple=True, required=True, help="Score name, repeatable: msp, entropy, energy, max_logit, n_energy_cw, pgn, sml, mahalanobis, "
-                   "mc_dropout, odin, ensemble, ... (SPEC §1).")
+                   "mc_dropout, odin, ensemble, ... (oodseg.scores.available()).")
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Score parameter, repeatable, e.g. odin.epsilon=0.002 or pgn.label=uniform.")
 @click.option("--fit-data", type=click.Path(file_okay=False), default=None,
@@ -332,6 +332,9 @@ def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
 @click.option("--weight-decay", type=float, default=None, help="Weight decay.")
 @click.option("--optimizer", type=click.Choice(["adam", "adamw", "sgd"]), default=None, help="Optimizer.")
 @click.option("--schedule", type=click.Choice(["poly", "cosine", "constant"]), default=None, help="Learning-rate schedule.")
+@click.option("--warmup-steps", type=int, default=None, help="Linear learning-rate warm-up steps.")
+@click.option("--class-uniform", type=float, default=None,
+              help="Fraction of crops centred on a pixel of a uniformly drawn class present in the frame (0..1).")
 @click.option("--clip", type=float, default=None, help="Clip the gradient norm to this value.")
 @click.option("--bn", type=click.Choice(["train", "frozen", "sync"]), default=None,
               help="Batch norm: per-process statistics, frozen (eval-mode) or SyncBatchNorm under torchrun.")
@@ -347,8 +350,9 @@ def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
 @click.option("--overwrite", is_flag=True, help="Start over in an --out that holds a previous run.")
 @click.option("--json", "json_out", is_flag=True, help="Print the oodseg.train summary as JSON.")
 def train_command(recipe, data, out, arch, arch_params, init, recipe_params, outliers, outlier_mask_suffix, steps,
-                  epochs, time_budget, batch_size, crop_size, lr, weight_decay, optimizer, schedule, clip, bn, seed,
-                  device, amp, log_every, ckpt_every, num_workers, no_validate, resume, overwrite, json_out):
+                  epochs, time_budget, batch_size, crop_size, lr, weight_decay, optimizer, schedule, warmup_steps,
+                  class_uniform, clip, bn, seed, device, amp, log_every, ckpt_every, num_workers, no_validate, resume,
+                  overwrite, json_out):
     """Train a segmentation network or fine-tune it for OoD detection.
 
     Writes OUT/checkpoint/ (load with oodseg.models.load_checkpoint), OUT/log.jsonl (every
@@ -369,7 +373,8 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
     config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
                          outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
                          batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
-                         optimizer=optimizer, schedule=schedule, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
+                         optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps,
+                         class_uniform=class_uniform, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
                          log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
                          validate=False if no_validate else None, resume=resume or None,
                          overwrite=overwrite or None,

@@ -151,7 +151,9 @@ class TrainConfig:
         if self.crop_size < 8:
             raise OodsegError(f"--crop-size: must be >= 8, got {self.crop_size}")
         if not 0.0 <= self.class_uniform <= 1.0:
-            raise OodsegError(f"class_uniform: must be a probability in [0, 1], got {self.class_uniform}")
+            raise OodsegError(f"--class-uniform: must be a probability in [0, 1], got {self.class_uniform}")
+        if self.warmup_steps < 0:
+            raise OodsegError(f"--warmup-steps: must be >= 0, got {self.warmup_steps}")
         if not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise OodsegError(f"scale_range: need 0 < low <= high, got {self.scale_range}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
