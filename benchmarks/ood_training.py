@@ -168,7 +168,7 @@ def main() -> None:
             raise OodsegError(f"--baseline: {args.baseline}/train.json is a {base.get('recipe')!r} run, not baseline")
     else:
         base = run_training("baseline", args.data, args.out / "baseline", None, args.baseline_steps, None, {})
-    base_ckpt = Path(base["checkpoint"])
+    base_ckpt = (args.baseline or args.out / "baseline") / "checkpoint"
 
     runs = {}
     for recipe in args.recipes:

@@ -113,7 +113,7 @@ def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: 
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         config.log(f"[demo]   {name}: reusing the trained checkpoint (val mIoU {_pct(summary.get('val_mIoU'))})")
-        return Path(summary["checkpoint"])
+        return out / "checkpoint"
     overrides = {"seed": seed}
     if steps is not None:
         overrides["steps"] = steps
@@ -127,7 +127,7 @@ def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: 
     summary = train(train_config)
     config.log(f"[demo]   {name}: {summary['steps']} steps in {summary['seconds']:.0f} s, "
                f"val mIoU {_pct(summary.get('val_mIoU'))}")
-    return Path(summary["checkpoint"])
+    return out / "checkpoint"
 
 
 def _score(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None, track: str) -> None:

@@ -601,7 +601,7 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
         val_miou = validation_miou(model, val_data, config.num_classes, device)
     summary = {"schema": "oodseg.train", "version": 1, "recipe": config.recipe, "steps": step,
                "total_steps": total_steps, "stopped_early": stopped_early, "seconds": round(seconds, 3),
-               "val_mIoU": val_miou, "checkpoint": str(out / CHECKPOINT_DIR), "architecture": config.arch,
+               "val_mIoU": val_miou, "checkpoint": str((out / CHECKPOINT_DIR).resolve()), "architecture": config.arch,
                "world_size": world}
     if rank == 0:
         write_json(out / SUMMARY_FILE, summary)
