@@ -1,5 +1,8 @@
 """Shared test fixtures; tests run on CPU with a fixed seed and a quiet progress bar."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,3 +20,20 @@ def rng() -> np.random.Generator:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def run_oodseg():
+    """Run the installed ``oodseg`` command, under ``torchrun --standalone`` when ``nproc > 1``; assert it succeeds."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OODSEG_QUIET": "1"}
+
+    def run(*args, nproc: int = 1) -> subprocess.CompletedProcess:
+        command = [str(bin_dir / "oodseg"), *map(str, args)]
+        if nproc > 1:
+            command = [str(bin_dir / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "--no-python", *command]
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    return run

@@ -4,10 +4,7 @@ References are independent: scikit-learn on the pooled valid pixels (scores as s
 float16) and a brute-force loop over connected components written here from SPEC §4.2.
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -312,21 +309,16 @@ def test_cli_dataset_options_and_bad_option(tmp_path, rng):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_equal_one(smiyc, tmp_path):
+def test_torchrun_two_processes_equal_one(smiyc, tmp_path, run_oodseg):
     """2 gloo processes (frames sharded by rank, states all-reduced) give the single-process numbers."""
     root, scores_dir, _, _ = smiyc
-    torchrun = Path(sys.executable).with_name("torchrun")
-    oodseg = Path(sys.executable).with_name("oodseg")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OODSEG_QUIET": "1"}
     results = {}
     for mode in ("exact", "streaming"):
         one = tmp_path / f"one_{mode}.json"
         two = tmp_path / f"two_{mode}.json"
-        base = ["evaluate", "--root", str(root), "--scores", str(scores_dir), "--mode", mode]
-        subprocess.run([str(oodseg), *base, "--json", str(one)], check=True, env=env, capture_output=True)
-        proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(oodseg), *base,
-                               "--json", str(two)], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        base = ["evaluate", "--root", root, "--scores", scores_dir, "--mode", mode]
+        run_oodseg(*base, "--json", one)
+        run_oodseg(*base, "--json", two, nproc=2)
         results[mode] = json.loads(one.read_text()), json.loads(two.read_text())
     for one, two in results.values():
         for key in KEYS:

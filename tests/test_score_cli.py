@@ -1,9 +1,6 @@
 """`oodseg score` end to end: files, values, resume, overwrite protection, errors, torchrun."""
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -217,16 +214,11 @@ def test_fitted_score_uses_the_fit_data(frames, checkpoint, tmp_path, rng):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_write_the_same_files(frames, checkpoint, tmp_path):
+def test_torchrun_two_processes_write_the_same_files(frames, checkpoint, tmp_path, run_oodseg):
     single, double = tmp_path / "one", tmp_path / "two"
-    common = ["score", "--checkpoint", str(checkpoint), "--images", str(frames), "--method", "entropy",
-              "--method", "energy"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OODSEG_QUIET": "1"}
-    bin_dir = Path(sys.executable).parent
-    subprocess.run([str(bin_dir / "oodseg"), *common, "--out", str(single)], check=True, env=env, timeout=300)
-    run = subprocess.run([str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node=2", "--no-python", str(bin_dir / "oodseg"),
-                          *common, "--out", str(double)], env=env, timeout=300, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr[-2000:]
+    common = ["score", "--checkpoint", checkpoint, "--images", frames, "--method", "entropy", "--method", "energy"]
+    run_oodseg(*common, "--out", single)
+    run_oodseg(*common, "--out", double, nproc=2)
     files = sorted(p.relative_to(single) for p in single.rglob("*") if p.is_file() and "_manifest" not in p.parts)
     assert len(files) == 9
     assert files == sorted(p.relative_to(double) for p in double.rglob("*") if p.is_file() and "_manifest" not in p.parts)
