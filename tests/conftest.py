@@ -37,3 +37,17 @@ def run_oodseg():
         return proc
 
     return run
+
+
+@pytest.fixture(params=["kernel", "torch"])
+def logit_path(request, monkeypatch) -> str:
+    """Run a score test through the C kernel (skipped when it is not built) and through torch alone."""
+    from oodseg.scores import native
+
+    if request.param == "torch":
+        monkeypatch.setattr(native, "library", lambda: None)
+    elif native.library() is None:
+        if os.environ.get("OODSEG_REQUIRE_KERNEL"):  # make test: the build must have compiled it
+            pytest.fail("the C kernel oodseg.scores._summary is not built (OODSEG_REQUIRE_KERNEL is set)")
+        pytest.skip("the C kernel oodseg.scores._summary is not built")
+    return request.param

@@ -44,6 +44,17 @@ def test_find_score_prefers_hdf5_and_reports_missing(tmp_path):
         find_score(tmp_path, "b")
 
 
+def test_hdf5_keeps_float16_unless_the_scores_overflow_it(tmp_path):
+    small = np.array([[0.5, -65504.0], [3.0, 1.0]], np.float32)
+    big = np.array([[1e5, -2.5e6], [3.0, 0.1]], np.float32)
+    write_score(tmp_path / "s.hdf5", small)
+    write_score(tmp_path / "b.hdf5", big)
+    with h5py.File(tmp_path / "s.hdf5") as f, h5py.File(tmp_path / "b.hdf5") as g:
+        assert f["value"].dtype == np.float16 and g["value"].dtype == np.float32
+    assert np.array_equal(read_score(tmp_path / "s.hdf5"), small.astype(np.float16).astype(np.float32))
+    assert np.array_equal(read_score(tmp_path / "b.hdf5"), big)
+
+
 def test_bad_scores_refused_and_nothing_written(tmp_path):
     nan = np.zeros((3, 3), np.float32)
     nan[1, 1] = np.nan
@@ -51,8 +62,6 @@ def test_bad_scores_refused_and_nothing_written(tmp_path):
         write_score(tmp_path / "n.hdf5", nan)
     with pytest.raises(OodsegError, match="2-D"):
         write_score(tmp_path / "r.hdf5", np.zeros((1, 3, 3)))
-    with pytest.raises(OodsegError, match="overflow float16"):
-        write_score(tmp_path / "o.hdf5", np.full((2, 2), 1e5))
     with pytest.raises(OodsegError, match="unknown score file suffix"):
         write_score(tmp_path / "s.png", np.zeros((2, 2)))
     assert list(tmp_path.iterdir()) == []

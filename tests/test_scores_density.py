@@ -20,7 +20,7 @@ def _outputs(rng, n=3, classes=4, dim=5, size=(6, 7)):
     return outs
 
 
-def test_sml_fit_and_score_match_manual_loop(rng):
+def test_sml_fit_and_score_match_manual_loop(rng, logit_path):
     outs = _outputs(rng)
     scorer = scores.get("sml").fit(outs)
     values = {c: [] for c in range(4)}

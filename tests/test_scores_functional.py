@@ -50,7 +50,7 @@ def _reference_logit_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("name", LOGIT_ONLY)
-def test_logit_scores_match_numpy(rng, name):
+def test_logit_scores_match_numpy(rng, name, logit_path):
     logits = _logits(rng)
     expected = _reference_logit_scores(_np(logits))[name]
     got = getattr(functional, name)(logits=logits)
@@ -58,7 +58,7 @@ def test_logit_scores_match_numpy(rng, name):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=2e-6)
 
 
-def test_temperatures_match_numpy(rng):
+def test_temperatures_match_numpy(rng, logit_path):
     logits = _logits(rng)
     x = _np(logits)
     np.testing.assert_allclose(functional.energy(logits=logits, temperature=3.0).numpy(),
@@ -68,13 +68,13 @@ def test_temperatures_match_numpy(rng):
                                -jensenshannon(np.full_like(tempered, 1 / 6), tempered, axis=1) ** 2, atol=2e-6)
 
 
-def test_margin_with_tied_maximum():
+def test_margin_with_tied_maximum(logit_path):
     logits = torch.tensor([3.0, 3.0, -1.0]).view(1, 3, 1, 1)
     assert functional.margin(logits=logits).item() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("name", LOGIT_ONLY)
-def test_extreme_logits_stay_finite(rng, name):
+def test_extreme_logits_stay_finite(rng, name, logit_path):
     logits = torch.from_numpy(rng.choice([-1e4, 1e4, 0.0], size=(2, 19, 4, 4))).float()
     logits[0, :, 0, 0] = 1e4  # all classes tied at the extreme
     got = getattr(functional, name)(logits=logits)
@@ -130,7 +130,7 @@ def test_zero_features_stay_finite(rng):
         assert torch.isfinite(scores.get(name)(out)).all(), name
 
 
-def test_compute_equals_each_scorer_alone_and_tiles(rng, monkeypatch):
+def test_compute_equals_each_scorer_alone_and_tiles(rng, monkeypatch, logit_path):
     monkeypatch.setattr(base, "TILE_PIXELS", 8)  # several tiles of one row (width 7 → 1 row per tile)
     out = _head(rng, height=9, width=7)
     chosen = [scores.get(n) for n in LOGIT_ONLY + ["feature_norm", "n_max_logit", "n_energy", "n_energy_cw"]]
@@ -144,6 +144,32 @@ def test_compute_equals_each_scorer_alone_and_tiles(rng, monkeypatch):
     expected = _reference_logit_scores(_np(out.logits))
     for name in LOGIT_ONLY:
         np.testing.assert_allclose(together[name].numpy(), expected[name], rtol=1e-5, atol=2e-6)
+
+
+def test_kernel_equals_torch_on_awkward_layouts(rng, monkeypatch):
+    """Batch > 1, sizes that are no multiple of the kernel's block, channels-last and row-tile views, ties."""
+    from oodseg.scores import native
+    from oodseg.scores.inputs import ScoreInputs
+
+    if native.library() is None:
+        pytest.skip("the C kernel oodseg.scores._summary is not built")
+    logits = _logits(rng, shape=(3, 5, 17, 31)).round()  # rounding makes tied maxima common
+    views = [logits, logits.contiguous(memory_format=torch.channels_last), logits[:, :, 3:9]]
+    names = ["max_logit", "argmax", "top2"]
+    for view in views:
+        kernel = ScoreInputs(SegOutput(logits=view))
+        with monkeypatch.context() as patch:
+            patch.setattr(native, "library", lambda: None)
+            reference = ScoreInputs(SegOutput(logits=view))
+            expected = {n: getattr(reference, n) for n in names}
+            for t in (1.0, 2.0, 0.7):
+                expected[t] = (reference.exp_sum(t), reference.softmax_entropy(t), reference.mixture_entropy(t))
+        assert kernel._native and not reference._native
+        for n in names:
+            torch.testing.assert_close(getattr(kernel, n), expected[n], rtol=0, atol=0)
+        for t in (1.0, 2.0, 0.7):
+            got = (kernel.exp_sum(t), kernel.softmax_entropy(t), kernel.mixture_entropy(t))
+            torch.testing.assert_close(got, expected[t], rtol=1e-5, atol=1e-6)
 
 
 def test_every_available_name_is_reachable(rng):
@@ -178,7 +204,7 @@ def test_bad_names_and_parameters(call, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_bad_inputs_raise_one_line_errors(rng):
+def test_bad_inputs_raise_one_line_errors(rng, logit_path):
     out = _head(rng)
     cases = [
         (lambda: functional.msp(logits=out.logits[0]), "logits: expected shape (B, C, h, w)"),

@@ -1,11 +1,17 @@
-"""Bootstrapped (hard-pixel) cross entropy against a hand-computed case and a numpy sort."""
+"""Bootstrapped (hard-pixel) and class-weighted cross entropy against a hand-computed case, a numpy
+sort and ``F.cross_entropy(weight=...)``; inverse-frequency weights and label counting by hand."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from oodseg.training.losses import bootstrapped_cross_entropy, inlier_cross_entropy
+import torch.nn.functional as F
+
+from oodseg.data import open_dataset
+from oodseg.data.labels import class_frequencies
+from oodseg.errors import OodsegError
+from oodseg.training.losses import bootstrapped_cross_entropy, inlier_cross_entropy, inverse_frequency_weights
 
 
 def test_hand_computed_two_class_case():
@@ -50,3 +56,62 @@ def test_gradient_reaches_only_the_hard_pixels_and_empty_batches_give_zero():
     assert float(empty.detach()) == 0.0 and float(plain.detach()) == 0.0 and empty.requires_grad
     with pytest.raises(ValueError, match="hard_fraction"):
         bootstrapped_cross_entropy(logits, labels, 0.0)
+
+
+def test_class_weighted_loss_equals_torch_weighted_cross_entropy(rng):
+    logits = torch.tensor(rng.normal(size=(2, 5, 4, 6)) * 2, requires_grad=True)
+    labels = torch.tensor(rng.integers(0, 5, size=(2, 4, 6)))
+    labels[0, 0] = 255
+    labels[1, 2, :3] = 254
+    weights = torch.tensor([0.5, 2.0, 1.0, 4.0, 0.0], dtype=torch.float64)
+    loss, plain = bootstrapped_cross_entropy(logits, labels, 1.0, weights)
+    reference = F.cross_entropy(logits, torch.where(labels < 5, labels, torch.full_like(labels, -100)), weight=weights)
+    assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-12)
+    assert float(plain.detach()) == pytest.approx(float(inlier_cross_entropy(logits, labels).detach()), rel=1e-12)
+    (grad,) = torch.autograd.grad(loss, logits)
+    (grad_ref,) = torch.autograd.grad(reference, logits)
+    assert torch.allclose(grad, grad_ref, atol=1e-12)
+    # hard pixels are chosen by their unweighted CE, then averaged with their weights
+    ce = F.cross_entropy(logits, torch.where(labels < 5, labels, 0), reduction="none").detach()[labels < 5]
+    w = weights[labels[labels < 5]]
+    top = torch.argsort(ce, descending=True)[: math.ceil(0.3 * ce.numel())]
+    hard, _ = bootstrapped_cross_entropy(logits, labels, 0.3, weights)
+    assert float(hard.detach()) == pytest.approx(float((w[top] * ce[top]).sum() / w[top].sum()), rel=1e-12)
+
+
+def test_inverse_frequency_weights_by_hand():
+    freq = np.array([0.64, 0.32, 0.04, 0.0])
+    w = inverse_frequency_weights(freq, power=0.5).numpy()
+    raw = np.array([1 / 0.8, 1 / np.sqrt(0.32), 1 / 0.2, 0.0])
+    assert np.allclose(w, raw / (raw * freq).sum(), rtol=1e-6)
+    assert float((w * freq).sum()) == pytest.approx(1.0, rel=1e-6) and w[3] == 0
+    assert np.allclose(inverse_frequency_weights(freq * 7, power=0.0).numpy(), [1, 1, 1, 0])
+    with pytest.raises(ValueError, match="non-negative"):
+        inverse_frequency_weights([0.5, -0.1])
+    with pytest.raises(ValueError, match="power"):
+        inverse_frequency_weights([0.5, 0.5], power=-1)
+
+
+def test_class_frequencies_count_every_label_file(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir(), labels.mkdir()
+    counts = np.zeros(4, dtype=np.int64)
+    for k in range(3):
+        label = rng.choice(np.array([0, 1, 2, 3, 255], dtype=np.uint8), size=(5, 7))
+        counts += [(label == c).sum() for c in range(4)]
+        Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(images / f"f{k}.png")
+        Image.fromarray(label).save(labels / f"f{k}.png")
+    dataset = open_dataset("folder", tmp_path, images="images", masks="labels",
+                           mapping="0:0,1:1,2:2,3:3,255:255")
+    assert np.allclose(class_frequencies(dataset, 4), counts / counts.sum())
+    assert np.allclose(class_frequencies(dataset, 2), counts[:2] / counts[:2].sum())
+    blank = tmp_path / "blank"
+    (blank / "images").mkdir(parents=True), (blank / "labels").mkdir()
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(blank / "images" / "a.png")
+    Image.fromarray(np.full((5, 7), 255, np.uint8)).save(blank / "labels" / "a.png")
+    empty = open_dataset("folder", blank, images="images", masks="labels", mapping="0:0,255:255")
+    with pytest.raises(OodsegError, match="no pixel is labelled"):
+        class_frequencies(empty, 4)

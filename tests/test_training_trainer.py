@@ -45,7 +45,7 @@ def test_few_steps_write_checkpoint_log_and_summary(data, tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all({"step", "epoch", "lr", "loss", "ce", "grad_norm"} <= set(r) for r in log)
-    assert all(math.isfinite(r["loss"]) and r["loss"] == r["ce"] for r in log)
+    assert all(math.isfinite(r["loss"]) and r["loss"] == r["weighted_ce"] for r in log)  # class-weighted by default
     state = torch.load(out / STATE_FILE, weights_only=True)
     assert state["step"] == 3 and "optimizer" in state and "scheduler" in state
     # val mIoU against a numpy re-computation over the val frames
@@ -181,11 +181,16 @@ def test_time_budget_stops_early_with_a_final_checkpoint_and_epochs_set_the_leng
     assert summary["total_steps"] == 2 and summary["val_mIoU"] is None  # 0.5 · 8 images / batch 2
 
 
-def test_baseline_hard_fraction_trains_on_the_hardest_pixels_and_logs_both_terms(data, tmp_path):
-    train(_config(data, tmp_path / "hard", steps=2, recipe_params={"hard_fraction": 0.25}))
+def test_baseline_hard_fraction_and_class_weights_log_their_terms(data, tmp_path):
+    train(_config(data, tmp_path / "hard", steps=2, recipe_params={"hard_fraction": 0.25, "class_weight_power": 0}))
     log = [json.loads(line) for line in (tmp_path / "hard" / "log.jsonl").read_text().splitlines()]
     # the loss is the mean CE of the hardest quarter of pixels, never below the plain mean CE
-    assert all(r["loss"] == r["hard_ce"] and r["hard_ce"] > r["ce"] for r in log)
+    assert all(r["loss"] == r["weighted_ce"] and r["weighted_ce"] > r["ce"] for r in log)
+    train(_config(data, tmp_path / "plain", steps=2, recipe_params={"class_weight_power": 0}))
+    log = [json.loads(line) for line in (tmp_path / "plain" / "log.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["ce"] and "weighted_ce" not in r for r in log)
+    with pytest.raises(OodsegError, match="class_weight_power must be in"):
+        train(_config(data, tmp_path / "bad", recipe_params={"class_weight_power": -1}))
     with pytest.raises(OodsegError, match="hard_fraction must be in"):
         train(_config(data, tmp_path / "bad", recipe_params={"hard_fraction": 0}))
     with pytest.raises(OodsegError, match="--class-uniform: must be a probability"):

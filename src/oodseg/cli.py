@@ -220,7 +220,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def score(checkpoint, images, dataset_kind, dataset_name, options, methods, params, fit_data, fit_frames, ensemble,
           out, overwrite, device, batch_size, as_json):
-    """Score every frame of a dataset and write SMIYC score files (hdf5, float16, gzip).
+    """Score every frame of a dataset and write SMIYC score files (hdf5, gzip, float16 or float32 beyond its range).
 
     Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/DATASET/FID.png (argmax
     trainIds) and OUT/_manifest/DATASET.json. An interrupted run is resumed by running the
@@ -319,7 +319,8 @@ def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
               help="Architecture parameter, repeatable (e.g. widths=[24,48,96,128], backbone=resnet50).")
 @click.option("--init", type=click.Path(file_okay=False), default=None, help="Start from this checkpoint directory.")
 @click.option("--param", "-p", "recipe_params", multiple=True, metavar="KEY=VALUE",
-              help="Recipe parameter, repeatable (entropy-max: lam=0.9, mode=paste|mix, rate=0.5).")
+              help="Recipe parameter, repeatable (baseline: class_weight_power=0.5, hard_fraction=1; "
+                   "entropy-max: lam=0.9, mode=paste|mix, rate=0.5).")
 @click.option("--outliers", type=click.Path(file_okay=False), default=None,
               help="Outlier pool: folder with images/ and masks/ (default: DATA/outliers for SynthStreet).")
 @click.option("--outlier-mask-suffix", default=None, help="What outlier mask names add to the image stem (e.g. _mask).")

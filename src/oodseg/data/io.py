@@ -1,4 +1,5 @@
-"""Score files: SMIYC-compatible HDF5 (dataset ``value``, float16, gzip), ``.npy`` and ``.npz``.
+"""Score files: SMIYC-compatible HDF5 (dataset ``value``, float16, gzip; float32 when a map exceeds
+float16's range), ``.npy`` and ``.npz``.
 
 Layout: ``{out}/{method}/{dataset}/{fid}.hdf5`` — what the official SegmentMeIfYouCan
 code reads with ``h5py.File(path)["value"][:]``. ``.npy``/``.npz`` (array ``value``) keep
@@ -40,7 +41,8 @@ def _as_score_array(array, path: Path) -> np.ndarray:
 def write_score(path: str | os.PathLike, array) -> Path:
     """Write a score map ``(H, W)`` (numpy or torch) atomically; the suffix picks the format.
 
-    ``.hdf5``/``.h5``: dataset ``value``, float16, gzip (values must fit float16, |x| ≤ 65504).
+    ``.hdf5``/``.h5``: dataset ``value``, gzip, float16 — or float32 when some |x| > 65504 would
+    overflow float16 (e.g. Mahalanobis distances; SMIYC's reader accepts both).
     ``.npy``: float32. ``.npz``: compressed, array ``value``, float32.
     """
     path = Path(path)
@@ -48,13 +50,12 @@ def write_score(path: str | os.PathLike, array) -> Path:
     if suffix not in SCORE_SUFFIXES:
         raise OodsegError(f"{path}: unknown score file suffix (use {', '.join(SCORE_SUFFIXES)})")
     array = _as_score_array(array, path)
-    if suffix in HDF5_SUFFIXES and array.size and np.abs(array).max() > _FLOAT16_MAX:
-        raise OodsegError(f"{path}: scores up to {np.abs(array).max():.3g} overflow float16 (SMIYC hdf5); "
-                          "shift/scale them or write .npy")
     with atomic_path(path) as tmp:
         if suffix in HDF5_SUFFIXES:
+            fits_float16 = not array.size or np.abs(array).max() <= _FLOAT16_MAX
             with h5py.File(tmp, "w") as f:
-                f.create_dataset("value", data=array.astype(np.float16), compression="gzip")
+                f.create_dataset("value", data=array.astype(np.float16 if fits_float16 else np.float32),
+                                 compression="gzip")
         elif suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, array)

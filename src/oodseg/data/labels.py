@@ -141,3 +141,20 @@ TRAINIDS_WITH_OUTLIERS = _table("trainIds with outliers", {**{v: v for v in rang
 #: raw 0 -> 255 (void).
 STREETHAZARDS_SEMANTIC = _table("StreetHazards semantic", {0: 255, **{v: v - 1 for v in range(1, 14)}, 14: 254},
                                 semantic=True)
+
+
+def class_frequencies(dataset, num_classes: int) -> np.ndarray:
+    """(num_classes,) float64 share of each trainId ``0..num_classes-1`` among the labelled pixels of
+    ``dataset`` (an :class:`oodseg.data.Dataset` with semantic labels; other values such as 255 are
+    not counted). Reads only the label files, with a progress bar."""
+    from oodseg.progress import track
+
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for index in track(range(len(dataset)), "count label pixels"):
+        label = dataset.read_label(index)
+        if label is None:
+            raise OodsegError(f"{dataset.frame(index).image_path}: no label file (class frequencies need labels)")
+        counts += np.bincount(label.ravel(), minlength=256)[:num_classes]
+    if counts.sum() == 0:
+        raise OodsegError(f"{dataset.name}: no pixel is labelled with a trainId below {num_classes}")
+    return counts / counts.sum()

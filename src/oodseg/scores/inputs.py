@@ -4,7 +4,8 @@
 Each shared quantity — the shifted exponentials behind softmax/logsumexp, the top-2 logits,
 ``‖z‖``, ``W z``, ``log|z|`` — is computed on first use and then reused by every scorer
 that asks for it, so a batch of scores costs little more than the most expensive one.
-All maps are float32 at the head's resolution ``(h, w)``.
+For float32 CPU logits the per-pixel softmax quantities come from one pass of the C kernel
+in :mod:`oodseg.scores.native` when it is built. All maps are float32 at the head's resolution ``(h, w)``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from oodseg.adapter import HeadBlock, SegOutput
 from oodseg.errors import OodsegError
+from oodseg.scores import native
 
 #: Floor for norms before dividing or taking a logarithm (keeps all-zero features finite).
 NORM_FLOOR = 1e-12
@@ -23,10 +25,11 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise :class:`OodsegError` if ``tensor`` holds NaN or ±Inf.
 
     A channel sum is finite exactly when every summand is (barring overflow past 1e37), and
-    ``sum`` is by far the fastest full pass over a channel-first tensor.
+    ``sum`` is by far the fastest full pass over a channel-first tensor; ``Σ 0·x`` is NaN exactly
+    when some ``x`` is not finite, and cheaper than ``isfinite(x).all()``.
     """
     summary = tensor.sum(dim=1) if tensor.dim() > 1 else tensor
-    if not bool(torch.isfinite(summary).all()):
+    if bool(summary.mul(0.0).sum().isnan()):
         raise OodsegError(f"{name}: contains NaN or Inf values")
 
 
@@ -141,10 +144,28 @@ class ScoreInputs:
         return cache[key]
 
     # --- softmax family ---------------------------------------------------------------
+    # Per-pixel quantities come from the C kernel (oodseg.scores.native) when it applies to the
+    # logits, else from torch; the full (B, C, h, w) tensors (``tempered_exp``, ``softmax``,
+    # ``log_softmax``) always from torch.
+    @cached_property
+    def _native(self) -> bool:
+        return native.usable(self.logits)
+
+    def _summary(self, temperature: float, mixture: bool = False) -> dict[str, torch.Tensor]:
+        """The kernel's maps for ``temperature`` (see :func:`native.softmax_summary`), one pass each.
+
+        ``T = 1`` also carries the class extremes; the mixture entropy is added when first asked for.
+        """
+        cache = self.__dict__.setdefault("_summaries", {})
+        if temperature not in cache or (mixture and "mixture_entropy" not in cache[temperature]):
+            cache[temperature] = native.softmax_summary(self.logits, temperature, extremes=temperature == 1.0,
+                                                        mixture=mixture)
+        return cache[temperature]
+
     @cached_property
     def max_logit(self) -> torch.Tensor:
         """(B, h, w) largest logit ``m``."""
-        return self.logits.amax(dim=1)
+        return self._summary(1.0)["max_logit"] if self._native else self.logits.amax(dim=1)
 
     @cached_property
     def shifted(self) -> torch.Tensor:
@@ -168,10 +189,13 @@ class ScoreInputs:
             cache[temperature] = (exp, exp.sum(dim=1))
         return cache[temperature]
 
+    def exp_sum(self, temperature: float = 1.0) -> torch.Tensor:
+        """(B, h, w) ``s = Σ exp((l - m)/T) ≥ 1``."""
+        return self._summary(temperature)["exp_sum"] if self._native else self.tempered_exp(temperature)[1]
+
     def logsumexp(self, temperature: float = 1.0) -> torch.Tensor:
         """(B, h, w) ``logsumexp(l / T)``."""
-        _, total = self.tempered_exp(temperature)
-        return self.max_logit / temperature + torch.log(total)
+        return self.max_logit / temperature + torch.log(self.exp_sum(temperature))
 
     def softmax(self, temperature: float = 1.0) -> torch.Tensor:
         """(B, C, h, w) ``softmax(l / T)``."""
@@ -183,12 +207,22 @@ class ScoreInputs:
 
         ``-Σ q log q = log s - Σ e·(l-m)/T / s`` with ``e, s`` from :meth:`tempered_exp`.
         """
+        if self._native:
+            return self._summary(temperature)["entropy"]
         cache = self.__dict__.setdefault("_entropy", {})
         if temperature not in cache:
             exp, total = self.tempered_exp(temperature)
             weighted = (exp * self.shifted).sum(dim=1) / temperature
             cache[temperature] = (torch.log(total) - weighted / total).clamp_min(0.0)
         return cache[temperature]
+
+    def mixture_entropy(self, temperature: float = 1.0) -> torch.Tensor:
+        """(B, h, w) ``-Σ M log M`` of the mixture ``M = (1/C + softmax(l/T))/2`` in nats."""
+        if self._native:
+            return self._summary(temperature, mixture=True)["mixture_entropy"]
+        exp, total = self.tempered_exp(temperature)
+        mixture = torch.addcmul(exp.new_tensor(0.5 / exp.shape[1]), exp, (0.5 / total).unsqueeze(1))
+        return -(mixture * torch.log(mixture)).sum(dim=1)  # mixture ≥ 1/(2C) > 0
 
     @cached_property
     def log_softmax(self) -> torch.Tensor:
@@ -202,6 +236,8 @@ class ScoreInputs:
 
         ``torch.topk`` over a channel-first dimension is an order of magnitude slower on CPU.
         """
+        if self._native:
+            return self.max_logit, self._summary(1.0)["second_logit"]
         logits = self.logits
         first, second = torch.maximum(logits[:, 0], logits[:, 1]), torch.minimum(logits[:, 0], logits[:, 1])
         for c in range(2, logits.shape[1]):
@@ -217,6 +253,8 @@ class ScoreInputs:
         A running maximum with its index, one pass over the classes (3× faster than ``torch.argmax``
         over a channel-first dimension on CPU).
         """
+        if self._native:
+            return self._summary(1.0)["argmax"]
         logits = self.logits
         best, index = logits[:, 0], torch.zeros_like(logits[:, 0])
         for c in range(1, logits.shape[1]):

@@ -15,8 +15,7 @@ from oodseg.scores.inputs import ScoreInputs
 
 def max_softmax_complement(inputs: ScoreInputs, temperature: float = 1.0) -> torch.Tensor:
     """(B, h, w) ``1 - max_c softmax(l/T)_c = 1 - 1/s`` with ``s = Σ exp((l - m)/T)``."""
-    _, total = inputs.tempered_exp(temperature)
-    return 1.0 - total.reciprocal()
+    return 1.0 - inputs.exp_sum(temperature).reciprocal()
 
 
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -71,8 +70,7 @@ class Margin(Scorer):
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         first, second = inputs.top2
-        _, total = inputs.tempered_exp(1.0)
-        return 1.0 - (1.0 - torch.exp(second - first)) / total
+        return 1.0 - (1.0 - torch.exp(second - first)) / inputs.exp_sum(1.0)
 
 
 SCORERS = (MaxSoftmax, Entropy, VariationRatio, Margin)

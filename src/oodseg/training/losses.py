@@ -35,26 +35,47 @@ def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return _masked_mean(ce, mask)
 
 
-def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                               hard_fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_fraction: float = 0.25,
+                               class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Online hard-example mining ("bootstrapped" CE): mean ``-log p_y`` over the hardest pixels.
 
     Of the N inlier pixels of the batch (labels 254/255 ignored), the ``ceil(hard_fraction · N)``
     with the largest cross entropy are averaged; ``hard_fraction = 1`` is
     :func:`inlier_cross_entropy`. Rare and thin classes (poles, signs, bicycles), whose pixels
     stay hard longest, get a larger share of the gradient without per-class weights.
-    Returns ``(hard CE, plain CE over all inlier pixels)``, both scalars (the second for logging).
+    ``class_weights`` (C,), optional: the average becomes the weighted mean
+    ``Σ w_y·CE / Σ w_y`` over the chosen pixels (``F.cross_entropy(weight=...)``'s convention).
+    Returns ``(loss, plain unweighted CE over all inlier pixels)``, both scalars (the second for logging).
     """
     if not 0.0 < hard_fraction <= 1.0:
         raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction}")
     mask = inlier_mask(labels, logits.shape[1])
-    ce = F.cross_entropy(logits, torch.where(mask, labels, torch.zeros_like(labels)), reduction="none")
+    targets = torch.where(mask, labels, torch.zeros_like(labels))
+    ce = F.cross_entropy(logits, targets, reduction="none")
     plain = _masked_mean(ce, mask)
     count = int(mask.sum())
-    if count == 0 or hard_fraction == 1.0:
+    if count == 0 or (hard_fraction == 1.0 and class_weights is None):
         return plain, plain
-    hardest = torch.topk(ce[mask], math.ceil(hard_fraction * count), sorted=False).values
-    return hardest.mean(), plain
+    weights = class_weights.to(ce)[targets] if class_weights is not None else torch.ones_like(ce)
+    ce, weights = ce[mask], weights[mask]
+    if hard_fraction < 1.0:
+        hardest = torch.topk(ce, math.ceil(hard_fraction * count), sorted=False).indices
+        ce, weights = ce[hardest], weights[hardest]
+    return (weights * ce).sum() / weights.sum().clamp(min=torch.finfo(ce.dtype).tiny), plain
+
+
+def inverse_frequency_weights(frequencies, power: float = 0.5) -> torch.Tensor:
+    """(C,) float32 class weights ``f_c^-power``, scaled so that ``Σ f_c·w_c = 1`` (the average
+    pixel keeps weight 1); classes that never occur (``f_c = 0``) get 0. ``power = 0`` gives all ones."""
+    freq = torch.as_tensor(frequencies, dtype=torch.float64)
+    if freq.ndim != 1 or not bool(torch.isfinite(freq).all()) or bool((freq < 0).any()) or float(freq.sum()) <= 0:
+        raise ValueError("frequencies must be a 1-D array of non-negative numbers with a positive sum")
+    if power < 0:
+        raise ValueError(f"power must be >= 0, got {power}")
+    freq = freq / freq.sum()
+    present = freq > 0
+    weights = torch.where(present, freq.clamp(min=torch.finfo(torch.float64).tiny) ** -float(power), 0.0)
+    return (weights / (weights * freq).sum()).float()
 
 
 def uniform_cross_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -223,9 +223,12 @@ def segmentation_logits(module: nn.Module, images: torch.Tensor) -> torch.Tensor
 class BaselineRecipe(Recipe):
     """Closed-set training: pixel-wise cross entropy over the trainIds (255 and 254 ignored).
 
+    ``class_weight_power`` > 0 weights each pixel's CE by ``f_y^-power`` (``f`` the class's share
+    of the training pixels, counted once before training; weights scaled so the average pixel
+    keeps weight 1, :func:`oodseg.training.losses.inverse_frequency_weights`); 0 is unweighted.
     ``hard_fraction`` < 1 averages the CE over only that fraction of hardest pixels of each
-    (per-rank) batch (:func:`oodseg.training.losses.bootstrapped_cross_entropy`); 1 is plain CE.
-    Logged terms: ``ce`` (plain mean CE) and ``hard_ce`` (the loss) when ``hard_fraction < 1``.
+    (per-rank) batch (:func:`oodseg.training.losses.bootstrapped_cross_entropy`); 1 is all pixels.
+    Logged terms: ``ce`` (plain mean CE) and ``weighted_ce`` (the loss) when it differs from ``ce``.
     """
 
     name = "baseline"
@@ -233,20 +236,35 @@ class BaselineRecipe(Recipe):
     #: and lr 5e-3 with a 50-step warm-up beat uniform crops at lr 2e-3; plain CE beat hard_fraction 0.25
     defaults = {"class_uniform": 0.5, "lr": 5e-3, "warmup_steps": 50}
 
-    def __init__(self, hard_fraction: float = 1.0) -> None:
+    def __init__(self, hard_fraction: float = 1.0, class_weight_power: float = 0.5) -> None:
         super().__init__()
         if not 0.0 < float(hard_fraction) <= 1.0:
             raise OodsegError(f"recipe baseline: hard_fraction must be in (0, 1], got {hard_fraction}")
+        if not 0.0 <= float(class_weight_power) <= 2.0:
+            raise OodsegError(f"recipe baseline: class_weight_power must be in [0, 2], got {class_weight_power}")
         self.hard_fraction = float(hard_fraction)
+        self.class_weight_power = float(class_weight_power)
+        self.class_weights: torch.Tensor | None = None
+
+    def setup(self, model, config):
+        from oodseg.data.labels import class_frequencies
+        from oodseg.training.losses import inverse_frequency_weights
+
+        if self.class_weight_power > 0:
+            train_data = open_split(resolve_data_root(config.data)[0], "train", required=True)
+            frequencies = class_frequencies(train_data, config.num_classes)
+            self.class_weights = inverse_frequency_weights(frequencies, self.class_weight_power)
+        return super().setup(model, config)
 
     def loss(self, module, batch):
         from oodseg.training.losses import bootstrapped_cross_entropy
 
         logits = segmentation_logits(module, batch["image"])
-        loss, ce = bootstrapped_cross_entropy(logits, batch["label"], self.hard_fraction)
+        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        loss, ce = bootstrapped_cross_entropy(logits, batch["label"], self.hard_fraction, weights)
         terms = {"ce": float(ce.detach())}
-        if self.hard_fraction < 1.0:
-            terms["hard_ce"] = float(loss.detach())
+        if self.hard_fraction < 1.0 or weights is not None:
+            terms["weighted_ce"] = float(loss.detach())
         return loss, terms
 
 

@@ -193,9 +193,12 @@ def _draw_low_structure(canvas: Canvas, rng: np.random.Generator, kind: int, x: 
                          canvas.paints[paint].amplitude, depth=z0)
     canvas.polygon(front, *_vertical_quad(cam, x, z0, x + np.sign(x) * 0.3, z0, 0.0, height))
     canvas.polygon(paint, *_vertical_quad(cam, x, z0, x, z1, 0.0, height))
-    if kind == WALL:  # coping stones along the top
-        coping = canvas.paint(WALL, np.asarray(canvas.paints[paint].rgb) * 0.6, FINE, 0.1, depth=x,
-                              depth_kind=DEPTH_PLANE_X)
+    if kind == WALL:  # mortar courses every ~0.4 m and coping stones along the top
+        rgb = np.asarray(canvas.paints[paint].rgb)
+        mortar = canvas.paint(WALL, rgb * 0.7, FINE, 0.05, depth=x, depth_kind=DEPTH_PLANE_X)
+        for y in np.arange(rng.uniform(0.3, 0.45), height - 0.3, rng.uniform(0.35, 0.45)):
+            canvas.polygon(mortar, *_vertical_quad(cam, x, z0, x, z1, y - 0.03, y + 0.03))
+        coping = canvas.paint(WALL, rgb * 0.6, FINE, 0.1, depth=x, depth_kind=DEPTH_PLANE_X)
         canvas.polygon(coping, *_vertical_quad(cam, x, z0, x, z1, height - 0.2, height))
 
 
@@ -417,6 +420,7 @@ def _draw_vehicle(canvas: Canvas, rng: np.random.Generator, cls: int, x: float, 
                                                [z + 0.3 * length, z + 0.8 * length, z + 0.7 * length, z + 0.4 * length]))
         elif cls == TRUCK:
             canvas.polygon(side_body, *_vertical_quad(cam, xs, z, xs, z + 0.74 * length, 0.9, height))
+            _hazard_band(canvas, rng, [xs, xs], [z, z + 0.74 * length], 0.55, 0.85, depth=z)
             cab = canvas.paint(cls, _colour(rng, TRUCK_COLOURS) * 0.85, BLOTCH, 0.06, depth=z)
             canvas.polygon(cab, *_vertical_quad(cam, xs, z + 0.76 * length, xs, z + length, 0.5, 2.9))
             canvas.polygon(glass, *_vertical_quad(cam, xs, z + 0.82 * length, xs, z + length - 0.2, 1.8, 2.7))
@@ -437,15 +441,38 @@ def _draw_vehicle(canvas: Canvas, rng: np.random.Generator, cls: int, x: float, 
         canvas.polygon(body, *_vertical_quad(cam, left, z, right, z, 0.35 if cls == BUS else 0.9, height))
         if cls == BUS or oncoming:
             canvas.polygon(glass, *_vertical_quad(cam, left + 0.15, z, right - 0.15, z, height * 0.55, height - 0.2))
-        else:
+        if cls == TRUCK and oncoming:  # a truck's front: a dark grille with chrome bars
+            grille = canvas.paint(cls, (35, 36, 40), FINE, 0.04, depth=z)
+            metal = canvas.paint(cls, _colour(rng, ((175, 178, 182),), 6.0), FINE, 0.04, depth=z)
+            canvas.polygon(grille, *_vertical_quad(cam, x - 0.7, z, x + 0.7, z, 1.0, 1.7))
+            for yb in (1.15, 1.35, 1.55):
+                canvas.polygon(metal, *_vertical_quad(cam, x - 0.65, z, x + 0.65, z, yb - 0.04, yb + 0.04))
+        elif cls == TRUCK:  # its rear: two doors with locking bars above a red-and-white underrun guard
             stripe = canvas.paint(cls, body_rgb * 0.65, FINE, 0.05, depth=z)
             canvas.polygon(stripe, *_vertical_quad(cam, x - 0.03, z, x + 0.03, z, 1.0, height - 0.1))
+            metal = canvas.paint(cls, _colour(rng, ((165, 168, 172), (120, 122, 126)), 6.0), FINE, 0.04, depth=z)
+            for xb in np.linspace(left + 0.3, right - 0.3, 4):
+                canvas.polygon(metal, *_vertical_quad(cam, xb - 0.04, z, xb + 0.04, z, 1.0, height - 0.15))
+            _hazard_band(canvas, rng, [left, right], [z, z], 0.4, 0.7, depth=z)
         lamp_y = (0.5, 0.7) if cls == BUS else (0.95, 1.1)
     for x0 in (left + 0.08, right - 0.38):
         canvas.polygon(lamp, *_vertical_quad(cam, x0, z, x0 + 0.3, z, *lamp_y))
     plate = canvas.paint(cls, (225, 225, 220), FINE, 0.02, depth=z)
     py = lamp_y[0] - 0.25
     canvas.polygon(plate, *_vertical_quad(cam, x - 0.25, z, x + 0.25, z, py, py + 0.12))
+
+
+def _hazard_band(canvas: Canvas, rng: np.random.Generator, xs, zs, y0: float, y1: float, depth: float) -> None:
+    """A truck's underrun guard from ``(xs[0], zs[0])`` to ``(xs[1], zs[1])`` between heights ``y0..y1``
+    (metres): alternating red and white panels, about 0.35 m each."""
+    cam = canvas.camera
+    n = max(2, int(round(np.hypot(xs[1] - xs[0], zs[1] - zs[0]) / 0.35)))
+    panels = [canvas.paint(TRUCK, _colour(rng, (rgb,), 6.0), FINE, 0.03, depth=depth)
+              for rgb in ((205, 35, 35), (235, 235, 230))]
+    t = np.linspace(0.0, 1.0, n + 1)
+    px, pz = xs[0] + t * (xs[1] - xs[0]), zs[0] + t * (zs[1] - zs[0])
+    for k in range(n):
+        canvas.polygon(panels[k % 2], *_vertical_quad(cam, px[k], pz[k], px[k + 1], pz[k + 1], y0, y1))
 
 
 def _spaced(rng: np.random.Generator, n: int, lo: float, hi: float, gap: float) -> np.ndarray:
@@ -479,13 +506,13 @@ def street_items(layout: Layout, rng: np.random.Generator) -> list[Item]:
         if rng.random() < 0.5:
             for z in _spaced(rng, int(rng.integers(1, 5)), 5.0, 70.0, 6.0):
                 add(z, _draw_vehicle, CAR if rng.random() < 0.85 else TRUCK, edge - side * 1.1, z, side < 0)
-        if rng.random() < 0.6:
+        if rng.random() < 0.8:
             z = rng.uniform(7.0, 35.0)
             add(z, _draw_two_wheeler, edge - side * 0.8, z, rng.random() < 0.5, True)
     walk_x = {-1.0: (sl + 0.4, rl - 0.6), 1.0: (rr + 0.6, sr - 0.4)}
     for side in (-1.0, 1.0):
         lo, hi = walk_x[side]
-        for z in rng.uniform(5.0, 55.0, size=int(rng.integers(0, 6))):
+        for z in rng.uniform(5.0, 45.0, size=int(rng.integers(1, 8))):
             add(z, _draw_person, rng.uniform(lo, hi), z)
         for z in rng.uniform(6.0, 40.0, size=int(rng.integers(0, 3))):
             add(z, _draw_two_wheeler, rng.uniform(lo, hi), z, rng.random() < 0.35, False)
