@@ -137,7 +137,7 @@ def test_patch_boxes_are_multiples_inside_the_image():
 def _recipe_and_module(flow_pretrain_steps=0):
     torch.manual_seed(0)
     recipe = NFlowJSRecipe(flow_pretrain_steps=flow_pretrain_steps, flow_levels=2, flow_steps_per_level=1,
-                           flow_hidden=8)
+                           flow_hidden=8, class_weight_power=0)
     config = make_config("nflowjs", data="unused", out="unused", crop_size=32)
     module = recipe.setup(build_model("small", num_classes=5, widths=(8, 8, 8), aspp_channels=8,
                                       low_channels=4, decoder_channels=8), config).train()
@@ -164,8 +164,10 @@ def test_js_gradient_reaches_the_flow_through_the_pasted_pixels():
     assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
 
 
-def test_joint_loss_matches_an_independent_formula():
+@pytest.mark.parametrize("class_weights", [None, [0.5, 2.0, 1.0, 3.0, 0.25]])
+def test_joint_loss_matches_an_independent_formula(class_weights):
     recipe, module, _, data = _recipe_and_module()
+    recipe.class_weights = None if class_weights is None else torch.tensor(class_weights)
     batch = recipe.batch(data, np.random.default_rng(0))
     loss, terms = recipe.loss(module, batch)
     with torch.no_grad():
@@ -174,11 +176,13 @@ def test_joint_loss_matches_an_independent_formula():
     labels = batch["label"].numpy().reshape(-1)
     inlier, pasted = labels < 5, labels == 254
     log_p = logits - logsumexp(logits, axis=1, keepdims=True)
-    ce_sum = -log_p[inlier, labels[inlier]].sum()
+    w = np.ones(5) if class_weights is None else np.asarray(class_weights)
+    ce = -log_p[inlier, labels[inlier]]
+    weighted_mean_ce = (w[labels[inlier]] * ce).sum() / w[labels[inlier]].sum()  # F.cross_entropy(weight=w)
     js_sum = sum(jensenshannon(np.full(5, 0.2), p) ** 2 for p in softmax(logits[pasted], axis=1))
-    expected = (ce_sum + 3e-2 * js_sum + out["nll"].sum().item()) / (inlier.sum() + pasted.sum())
+    expected = (weighted_mean_ce * inlier.sum() + 3e-2 * js_sum + out["nll"].sum().item()) / (inlier.sum() + pasted.sum())
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-4)
-    assert terms["ce"] == pytest.approx(ce_sum / inlier.sum(), rel=1e-4)
+    assert terms["ce"] == pytest.approx(weighted_mean_ce, rel=1e-4)
     dims = (batch["boxes"][:, 2] * batch["boxes"][:, 3] * 3).numpy()
     assert terms["nll_bpd"] == pytest.approx(float(np.mean(out["nll"].numpy() / (dims * math.log(2)))), rel=1e-5)
 

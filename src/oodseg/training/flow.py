@@ -27,7 +27,7 @@ from oodseg import distributed
 from oodseg.errors import OodsegError
 from oodseg.progress import track
 from oodseg.training.outliers import OUTLIER
-from oodseg.training.trainer import Recipe, TrainConfig, unwrap
+from oodseg.training.trainer import Recipe, TrainConfig, training_class_weights, unwrap
 
 LOGIT_ALPHA = 0.05
 """α of the logit transform ``y = logit(α + (1-2α)x)`` (keeps ``x ∈ {0, 1}`` finite)."""
@@ -419,7 +419,10 @@ class NFlowJSRecipe(Recipe):
     exported checkpoint is the segmentation model alone.
 
     Options: ``lam`` (3e-2), ``flow_lr`` (lr of the flow's group), ``flow_pretrain_steps``,
-    ``patch_max_fraction`` (0.25), ``flow_levels``, ``flow_steps_per_level``, ``flow_hidden``.
+    ``patch_max_fraction`` (0.25), ``flow_levels``, ``flow_steps_per_level``, ``flow_hidden``,
+    ``class_weight_power`` (0.5: the CE is class-weighted like the ``baseline`` recipe's, so
+    fine-tuning keeps the closed-set objective the model was trained with; 0 for plain CE, e.g.
+    for a model trained without weights).
     """
 
     name = "nflowjs"
@@ -428,7 +431,7 @@ class NFlowJSRecipe(Recipe):
 
     def __init__(self, lam: float = 3e-2, flow_lr: float = 1e-3, flow_pretrain_steps: int = 0,
                  patch_max_fraction: float = 0.25, flow_levels: int = 3, flow_steps_per_level: int = 4,
-                 flow_hidden: int = 64, **unknown: Any) -> None:
+                 flow_hidden: int = 64, class_weight_power: float = 0.5, **unknown: Any) -> None:
         super().__init__(**unknown)
         if lam < 0 or flow_lr <= 0 or flow_pretrain_steps < 0 or not 0 < patch_max_fraction <= 1:
             raise OodsegError("recipe nflowjs: need lam >= 0, flow_lr > 0, flow_pretrain_steps >= 0, "
@@ -437,10 +440,13 @@ class NFlowJSRecipe(Recipe):
         self.flow_pretrain_steps, self.patch_max_fraction = int(flow_pretrain_steps), float(patch_max_fraction)
         self.flow_options = {"levels": int(flow_levels), "steps_per_level": int(flow_steps_per_level),
                              "hidden": int(flow_hidden)}
+        self.class_weight_power = float(class_weight_power)
+        self.class_weights: Tensor | None = None
         self.steps_done = 0
 
     def setup(self, model: nn.Module, config: TrainConfig) -> nn.Module:
         super().setup(model, config)
+        self.class_weights = training_class_weights(config, self.class_weight_power)
         flow = Flow(in_channels=3, **self.flow_options)
         if config.crop_size < flow.multiple:
             raise OodsegError(f"--crop-size: {config.crop_size} is smaller than the flow's patch multiple {flow.multiple}")
@@ -479,7 +485,8 @@ class NFlowJSRecipe(Recipe):
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         inlier, pasted = inlier_mask(labels, logits.shape[1]), labels == OUTLIER
         pixels = (inlier.sum() + pasted.sum()).clamp(min=1)
-        ce = inlier_cross_entropy(logits, labels)
+        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+        ce = inlier_cross_entropy(logits, labels, weights)
         js = js_to_uniform(logits)[pasted]
         js_sum = js.sum()
         disc = (ce * inlier.sum() + self.lam * js_sum) / pixels

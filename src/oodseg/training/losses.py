@@ -28,8 +28,12 @@ def inlier_mask(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (labels >= 0) & (labels < num_classes)
 
 
-def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross entropy ``-log p_y`` over inlier pixels (labels 254/255 ignored)."""
+def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross entropy ``-log p_y`` over inlier pixels (labels 254/255 ignored); with
+    ``class_weights`` (C,) the weighted mean ``Σ w_y·CE / Σ w_y`` (see :func:`bootstrapped_cross_entropy`)."""
+    if class_weights is not None:
+        return bootstrapped_cross_entropy(logits, labels, 1.0, class_weights)[0]
     mask = inlier_mask(labels, logits.shape[1])
     ce = F.cross_entropy(logits, torch.where(mask, labels, torch.zeros_like(labels)), reduction="none")
     return _masked_mean(ce, mask)

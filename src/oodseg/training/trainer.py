@@ -220,6 +220,20 @@ def segmentation_logits(module: nn.Module, images: torch.Tensor) -> torch.Tensor
     return out.float()
 
 
+def training_class_weights(config: TrainConfig, power: float) -> torch.Tensor | None:
+    """(num_classes,) inverse-frequency CE weights ``f_c^-power`` of the training split of
+    ``config.data`` (:func:`oodseg.training.losses.inverse_frequency_weights`), or None for ``power = 0``."""
+    from oodseg.data.labels import class_frequencies
+    from oodseg.training.losses import inverse_frequency_weights
+
+    if not 0.0 <= float(power) <= 2.0:
+        raise OodsegError(f"recipe {config.recipe}: class_weight_power must be in [0, 2], got {power}")
+    if power == 0:
+        return None
+    train_data = open_split(resolve_data_root(config.data)[0], "train", required=True)
+    return inverse_frequency_weights(class_frequencies(train_data, config.num_classes), power)
+
+
 class BaselineRecipe(Recipe):
     """Closed-set training: pixel-wise cross entropy over the trainIds (255 and 254 ignored).
 
@@ -240,20 +254,12 @@ class BaselineRecipe(Recipe):
         super().__init__()
         if not 0.0 < float(hard_fraction) <= 1.0:
             raise OodsegError(f"recipe baseline: hard_fraction must be in (0, 1], got {hard_fraction}")
-        if not 0.0 <= float(class_weight_power) <= 2.0:
-            raise OodsegError(f"recipe baseline: class_weight_power must be in [0, 2], got {class_weight_power}")
         self.hard_fraction = float(hard_fraction)
         self.class_weight_power = float(class_weight_power)
         self.class_weights: torch.Tensor | None = None
 
     def setup(self, model, config):
-        from oodseg.data.labels import class_frequencies
-        from oodseg.training.losses import inverse_frequency_weights
-
-        if self.class_weight_power > 0:
-            train_data = open_split(resolve_data_root(config.data)[0], "train", required=True)
-            frequencies = class_frequencies(train_data, config.num_classes)
-            self.class_weights = inverse_frequency_weights(frequencies, self.class_weight_power)
+        self.class_weights = training_class_weights(config, self.class_weight_power)
         return super().setup(model, config)
 
     def loss(self, module, batch):

@@ -73,7 +73,7 @@ def _colour(rng: np.random.Generator, choices, jitter: float = 12.0) -> np.ndarr
     return base + rng.normal(0.0, jitter, 3)
 
 
-SKY_COLOURS = ((118, 165, 225), (150, 185, 230), (190, 196, 204), (205, 208, 212), (170, 175, 200))
+SKY_COLOURS = ((118, 165, 225), (150, 185, 230), (214, 220, 230), (228, 230, 234), (185, 195, 225))  # overcast skies brighter than facades
 ROAD_COLOURS = ((84, 84, 88), (100, 98, 96), (70, 72, 78), (112, 110, 108))
 SIDEWALK_COLOURS = ((160, 155, 150), (176, 162, 140), (140, 140, 145), (168, 120, 110), (190, 185, 172))
 BUILDING_COLOURS = ((150, 120, 100), (185, 172, 150), (122, 122, 128), (196, 166, 122), (142, 88, 70),
