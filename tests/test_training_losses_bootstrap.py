@@ -115,3 +115,17 @@ def test_class_frequencies_count_every_label_file(tmp_path):
     empty = open_dataset("folder", blank, images="images", masks="labels", mapping="0:0,255:255")
     with pytest.raises(OodsegError, match="no pixel is labelled"):
         class_frequencies(empty, 4)
+
+
+def test_normalizer_makes_the_mean_of_per_rank_losses_the_global_weighted_mean(rng):
+    # two "ranks" with different weight totals: averaging their losses (what DDP does with the
+    # gradients) equals the weighted mean of the whole batch when both divide by the mean total
+    logits = torch.tensor(rng.normal(size=(2, 4, 3, 5)))
+    labels = torch.tensor(rng.integers(0, 4, size=(2, 3, 5)))
+    weights = torch.tensor([0.2, 1.0, 3.0, 6.0], dtype=torch.float64)
+    totals = [float(weights[labels[i]].sum()) for i in range(2)]
+    mean_total = lambda total: torch.tensor(sum(totals) / 2, dtype=total.dtype)  # noqa: E731
+    halves = [bootstrapped_cross_entropy(logits[i:i + 1], labels[i:i + 1], 1.0, weights, mean_total)[0]
+              for i in range(2)]
+    whole, _ = bootstrapped_cross_entropy(logits, labels, 1.0, weights)
+    assert float((halves[0] + halves[1]) / 2) == pytest.approx(float(whole), rel=1e-12)

@@ -40,7 +40,8 @@ def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_fraction: float = 0.25,
-                               class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                               class_weights: torch.Tensor | None = None,
+                               normalizer=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Online hard-example mining ("bootstrapped" CE): mean ``-log p_y`` over the hardest pixels.
 
     Of the N inlier pixels of the batch (labels 254/255 ignored), the ``ceil(hard_fraction · N)``
@@ -49,6 +50,8 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_
     stay hard longest, get a larger share of the gradient without per-class weights.
     ``class_weights`` (C,), optional: the average becomes the weighted mean
     ``Σ w_y·CE / Σ w_y`` over the chosen pixels (``F.cross_entropy(weight=...)``'s convention).
+    ``normalizer``, optional: maps the (detached) weight total of this process to the divisor, e.g. the
+    mean total over DDP ranks, so that averaging the ranks' gradients gives the global weighted mean.
     Returns ``(loss, plain unweighted CE over all inlier pixels)``, both scalars (the second for logging).
     """
     if not 0.0 < hard_fraction <= 1.0:
@@ -65,7 +68,8 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_
     if hard_fraction < 1.0:
         hardest = torch.topk(ce, math.ceil(hard_fraction * count), sorted=False).indices
         ce, weights = ce[hardest], weights[hardest]
-    return (weights * ce).sum() / weights.sum().clamp(min=torch.finfo(ce.dtype).tiny), plain
+    total = weights.sum() if normalizer is None else normalizer(weights.sum().detach())
+    return (weights * ce).sum() / total.clamp(min=torch.finfo(ce.dtype).tiny), plain
 
 
 def inverse_frequency_weights(frequencies, power: float = 0.5) -> torch.Tensor:

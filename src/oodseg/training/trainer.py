@@ -220,6 +220,11 @@ def segmentation_logits(module: nn.Module, images: torch.Tensor) -> torch.Tensor
     return out.float()
 
 
+def rank_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of ``value`` over the DDP ranks (the loss divisor that makes DDP's gradient average exact)."""
+    return dist_utils.all_reduce_sum(value.clone()) / dist_utils.world_size()
+
+
 def training_class_weights(config: TrainConfig, power: float) -> torch.Tensor | None:
     """(num_classes,) inverse-frequency CE weights ``f_c^-power`` of the training split of
     ``config.data`` (:func:`oodseg.training.losses.inverse_frequency_weights`), or None for ``power = 0``."""
@@ -267,7 +272,8 @@ class BaselineRecipe(Recipe):
 
         logits = segmentation_logits(module, batch["image"])
         weights = None if self.class_weights is None else self.class_weights.to(logits.device)
-        loss, ce = bootstrapped_cross_entropy(logits, batch["label"], self.hard_fraction, weights)
+        loss, ce = bootstrapped_cross_entropy(logits, batch["label"], self.hard_fraction, weights,
+                                              normalizer=rank_mean if dist_utils.world_size() > 1 else None)
         terms = {"ce": float(ce.detach())}
         if self.hard_fraction < 1.0 or weights is not None:
             terms["weighted_ce"] = float(loss.detach())
