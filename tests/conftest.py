@@ -39,15 +39,24 @@ def run_oodseg():
     return run
 
 
+@pytest.fixture
+def kernel_built() -> None:
+    """Skip a test that needs the C kernel when it is not built (fail instead under OODSEG_REQUIRE_KERNEL)."""
+    from oodseg.scores import native
+
+    if native.library() is None:
+        if os.environ.get("OODSEG_REQUIRE_KERNEL"):  # make test: the build must have compiled it
+            pytest.fail("the C kernel oodseg.scores._summary is not built (OODSEG_REQUIRE_KERNEL is set)")
+        pytest.skip("the C kernel oodseg.scores._summary is not built")
+
+
 @pytest.fixture(params=["kernel", "torch"])
 def logit_path(request, monkeypatch) -> str:
-    """Run a score test through the C kernel (skipped when it is not built) and through torch alone."""
+    """Run a score test through the C kernel (see ``kernel_built``) and through torch alone."""
     from oodseg.scores import native
 
     if request.param == "torch":
         monkeypatch.setattr(native, "library", lambda: None)
-    elif native.library() is None:
-        if os.environ.get("OODSEG_REQUIRE_KERNEL"):  # make test: the build must have compiled it
-            pytest.fail("the C kernel oodseg.scores._summary is not built (OODSEG_REQUIRE_KERNEL is set)")
-        pytest.skip("the C kernel oodseg.scores._summary is not built")
+    else:
+        request.getfixturevalue("kernel_built")
     return request.param

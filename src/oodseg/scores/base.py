@@ -160,8 +160,8 @@ def compute(scorers: Sequence[Scorer | str] | Scorer | str, out: SegOutput) -> d
         if isinstance(scorer, FittedScorer):
             scorer.require_fitted()
     # NaN/Inf: each tile checks its own rows (while they are in the cache) unless a score needs the whole map
-    whole_checked = not all(s.pixelwise for s in resolved)
-    whole = ScoreInputs(out, checked=not whole_checked)
+    tiles_check = all(s.pixelwise for s in resolved)
+    whole = ScoreInputs(out, checked=tiles_check)
     needed = set().union(*(s.needs for s in resolved)) if resolved else set()
     for attribute in ("logits", "features", "weight"):  # validate each input once, as a whole
         if attribute in needed:
@@ -178,7 +178,7 @@ def compute(scorers: Sequence[Scorer | str] | Scorer | str, out: SegOutput) -> d
         maps = {s.key: torch.empty(batch, height, width, device=_device(out)) for s in tiled}
         rows = max(1, TILE_PIXELS // max(1, width))
         for top in range(0, height, rows):
-            tile = ScoreInputs(_tile(out, top, top + rows), checked=whole_checked)
+            tile = ScoreInputs(_tile(out, top, top + rows), checked=not tiles_check)
             for scorer in tiled:
                 maps[scorer.key][:, top:top + rows] = scorer.score(tile)
         for scorer in tiled:

@@ -485,8 +485,7 @@ class NFlowJSRecipe(Recipe):
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         inlier, pasted = inlier_mask(labels, logits.shape[1]), labels == OUTLIER
         pixels = (inlier.sum() + pasted.sum()).clamp(min=1)
-        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
-        ce = inlier_cross_entropy(logits, labels, weights)
+        ce = inlier_cross_entropy(logits, labels, self.class_weights)
         js = js_to_uniform(logits)[pasted]
         js_sum = js.sum()
         disc = (ce * inlier.sum() + self.lam * js_sum) / pixels

@@ -221,7 +221,8 @@ def segmentation_logits(module: nn.Module, images: torch.Tensor) -> torch.Tensor
 
 
 def rank_mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean of ``value`` over the DDP ranks (the loss divisor that makes DDP's gradient average exact)."""
+    """Mean of ``value`` over the DDP ranks, ``value`` itself in one process (the loss divisor that
+    makes DDP's gradient average exact)."""
     return dist_utils.all_reduce_sum(value.clone()) / dist_utils.world_size()
 
 
@@ -271,11 +272,10 @@ class BaselineRecipe(Recipe):
         from oodseg.training.losses import bootstrapped_cross_entropy
 
         logits = segmentation_logits(module, batch["image"])
-        weights = None if self.class_weights is None else self.class_weights.to(logits.device)
-        loss, ce = bootstrapped_cross_entropy(logits, batch["label"], self.hard_fraction, weights,
-                                              normalizer=rank_mean if dist_utils.world_size() > 1 else None)
+        loss, ce = bootstrapped_cross_entropy(logits, batch["label"], self.hard_fraction, self.class_weights,
+                                              normalizer=rank_mean)
         terms = {"ce": float(ce.detach())}
-        if self.hard_fraction < 1.0 or weights is not None:
+        if self.hard_fraction < 1.0 or self.class_weights is not None:
             terms["weighted_ce"] = float(loss.detach())
         return loss, terms
 
