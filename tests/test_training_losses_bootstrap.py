@@ -129,3 +129,17 @@ def test_normalizer_makes_the_mean_of_per_rank_losses_the_global_weighted_mean(r
               for i in range(2)]
     whole, _ = bootstrapped_cross_entropy(logits, labels, 1.0, weights)
     assert float((halves[0] + halves[1]) / 2) == pytest.approx(float(whole), rel=1e-12)
+
+
+def test_normalizer_without_class_weights_divides_the_plain_ce_by_the_mean_count(rng):
+    logits = torch.tensor(rng.normal(size=(2, 4, 3, 5)))
+    labels = torch.tensor(rng.integers(0, 4, size=(2, 3, 5)))
+    labels[0, :2] = 255  # the ranks have 5 and 15 labelled pixels
+    counts = [float((labels[i] != 255).sum()) for i in range(2)]
+    mean_count = lambda total: torch.tensor(sum(counts) / 2, dtype=total.dtype)  # noqa: E731
+    halves = [bootstrapped_cross_entropy(logits[i:i + 1], labels[i:i + 1], 1.0, None, mean_count)[0] for i in range(2)]
+    whole, _ = bootstrapped_cross_entropy(logits, labels, 1.0)
+    assert float((halves[0] + halves[1]) / 2) == pytest.approx(float(whole), rel=1e-12)
+    # in one process (the normaliser returns the count itself) it is the plain mean, bit for bit
+    same, plain = bootstrapped_cross_entropy(logits, labels, 1.0, None, lambda total: total)
+    assert torch.equal(same, plain)

@@ -8,8 +8,8 @@ from scipy.spatial.distance import jensenshannon
 from scipy.special import logsumexp, softmax
 from scipy.stats import entropy
 
-from oodseg.training.losses import (js_to_uniform, pixel_entropy, rpl_inlier_energy_loss, rpl_inlier_loss,
-                                    rpl_outlier_loss, supervised_infonce)
+from oodseg.training.losses import (js_to_uniform, nflowjs_loss, pixel_entropy, rpl_inlier_energy_loss,
+                                    rpl_inlier_loss, rpl_outlier_loss, supervised_infonce)
 
 
 def _pixels(logits: np.ndarray) -> np.ndarray:
@@ -151,3 +151,55 @@ def test_only_the_energy_anchor_sees_a_class_uniform_logit_shift(rng):
     assert float(ce) == pytest.approx(float(ce_ref), rel=1e-12) and float(entropy_gap) < 1e-20
     assert float(rpl_inlier_energy_loss(shifted, vanilla, mask)) == pytest.approx(9.0, rel=1e-12)
     assert float(rpl_inlier_energy_loss(vanilla, vanilla, mask)) == 0.0
+
+
+def _nflowjs_batch(rng, batch=2):
+    logits = torch.tensor(rng.normal(0, 2, size=(batch, 4, 3, 5)))
+    labels = torch.tensor(rng.integers(0, 4, size=(batch, 3, 5)))
+    labels[0, 0, :3] = 254  # a pasted flow sample
+    labels[0, 2, 4] = 255
+    labels[1, 1:, 2:4] = 254
+    labels[1, 0, :2] = 255  # the second image has other inlier / pasted / void counts
+    return logits, labels, torch.tensor(rng.uniform(10, 20, size=batch))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nflowjs_loss_hand_computed(rng, weighted):
+    logits, labels, nll = _nflowjs_batch(rng)
+    weights = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64) if weighted else None
+    loss, terms = nflowjs_loss(logits, labels, nll, lam=0.3, class_weights=weights)
+    probs = softmax(_pixels(logits.numpy()), axis=1)
+    flat = labels.numpy().reshape(-1)
+    inlier, pasted = flat < 4, flat == 254
+    w = weights.numpy()[flat[inlier]] if weighted else np.ones(inlier.sum())
+    ce = np.sum(w * -np.log(probs[inlier, flat[inlier]])) / w.sum()
+    js = np.array([jensenshannon(np.full(4, 0.25), p) ** 2 for p in probs[pasted]])
+    pixels = inlier.sum() + pasted.sum()
+    disc = (ce * inlier.sum() + 0.3 * js.sum()) / pixels
+    gen = nll.numpy().sum() / pixels
+    assert float(loss) == pytest.approx(disc + gen, rel=1e-10)
+    assert float(terms["disc"]) == pytest.approx(disc, rel=1e-10)
+    assert float(terms["gen"]) == pytest.approx(gen + 0.3 * js.sum() / pixels, rel=1e-10)
+    assert float(terms["js"]) == pytest.approx(js.mean(), rel=1e-10)
+    assert float(terms["ce"]) == pytest.approx(ce, rel=1e-10)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nflowjs_loss_with_a_rank_mean_normalizer_averages_to_the_global_loss(rng, weighted):
+    # two "ranks" with different pixel counts: DDP averages their gradients, so the mean of their
+    # losses must be the loss of the whole batch when every total is divided by its mean over ranks
+    logits, labels, nll = _nflowjs_batch(rng)
+    weights = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64) if weighted else None
+    halves = [(logits[i:i + 1], labels[i:i + 1], nll[i:i + 1]) for i in range(2)]
+    seen = [[], []]
+    for rank, half in enumerate(halves):  # the totals each rank hands to the all-reduce, in call order
+        nflowjs_loss(*half, 0.3, weights, normalizer=lambda total, rank=rank: seen[rank].append(total) or total)
+    means = [(a + b) / 2 for a, b in zip(*seen)]
+    per_rank = []
+    for half in halves:
+        calls = iter(means)
+        per_rank.append(nflowjs_loss(*half, 0.3, weights, normalizer=lambda total: next(calls))[0])
+    whole, _ = nflowjs_loss(logits, labels, nll, 0.3, weights)
+    assert float((per_rank[0] + per_rank[1]) / 2) == pytest.approx(float(whole), rel=1e-12)
+    assert float(per_rank[0] + per_rank[1]) / 2 != pytest.approx(
+        float(sum(nflowjs_loss(*half, 0.3, weights)[0] for half in halves)) / 2, rel=1e-6)  # own divisors differ

@@ -62,7 +62,10 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_
     plain = _masked_mean(ce, mask)
     count = int(mask.sum())
     if count == 0 or (hard_fraction == 1.0 and class_weights is None):
-        return plain, plain
+        if normalizer is None or count == 0:
+            return plain, plain
+        total = torch.where(mask, ce, torch.zeros_like(ce)).sum()  # as in plain, over the normalised count
+        return total / normalizer(mask.sum().to(ce.dtype)).clamp(min=1), plain
     weights = class_weights.to(ce)[targets] if class_weights is not None else torch.ones_like(ce)
     ce, weights = ce[mask], weights[mask]
     if hard_fraction < 1.0:
@@ -121,6 +124,32 @@ def js_to_uniform(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
     kl_p_m = (log_p.exp() * (log_p - log_m)).sum(1)
     kl_u_m = (log_u - log_m).mean(1)
     return 0.5 * (kl_u_m + kl_p_m)
+
+
+def nflowjs_loss(logits: torch.Tensor, labels: torch.Tensor, nll: torch.Tensor, lam: float = 3e-2,
+                 class_weights: torch.Tensor | None = None,
+                 normalizer=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """NFlowJS ``L_disc + L_gen`` (SPEC §2.2) of a batch with flow samples pasted at label 254.
+
+    With ``n`` inlier pixels, ``N`` = inlier + pasted pixels and ``CE`` the (class-weighted,
+    :func:`bootstrapped_cross_entropy`) mean over inlier pixels:
+    ``disc = (CE·n + λ·Σ_pasted JS(U, p)) / N`` and ``gen = Σ nll / N`` (``nll`` (B,) nats of the
+    inlier crops the flow fits); the JS term is counted once and reaches both networks.
+    ``normalizer``, optional: maps each (detached) per-process total (weights, ``n``, ``N``) to the
+    divisor, e.g. its mean over DDP ranks, so that DDP's gradient average is the loss of the global batch.
+    Returns ``(disc + gen, {"ce", "js" (mean over pasted pixels), "disc", "gen" (incl. the JS term)})``.
+    """
+    count = normalizer or (lambda total: total)
+    inlier, pasted = inlier_mask(labels, logits.shape[1]), labels == OUTLIER
+    ce = bootstrapped_cross_entropy(logits, labels, 1.0, class_weights, normalizer)[0]
+    inlier_count = count(inlier.sum().to(logits.dtype))
+    pixels = count((inlier.sum() + pasted.sum()).to(logits.dtype)).clamp(min=1)
+    js = js_to_uniform(logits)[pasted]
+    disc = (ce * inlier_count + lam * js.sum()) / pixels
+    gen = nll.sum() / pixels
+    terms = {"ce": ce.detach(), "js": js.detach().mean() if js.numel() else torch.zeros(()),
+             "disc": disc.detach(), "gen": (gen + lam * js.sum() / pixels).detach()}
+    return disc + gen, terms
 
 
 def pixel_entropy(logits: torch.Tensor) -> torch.Tensor:
