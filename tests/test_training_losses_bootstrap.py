@@ -143,3 +143,16 @@ def test_normalizer_without_class_weights_divides_the_plain_ce_by_the_mean_count
     # in one process (the normaliser returns the count itself) it is the plain mean, bit for bit
     same, plain = bootstrapped_cross_entropy(logits, labels, 1.0, None, lambda total: total)
     assert torch.equal(same, plain)
+
+
+@pytest.mark.parametrize("hard_fraction,weights", [(1.0, None), (1.0, [1.0, 2.0, 3.0, 4.0]), (0.25, None)])
+def test_normalizer_is_called_even_when_this_rank_has_no_labelled_pixel(hard_fraction, weights):
+    # under DDP the normaliser is an all-reduce: a rank that skipped it would hang the others
+    logits = torch.randn(1, 4, 3, 5, requires_grad=True)
+    labels = torch.full((1, 3, 5), 255)
+    calls = []
+    loss, plain = bootstrapped_cross_entropy(logits, labels, hard_fraction,
+                                             None if weights is None else torch.tensor(weights),
+                                             lambda total: calls.append(float(total)) or total + 7.0)
+    assert calls == [0.0]
+    assert float(loss.detach()) == 0.0 and loss.requires_grad  # an attached zero

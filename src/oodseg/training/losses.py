@@ -14,9 +14,10 @@ import torch.nn.functional as F
 OUTLIER = 254
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``mask`` (both (B,H,W)); ``0 * sum`` when the mask is empty (keeps the graph)."""
-    count = mask.sum()
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer=None) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` (both (B,H,W)); ``0 * sum`` when the mask is empty (keeps the graph).
+    ``normalizer``, optional: maps the pixel count to the divisor (e.g. its mean over DDP ranks)."""
+    count = mask.sum() if normalizer is None else normalizer(mask.sum().to(values.dtype))
     total = torch.where(mask, values, torch.zeros_like(values)).sum()
     return total / count.clamp(min=1)
 
@@ -28,12 +29,8 @@ def inlier_mask(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (labels >= 0) & (labels < num_classes)
 
 
-def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                         class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross entropy ``-log p_y`` over inlier pixels (labels 254/255 ignored); with
-    ``class_weights`` (C,) the weighted mean ``Σ w_y·CE / Σ w_y`` (see :func:`bootstrapped_cross_entropy`)."""
-    if class_weights is not None:
-        return bootstrapped_cross_entropy(logits, labels, 1.0, class_weights)[0]
+def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross entropy ``-log p_y`` over inlier pixels (labels 254/255 ignored)."""
     mask = inlier_mask(labels, logits.shape[1])
     ce = F.cross_entropy(logits, torch.where(mask, labels, torch.zeros_like(labels)), reduction="none")
     return _masked_mean(ce, mask)
@@ -50,8 +47,10 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_
     stay hard longest, get a larger share of the gradient without per-class weights.
     ``class_weights`` (C,), optional: the average becomes the weighted mean
     ``Σ w_y·CE / Σ w_y`` over the chosen pixels (``F.cross_entropy(weight=...)``'s convention).
-    ``normalizer``, optional: maps the (detached) weight total of this process to the divisor, e.g. the
-    mean total over DDP ranks, so that averaging the ranks' gradients gives the global weighted mean.
+    ``normalizer``, optional: maps the (detached) weight total (pixel count when unweighted) of this
+    process to the divisor, e.g. the mean total over DDP ranks, so that averaging the ranks' gradients
+    gives the global (weighted) mean. It is called on every call, also without pixels: it may be a
+    collective every rank has to join.
     Returns ``(loss, plain unweighted CE over all inlier pixels)``, both scalars (the second for logging).
     """
     if not 0.0 < hard_fraction <= 1.0:
@@ -60,12 +59,11 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_
     targets = torch.where(mask, labels, torch.zeros_like(labels))
     ce = F.cross_entropy(logits, targets, reduction="none")
     plain = _masked_mean(ce, mask)
+    if hard_fraction == 1.0 and class_weights is None:
+        return (plain if normalizer is None else _masked_mean(ce, mask, normalizer)), plain
     count = int(mask.sum())
-    if count == 0 or (hard_fraction == 1.0 and class_weights is None):
-        if normalizer is None or count == 0:
-            return plain, plain
-        total = torch.where(mask, ce, torch.zeros_like(ce)).sum()  # as in plain, over the normalised count
-        return total / normalizer(mask.sum().to(ce.dtype)).clamp(min=1), plain
+    if count == 0 and normalizer is None:
+        return plain, plain
     weights = class_weights.to(ce)[targets] if class_weights is not None else torch.ones_like(ce)
     ce, weights = ce[mask], weights[mask]
     if hard_fraction < 1.0:
@@ -145,10 +143,11 @@ def nflowjs_loss(logits: torch.Tensor, labels: torch.Tensor, nll: torch.Tensor, 
     inlier_count = count(inlier.sum().to(logits.dtype))
     pixels = count((inlier.sum() + pasted.sum()).to(logits.dtype)).clamp(min=1)
     js = js_to_uniform(logits)[pasted]
-    disc = (ce * inlier_count + lam * js.sum()) / pixels
+    js_sum = js.sum()
+    disc = (ce * inlier_count + lam * js_sum) / pixels
     gen = nll.sum() / pixels
     terms = {"ce": ce.detach(), "js": js.detach().mean() if js.numel() else torch.zeros(()),
-             "disc": disc.detach(), "gen": (gen + lam * js.sum() / pixels).detach()}
+             "disc": disc.detach(), "gen": (gen + lam * js_sum / pixels).detach()}
     return disc + gen, terms
 
 
