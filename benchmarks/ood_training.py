@@ -9,11 +9,12 @@ Reproduces the whole comparison with the library functions behind the CLI (the e
 4. ``oodseg score`` of the baseline and of every fine-tuned model on the anomaly and obstacle
    tracks with the recipe's score (entropy-max → ``entropy``, nflowjs → ``jsd`` (T=2),
    rpl → ``energy``; the baseline with all three);
-5. ``oodseg evaluate`` (exact pixel metrics + SMIYC component metrics) of every score folder.
+5. ``oodseg evaluate`` (exact pixel metrics + SMIYC component metrics; on the anomaly track also
+   ``--segmentation``: mIoU and open-mIoU) of every score folder.
 
-Prints one table per recipe (AP, FPR95 on both tracks, val mIoU, fine-tuning steps and seconds,
-baseline vs recipe), the ratios recipe / baseline of AP and FPR95 (measured in this run), and
-writes ``OUT/results/*.json`` (schema ``oodseg.evaluate``, readable by ``oodseg report``),
+Prints one table per recipe (AP, FPR95 on both tracks, open-mIoU on the anomaly track, val mIoU,
+fine-tuning steps and seconds, baseline vs recipe), the ratios recipe / baseline of AP and FPR95
+(measured in this run), and writes ``OUT/results/*.json`` (schema ``oodseg.evaluate``, readable by ``oodseg report``),
 ``OUT/ood_training.json`` (everything) and ``OUT/ood_training.md`` (the tables).
 
 Wall seconds on a shared machine are inflated; each run also reports its process CPU
@@ -39,6 +40,7 @@ from oodseg.data import open_dataset
 from oodseg.data.synthetic import MANIFEST_NAME, generate
 from oodseg.errors import OodsegError
 from oodseg.evaluation import evaluate_dataset
+from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 from oodseg.scores.runner import score_dataset
 from oodseg.training import make_config, train
 
@@ -109,6 +111,11 @@ def score_and_evaluate(name: str, checkpoint: Path, methods: list[str], data: Pa
             show(f"oodseg evaluate --dataset {kind} --root {root} --scores {scores_dir} --track {track} "
                  f"--method {name}:{method} --json {json_path} --overwrite")
             result = evaluate_dataset(dataset, scores_dir, track=track, method=f"{name}:{method}")
+            if track == "anomaly":  # SynthStreet ships trainId labels here: mIoU and open-mIoU (NFlowJS reports it)
+                show(f"  (the same with --segmentation --probs {checkpoint})")
+                semantic = evaluate_semantic(open_semantic_dataset(kind, root), scores_dir, checkpoint,
+                                             method=f"{name}:{method}")
+                result = with_semantic(result, semantic)
             write_json(json_path, result)
             results[track][method] = result
     return results
@@ -118,17 +125,18 @@ def recipe_table(recipe: str, base: dict, tuned: dict, base_eval: dict, tuned_ev
     """Markdown rows: baseline and recipe with the recipe's score, plus the recipe / baseline ratios."""
     method = RECIPE_SCORES[recipe]
     header = (f"| model (score `{method}`) | anomaly AP | anomaly FPR95 | obstacle AP | obstacle FPR95 | "
-              "val mIoU | fine-tuning steps | seconds (wall / CPU) |")
-    rows = [header, "|" + "---|" * 8]
+              "anomaly open-mIoU | val mIoU | fine-tuning steps | seconds (wall / CPU) |")
+    rows = [header, "|" + "---|" * 9]
     for label, summary, evals in (("baseline", base, base_eval), (recipe, tuned, tuned_eval)):
         metrics = [evals[t][method][k] for t in TRACKS for k in ("AP", "FPR95")]
+        metrics.append(evals["anomaly"][method]["segmentation"]["open_mIoU"])
         steps = "—" if summary is base else str(summary["steps"])
         seconds = "—" if summary is base else f"{summary['wall_s']:.0f} / {summary['cpu_s']:.0f}"
         rows.append(f"| {label} | " + " | ".join(f"{100 * v:.2f}" for v in metrics)
                     + f" | {100 * summary['val_mIoU']:.2f} | {steps} | {seconds} |")
     ratios = [tuned_eval[t][method][k] / base_eval[t][method][k] for t in TRACKS for k in ("AP", "FPR95")]
     rows.append("| ratio recipe / baseline | " + " | ".join(f"{r:.3f}" for r in ratios)
-                + f" | {100 * (tuned['val_mIoU'] - base['val_mIoU']):+.2f} pts | | |")
+                + f" | | {100 * (tuned['val_mIoU'] - base['val_mIoU']):+.2f} pts | | |")
     return rows
 
 
