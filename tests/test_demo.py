@@ -75,6 +75,14 @@ def test_quick_demo_writes_results_and_report(tmp_path: Path):
     invoke("demo", "--quick", "--out", out, "--method", "entropy", "--method", "msp", "--method", "mahalanobis",
            "--method", "ensemble")
     assert json.loads((out / "results.json").read_text())["tables"] == tables
+    # A cached model that no longer loads (another architecture default) stops the rerun in one line.
+    meta_path = out / "train" / "baseline" / "checkpoint" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["params"]["convs_per_stage"] = 3
+    meta_path.write_text(json.dumps(meta))
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--method", "entropy"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error")]
+    assert result.exit_code != 0 and len(errors) == 1 and "cached model no longer loads" in errors[0]
 
 
 def test_demo_rejects_unknown_method(tmp_path: Path):

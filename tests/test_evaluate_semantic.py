@@ -25,7 +25,7 @@ from oodseg.meta.probabilities import write_probabilities
 from oodseg.models import build_model, save_checkpoint
 
 H, W, N, K = 32, 48, 3, 19
-ARCH = {"widths": [8, 8, 8, 8], "aspp_channels": 8, "low_channels": 8, "decoder_channels": 8}
+ARCH = {"widths": [8, 8, 8, 8], "convs_per_stage": 2, "aspp_channels": 8, "low_channels": 8, "decoder_channels": 8}
 
 
 def tiny_checkpoint(path: Path, num_classes: int = K) -> Path:

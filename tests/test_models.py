@@ -60,6 +60,17 @@ def test_small_model_size_shape_and_named_parts():
     assert small(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
+@pytest.mark.parametrize("convs,expected", [(None, [1, 2, 2, 2]), (3, [3, 3, 3, 3]), ([2, 1, 1, 3], [2, 1, 1, 3])])
+def test_small_model_convs_per_stage(convs, expected):
+    model = SmallSegNet(convs_per_stage=convs)
+    counts = [sum(isinstance(m, torch.nn.Conv2d) for m in stage.modules()) for stage in model.backbone.stages]
+    strides = [stage[0][0].stride for stage in model.backbone.stages]
+    assert counts == expected and strides == [(2, 2)] * 4
+    for bad in ([1, 2, 2], [0, 2, 2, 2], 0):
+        with pytest.raises(ValueError, match="convs_per_stage"):
+            SmallSegNet(convs_per_stage=bad)
+
+
 def test_models_normalise_with_imagenet_statistics(rng):
     model = build_model("small")
     images = rng.random((2, 3, 5, 4), dtype=np.float32)

@@ -140,7 +140,7 @@ def _recipe_and_module(flow_pretrain_steps=0):
                            flow_hidden=8, class_weight_power=0)
     config = make_config("nflowjs", data="unused", out="unused", crop_size=32)
     module = recipe.setup(build_model("small", num_classes=5, widths=(8, 8, 8), aspp_channels=8,
-                                      low_channels=4, decoder_channels=8), config).train()
+                                      low_channels=4, decoder_channels=8, dropout=0.0), config).train()
     data = {"image": torch.rand(2, 3, 32, 32), "label": torch.randint(0, 5, (2, 32, 32)),
             "seed": torch.tensor([3, 11])}
     return recipe, module, config, data

@@ -111,6 +111,13 @@ def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: 
     out = config.out / "train" / name
     summary_path = out / "train.json"
     if summary_path.is_file():
+        from oodseg.models import load_checkpoint
+
+        try:
+            load_checkpoint(out / "checkpoint")
+        except OodsegError as exc:
+            raise OodsegError(f"{out}: the cached model no longer loads ({exc}); it comes from another oodseg "
+                              f"version: remove {config.out} except data/ and run again") from exc
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         config.log(f"[demo]   {name}: reusing the trained checkpoint (val mIoU {_pct(summary.get('val_mIoU'))})")
         return out / "checkpoint"

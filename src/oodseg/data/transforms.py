@@ -53,13 +53,17 @@ def scaled_crop(image: torch.Tensor, label: torch.Tensor, crop_size: int, scale:
     and resizes it to ``crop_size`` (bilinear for the image, nearest for the label), which is
     the same as rescaling the whole image first, at a fraction of the cost. ``focus`` = (row,
     column): the window is drawn uniformly among the positions that contain that pixel.
+    ``image`` (3, H, W) float in [0, 1] or uint8 (converted after cutting, so only the window
+    is); ``label`` (H, W) any integer type. Returns float32 (3, c, c) and int64 (c, c).
     """
     _, height, width = image.shape
     window = max(1, int(round(crop_size / scale)))
     top = _window_start(height, window, rng, None if focus is None else focus[0])
     left = _window_start(width, window, rng, None if focus is None else focus[1])
     img = image[:, top:top + window, left:left + window]
-    lab = label[top:top + window, left:left + window]
+    if img.dtype == torch.uint8:
+        img = img.float().div_(255.0)
+    lab = label[top:top + window, left:left + window].long()
     pad_h, pad_w = window - img.shape[1], window - img.shape[2]
     if pad_h or pad_w:
         img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)
@@ -113,7 +117,8 @@ class TrainAugment:
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(3,H,W)`` float, ``(H,W)`` int64 -> ``(3,c,c)``, ``(c,c)`` with c = ``crop_size``."""
+        """``(3,H,W)`` float in [0, 1] or uint8, ``(H,W)`` integer -> float32 ``(3,c,c)``, int64 ``(c,c)``
+        with c = ``crop_size``."""
         scale = float(rng.uniform(*self.scale_range))
         focus = None
         if self.class_uniform > 0 and rng.random() < self.class_uniform:
@@ -157,15 +162,17 @@ class SegmentationTrainSet(torch.utils.data.Dataset):
             raise OodsegError(f"{sample.image_path}: label shape {sample.label.shape} differs from image "
                               f"{sample.image.shape[:2]}")
         check_labels(sample.label, self.num_classes, str(sample.image_path))
-        size = sample.image.nbytes + sample.label.nbytes
+        # writable (decoders may return read-only buffers) so torch.from_numpy can view them
+        image, label = np.require(sample.image, requirements="W"), np.require(sample.label, requirements="W")
+        size = image.nbytes + label.nbytes
         if self._cached_bytes + size <= self.cache_bytes:
-            self._cache[index] = (sample.image, sample.label)
+            self._cache[index] = (image, label)
             self._cached_bytes += size
-        return sample.image, sample.label
+        return image, label
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
         image, label = self.frame(index)
-        rng = np.random.default_rng(seed)
-        image, label = self.augment(image_to_tensor(image), label_to_tensor(label), rng)
+        rng = np.random.default_rng(seed)  # uint8 views of the cached frame: only the crop gets converted
+        image, label = self.augment(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(label), rng)
         return {"image": image, "label": label, "seed": seed}

@@ -164,14 +164,14 @@ class FlowStep(nn.Module):
 def squeeze(x: Tensor) -> Tensor:
     """(B, C, H, W) → (B, 4C, H/2, W/2), each 2×2 block into channels."""
     b, c, h, w = x.shape
-    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    x = x.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
     return x.reshape(b, 4 * c, h // 2, w // 2)
 
 
 def unsqueeze(x: Tensor) -> Tensor:
     """Inverse of :func:`squeeze`: (B, 4C, H, W) → (B, C, 2H, 2W)."""
     b, c, h, w = x.shape
-    x = x.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    x = x.reshape(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
     return x.reshape(b, c // 4, 2 * h, 2 * w)
 
 
