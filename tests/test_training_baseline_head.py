@@ -33,6 +33,11 @@ def test_labels_at_takes_the_label_under_each_cell_centre(size, out):
         for j in range(out[1]):  # the cell centre (i + 0.5, j + 0.5) in input pixels, rounded down
             expected[:, i, j] = labels[:, math.floor((i + 0.5) * height / out[0]), math.floor((j + 0.5) * width / out[1])]
     assert got.dtype == torch.long and torch.equal(got, expected)
+    corners = torch.empty((2, *out), dtype=torch.long)
+    for i in range(out[0]):
+        for j in range(out[1]):  # "nearest" (RPL's contrastive grid): the cell's first pixel
+            corners[:, i, j] = labels[:, math.floor(i * height / out[0]), math.floor(j * width / out[1])]
+    assert torch.equal(labels_at(labels, out, mode="nearest"), corners)
 
 
 def test_labels_at_stride_four_is_every_fourth_pixel_from_the_third():

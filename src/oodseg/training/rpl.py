@@ -38,7 +38,7 @@ from oodseg.models import ASPP, build_model, register_architecture
 from oodseg.training.losses import (inlier_mask, rpl_inlier_energy_loss, rpl_inlier_loss, rpl_outlier_loss,
                                     supervised_infonce)
 from oodseg.training.outliers import OUTLIER, OutlierPool, add_outliers, outlier_scene
-from oodseg.training.trainer import Recipe, TrainConfig, unwrap
+from oodseg.training.trainer import Recipe, TrainConfig, labels_at, unwrap
 
 DEFAULT_RATES = (6, 12, 18)
 
@@ -257,10 +257,6 @@ def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
-def _downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
-
-
 class RPLRecipe(Recipe):
     """RPL + CoroCL on a frozen closed-set model (``oodseg train --recipe rpl --init CKPT --outliers POOL``).
 
@@ -336,8 +332,8 @@ class RPLRecipe(Recipe):
         projection = out["projection"].float()
         grid = tuple(projection.shape[-2:])
         contrast = coro_contrastive_loss(
-            projection[:n], _downsample_labels(labels, grid), projection[n:],
-            _downsample_labels(batch["context_label"], grid), self.temperature, self.samples_per_group,
+            projection[:n], labels_at(labels, grid, mode="nearest"), projection[n:],
+            labels_at(batch["context_label"], grid, mode="nearest"), self.temperature, self.samples_per_group,
             torch.Generator().manual_seed(batch["contrast_seed"]))
         total = ce + entropy_mse + self.inlier_energy_weight * energy_mse + energy + self.contrast_weight * contrast
         return total, {"ce": float(ce.detach()), "entropy_mse": float(entropy_mse.detach()),

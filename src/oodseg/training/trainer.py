@@ -240,13 +240,14 @@ def head_logits(module: nn.Module, head: nn.Module, images: torch.Tensor) -> tor
     return captured[-1].float()
 
 
-def labels_at(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, H, W) integer labels sampled at the cell centres of an (h, w) grid laid over the image:
-    cell ``i`` takes row ``floor((i + 0.5) * H / h)`` (``nearest-exact``); (B, h, w) int64."""
+def labels_at(labels: torch.Tensor, size: tuple[int, int], mode: str = "nearest-exact") -> torch.Tensor:
+    """(B, H, W) integer labels resampled to (B, h, w) int64 without mixing values: with
+    ``"nearest-exact"`` cell ``i`` takes row ``floor((i + 0.5) * H / h)``, the label under the cell
+    centre; ``"nearest"`` takes row ``floor(i * H / h)`` (the cell's first pixel)."""
     size = (int(size[0]), int(size[1]))
     if tuple(labels.shape[-2:]) == size:
         return labels
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest-exact")[:, 0].long()
+    return F.interpolate(labels[:, None].float(), size=size, mode=mode)[:, 0].long()
 
 
 def rank_mean(value: torch.Tensor) -> torch.Tensor:
