@@ -1,4 +1,4 @@
-"""Score files: SMIYC hdf5 (float16, gzip), npy, npz; round trips and bad files."""
+"""Score files: SMIYC hdf5 (float32 by default or float16, gzip), npy, npz; round trips and bad files."""
 import h5py
 import numpy as np
 import pytest
@@ -13,19 +13,30 @@ def test_score_path_layout(tmp_path):
     assert score_path(tmp_path, "m", "d", "f", ext=".npz").name == "f.npz"
 
 
-def test_hdf5_round_trip_is_smiyc_format(tmp_path, rng):
+def test_hdf5_round_trip_is_smiyc_format_and_lossless(tmp_path, rng):
     score = rng.normal(size=(13, 17)).astype(np.float32) * 10
     path = write_score(score_path(tmp_path, "m", "d", "f"), torch.from_numpy(score))
     with h5py.File(path, "r") as f:          # what the official SMIYC code does
         ds = f["value"]
-        assert ds.dtype == np.float16 and ds.compression == "gzip" and ds.shape == (13, 17)
+        assert ds.dtype == np.float32 and ds.compression == "gzip" and ds.shape == (13, 17)
         stored = ds[:]
-    np.testing.assert_array_equal(stored, score.astype(np.float16))
+    np.testing.assert_array_equal(stored, score)
     back = read_score(path)
     assert back.dtype == np.float32 and back.shape == (13, 17)
-    # float16 has a 10-bit mantissa: relative error <= 2**-11
-    np.testing.assert_allclose(back, score, rtol=2.0 ** -11, atol=1e-7)
+    np.testing.assert_array_equal(back, score)
     assert not list(path.parent.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("ext", ["hdf5", "npy", "npz"])
+def test_float16_storage_rounds_to_nearest(tmp_path, rng, ext):
+    score = rng.normal(size=(13, 17)).astype(np.float32) * 10
+    path = write_score(tmp_path / f"f.{ext}", score, dtype="float16")
+    back = read_score(path)
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, score.astype(np.float16).astype(np.float32))
+    np.testing.assert_allclose(back, score, rtol=2.0 ** -11, atol=0)  # float16: 10-bit mantissa
+    with pytest.raises(OodsegError, match="dtype: expected one of float32, float16, got 'float64'"):
+        write_score(tmp_path / f"g.{ext}", score, dtype="float64")
 
 
 @pytest.mark.parametrize("ext", ["npy", "npz"])
@@ -44,11 +55,11 @@ def test_find_score_prefers_hdf5_and_reports_missing(tmp_path):
         find_score(tmp_path, "b")
 
 
-def test_hdf5_keeps_float16_unless_the_scores_overflow_it(tmp_path):
+def test_float16_storage_keeps_float32_when_the_scores_overflow_it(tmp_path):
     small = np.array([[0.5, -65504.0], [3.0, 1.0]], np.float32)
     big = np.array([[1e5, -2.5e6], [3.0, 0.1]], np.float32)
-    write_score(tmp_path / "s.hdf5", small)
-    write_score(tmp_path / "b.hdf5", big)
+    write_score(tmp_path / "s.hdf5", small, dtype="float16")
+    write_score(tmp_path / "b.hdf5", big, dtype="float16")
     with h5py.File(tmp_path / "s.hdf5") as f, h5py.File(tmp_path / "b.hdf5") as g:
         assert f["value"].dtype == np.float16 and g["value"].dtype == np.float32
     assert np.array_equal(read_score(tmp_path / "s.hdf5"), small.astype(np.float16).astype(np.float32))

@@ -1,4 +1,4 @@
-"""Model-based scores (MC dropout, ensemble, ODIN) through the real ModelAdapter."""
+"""Sampling scores (MC dropout, ensemble) through the real ModelAdapter (ODIN: test_scores_perturbation.py)."""
 import math
 
 import numpy as np
@@ -79,30 +79,3 @@ def test_ensemble_is_entropy_of_mean_softmax(rng):
         scores.get("ensemble")
     with pytest.raises(OodsegError, match="member 1 has 4 classes"):
         scores.get("ensemble", models=[members[0], _net(0.0, classes=4)])(None, images)
-
-
-def test_odin_without_perturbation_at_unit_temperature_is_msp(rng):
-    net = _net(0.0).eval()
-    adapter, images = ModelAdapter(net), _images(rng)
-    got = scores.get("odin", temperature=1.0, epsilon=0.0)(adapter, images)
-    torch.testing.assert_close(got, scores.get("msp")(adapter(images)), rtol=1e-6, atol=1e-7)
-
-
-def test_odin_perturbation_matches_analytic_gradient(rng):
-    classes, temperature, epsilon = 4, 3.0, 0.05
-    net = nn.Sequential(nn.Conv2d(3, classes, 1)).double().eval()  # l = A x + b per pixel
-    adapter, images = ModelAdapter(net), torch.from_numpy(rng.uniform(size=(1, 3, 3, 4)))
-    got = scores.get("odin", temperature=temperature, epsilon=epsilon)(adapter, images)
-    a = net[0].weight[:, :, 0, 0].detach().numpy()
-    bias = net[0].bias.detach().numpy()
-    x = images[0].numpy()
-    expected = np.empty((3, 4))
-    for i, j in np.ndindex(3, 4):
-        q = softmax((a @ x[:, i, j] + bias) / temperature)
-        gradient = (a[q.argmax()] - q @ a) / temperature  # ∇ₓ log max softmax(l/T)
-        perturbed = x[:, i, j] - epsilon * np.sign(-gradient)
-        expected[i, j] = 1 - softmax((a @ perturbed + bias) / temperature).max()
-    np.testing.assert_allclose(got[0].numpy(), expected, rtol=1e-6, atol=1e-9)
-    assert all(p.grad is None for p in net.parameters())
-    unperturbed = scores.get("odin", temperature=temperature, epsilon=0.0)(adapter, images)
-    assert (got <= unperturbed + 1e-12).all() and (got < unperturbed).any()  # the step raises the confidence

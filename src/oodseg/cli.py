@@ -8,18 +8,31 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import click
 
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, OodsegWarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """Print an :class:`OodsegWarning` as one ``warning: ...`` line on stderr; other warnings as Python does."""
+    if issubclass(category, OodsegWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
 
 
 class _Group(click.Group):
-    """Click group that reports :class:`OodsegError` (and missing files) as one line, exit 2."""
+    """Click group that reports :class:`OodsegError` (and missing files) as one line, exit 2,
+    and :class:`OodsegWarning` as one ``warning: ...`` line on stderr."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", OodsegWarning)
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except (OodsegError, FileNotFoundError, PermissionError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -217,15 +230,21 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
 @click.option("--overwrite", is_flag=True, help="Replace a finished or different run's outputs.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Precision of the stored maps: float32 evaluates exactly like the computed maps; float16 halves "
+                   "the files (benchmark submissions) and warns for each method whose ranking it changes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def score(checkpoint, images, dataset_kind, dataset_name, options, methods, params, fit_data, fit_frames, ensemble,
-          out, overwrite, device, batch_size, as_json):
-    """Score every frame of a dataset and write SMIYC score files (hdf5, gzip, float16 or float32 beyond its range).
+          out, overwrite, device, batch_size, dtype, as_json):
+    """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
 
     Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/DATASET/FID.png (argmax
     trainIds) and OUT/_manifest/DATASET.json. An interrupted run is resumed by running the
     same command again; a finished or different run is replaced only with --overwrite.
-    Runs distributed under torchrun (frames sharded by rank).
+    Runs distributed under torchrun (frames sharded by rank). --dtype float16 writes the
+    compact files the SMIYC benchmark ships; it merges nearby scores, and prints one
+    'warning:' line per method whose ranking that changes (distinct values per frame before
+    and after, and the AP/AUROC change when the dataset has OoD labels).
 
     \b
     Examples:
@@ -235,6 +254,8 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
           --fit-data data/synth/cityscapes --out scores --json
       torchrun --nproc_per_node=2 "$(which oodseg)" score --checkpoint ckpt/baseline \\
           --images data/synth/anomaly --method msp --method odin --out scores
+      oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\
+          --dtype float16 --out submission
     """
     from oodseg import distributed
     from oodseg.scores.runner import parse_params, score_dataset
@@ -244,7 +265,7 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
                                 dataset_kind=dataset_kind, dataset_name=dataset_name,
                                 dataset_options=_parse_dataset_options(options), fit_data=fit_data,
                                 fit_frames=fit_frames, ensemble=list(ensemble), overwrite=overwrite, device=device,
-                                batch_size=batch_size)
+                                batch_size=batch_size, dtype=dtype)
         is_main = distributed.is_main()
     finally:
         distributed.cleanup()

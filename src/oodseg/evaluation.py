@@ -3,12 +3,16 @@
 Two passes over the frames (SPEC §4): pass 1 accumulates the pooled pixel metrics (AP,
 AUROC, FPR95, best F1) and picks the best-F1 threshold θ; pass 2 computes the SMIYC
 component metrics (sIoU, PPV, mean F1) at θ. With a given threshold both run in one pass.
+Pass 1 also warns (:class:`~oodseg.errors.OodsegWarning`, one line) when a score file holds
+fewer than :data:`MIN_DISTINCT_SCORES` distinct values on a frame with both classes — the mark
+of maps stored at too low a precision (e.g. ODIN at T=1000 in float16), whose metrics mislead.
 Under ``torchrun`` each rank reads its shard of the frames (rank-strided), the metric
 states are all-reduced, and every rank returns the same result (rank 0 should write it).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +23,17 @@ from oodseg.adapter import upsample_score
 from oodseg.data.imagefiles import read_raw_label
 from oodseg.data.io import find_score, read_score
 from oodseg.data.readers import Dataset
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, OodsegWarning
 from oodseg.metrics.component import TRACK_MIN_SIZES, ComponentMetrics
 from oodseg.metrics.pixel import PixelMetrics
+from oodseg.metrics.quantization import distinct_count
 from oodseg.metrics.tally import MODES
 from oodseg.progress import track as progress
 
 SCHEMA, VERSION = "oodseg.evaluate", 1
 VOID = 255
+#: Fewer distinct values than this on a frame with both classes triggers a warning.
+MIN_DISTINCT_SCORES = 50
 
 
 def resize_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -53,8 +60,10 @@ class _FrameReader:
 
     def __init__(self, dataset: Dataset, scores_dir: Path, resize: bool, roi: np.ndarray | None):
         self.dataset, self.scores_dir, self.resize, self.roi = dataset, scores_dir, resize, roi
+        self.coarse: list[tuple[str, int]] = []  # (file, distinct values) of coarse two-class frames
 
-    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, index: int, check_levels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(score, label) of frame ``index``; ``check_levels`` records a coarse file in :attr:`coarse`."""
         frame = self.dataset.frame(index)
         label = self.dataset.read_label(index)
         path = find_score(self.scores_dir, frame.fid)
@@ -63,6 +72,10 @@ class _FrameReader:
             if self.roi.shape != label.shape:
                 raise OodsegError(f"roi: size {self.roi.shape} differs from label size {label.shape} of {frame.label_path}")
             label = np.where(self.roi, label, VOID).astype(np.uint8)
+        if check_levels and (label == 0).any() and (label == 1).any():
+            levels = distinct_count(score)  # the stored values, before any resize
+            if levels < MIN_DISTINCT_SCORES:
+                self.coarse.append((str(path), levels))
         if score.shape != label.shape:
             if not self.resize:
                 raise OodsegError(f"{path}: score size {score.shape} differs from label size {label.shape} "
@@ -76,6 +89,18 @@ def _finite_or_none(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _warn_coarse(coarse: list[tuple[str, int]]) -> None:
+    """One warning line (main rank) naming the first coarse file, its count and how many more there are."""
+    if not coarse or not distributed.is_main():
+        return
+    path, levels = coarse[0]
+    more = (f" (and {len(coarse) - 1} more such files, the coarsest with {min(n for _, n in coarse)})"
+            if len(coarse) > 1 else "")
+    warnings.warn(f"{path}: only {levels} distinct score values on a frame with both classes{more}; "
+                  "stored at too low a precision (e.g. float16)? the metrics see ties the method did not make",
+                  OodsegWarning, stacklevel=3)
 
 
 def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "anomaly", mode: str = "exact",
@@ -112,10 +137,11 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
     pixel = PixelMetrics(mode=mode, aggregate=aggregate)
     components = ComponentMetrics(track=track)
     for i in progress(mine, f"{dataset.name}: pixel metrics" + ("" if threshold is None else " + components")):
-        score, label = read(i)
+        score, label = read(i, check_levels=True)
         pixel.update(score, label)
         if threshold is not None:
             components.update(score, label, threshold)
+    _warn_coarse([item for coarse in distributed.all_gather_objects(read.coarse) for item in coarse])
     pixel.all_reduce()
     px = pixel.compute()
     if px["n_anomaly"] == 0 or px["n_anomaly"] == px["n_pixels"]:

@@ -1,9 +1,10 @@
-"""Score files: SMIYC-compatible HDF5 (dataset ``value``, float16, gzip; float32 when a map exceeds
-float16's range), ``.npy`` and ``.npz``.
+"""Score files: SMIYC-compatible HDF5 (dataset ``value``, gzip), ``.npy`` and ``.npz``.
 
 Layout: ``{out}/{method}/{dataset}/{fid}.hdf5`` — what the official SegmentMeIfYouCan
-code reads with ``h5py.File(path)["value"][:]``. ``.npy``/``.npz`` (array ``value``) keep
-float32. Writes are atomic; reads check shape and finiteness.
+code reads with ``h5py.File(path)["value"][:]``. Maps are stored as float32 by default, so
+a file evaluates exactly like the in-memory map (SPEC §7); ``dtype="float16"`` halves the size
+for benchmark submissions but merges nearby scores (see :mod:`oodseg.metrics.quantization`).
+Writes are atomic; reads check shape and finiteness.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from oodseg.errors import OodsegError
 HDF5_SUFFIXES = (".hdf5", ".h5")
 #: Suffixes :func:`find_score` tries, in this order.
 SCORE_SUFFIXES = (".hdf5", ".h5", ".npy", ".npz")
+#: Storage precisions of :func:`write_score`; the first is the default.
+STORAGE_DTYPES = ("float32", "float16")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -38,24 +41,32 @@ def _as_score_array(array, path: Path) -> np.ndarray:
     return array
 
 
-def write_score(path: str | os.PathLike, array) -> Path:
+def storage_dtype(array: np.ndarray, dtype: str) -> type:
+    """The numpy type a map is stored as: float32, or float16 when asked for and every |x| ≤ 65504 fits it."""
+    if dtype not in STORAGE_DTYPES:
+        raise OodsegError(f"dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    fits_float16 = not array.size or float(np.abs(array).max()) <= _FLOAT16_MAX
+    return np.float16 if dtype == "float16" and fits_float16 else np.float32
+
+
+def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
     """Write a score map ``(H, W)`` (numpy or torch) atomically; the suffix picks the format.
 
-    ``.hdf5``/``.h5``: dataset ``value``, gzip, float16 — or float32 when some |x| > 65504 would
-    overflow float16 (e.g. Mahalanobis distances; SMIYC's reader accepts both).
-    ``.npy``: float32. ``.npz``: compressed, array ``value``, float32.
+    ``.hdf5``/``.h5``: dataset ``value``, gzip. ``.npy``: plain. ``.npz``: compressed, array ``value``.
+    ``dtype``: ``"float32"`` (default, lossless for float32 maps) or ``"float16"`` (half the size;
+    a map with some |x| > 65504 is still stored as float32 rather than overflow). The official
+    SMIYC reader accepts both.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SCORE_SUFFIXES:
         raise OodsegError(f"{path}: unknown score file suffix (use {', '.join(SCORE_SUFFIXES)})")
     array = _as_score_array(array, path)
+    array = array.astype(storage_dtype(array, dtype), copy=False)
     with atomic_path(path) as tmp:
         if suffix in HDF5_SUFFIXES:
-            fits_float16 = not array.size or np.abs(array).max() <= _FLOAT16_MAX
             with h5py.File(tmp, "w") as f:
-                f.create_dataset("value", data=array.astype(np.float16 if fits_float16 else np.float32),
-                                 compression="gzip")
+                f.create_dataset("value", data=array, compression="gzip")
         elif suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, array)

@@ -48,10 +48,14 @@ class Scorer:
         return {n: p.default for n, p in signature.parameters.items()
                 if n != "self" and p.kind is p.KEYWORD_ONLY}
 
+    def resolved_defaults(self) -> dict[str, Any]:
+        """The defaults :attr:`key` compares with (a scorer whose defaults depend on another parameter overrides it)."""
+        return self.defaults()
+
     @property
     def key(self) -> str:
         """``name`` when every parameter is at its default, else ``name[param=value,...]``."""
-        defaults = self.defaults()
+        defaults = self.resolved_defaults()
         changed = [f"{k}={v}" for k, v in sorted(self.params.items())
                    if k in defaults and not _same(defaults[k], v)]
         return f"{self.name}[{','.join(changed)}]" if changed else self.name

@@ -4,8 +4,11 @@ Per batch of frames the model runs once through the :class:`~oodseg.adapter.Mode
 all output-based scores are computed together (:func:`oodseg.scores.compute` shares the
 work), model-based ones (MC dropout, ODIN, ensembles) run the model themselves. Every map is
 upsampled bilinearly (``align_corners=False``) to the image size and written as SMIYC hdf5
-(float16, gzip); the argmax prediction goes to ``{out}/_prediction/{dataset}/{fid}.png`` and
-the run's description to ``{out}/_manifest/{dataset}.json`` (schema ``oodseg.score``).
+(float32 by default, so the files evaluate exactly like the maps; gzip); the argmax prediction
+goes to ``{out}/_prediction/{dataset}/{fid}.png`` and the run's description to
+``{out}/_manifest/{dataset}.json`` (schema ``oodseg.score``). With ``dtype="float16"`` (compact
+benchmark submissions) every written map is audited (:class:`~oodseg.metrics.quantization.Float16Audit`)
+and a method whose ranking float16 alters gets an :class:`~oodseg.errors.OodsegWarning`.
 
 A run is resumable: a file exists under its final name only when complete (atomic writes),
 so a rerun with the same checkpoint, data and methods scores only what is missing. A
@@ -17,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -28,8 +32,10 @@ from oodseg import distributed
 from oodseg.adapter import ModelAdapter, upsample_score
 from oodseg.atomic import atomic_path, write_json
 from oodseg.data import detect_kind, open_dataset, score_path, write_score
+from oodseg.data.io import STORAGE_DTYPES
 from oodseg.data.transforms import image_to_tensor, label_to_tensor
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, OodsegWarning
+from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
 
@@ -38,7 +44,8 @@ MANIFEST_VERSION = 1
 PREDICTION_DIR = "_prediction"
 MANIFEST_DIR = "_manifest"
 #: Manifest fields that must agree for a rerun to count as resuming the same run.
-RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ensemble", "fit_data", "fit_frames")
+RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ensemble", "fit_data", "fit_frames",
+                "dtype")
 
 T = TypeVar("T")
 
@@ -77,7 +84,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
                   dataset_name: str | None = None, dataset_options: dict[str, Any] | None = None,
                   fit_data: str | Path | None = None, fit_frames: int = 20,
                   ensemble: Sequence[str | Path] = (), overwrite: bool = False, device: str = "cpu",
-                  batch_size: int = 1) -> dict[str, Any]:
+                  batch_size: int = 1, dtype: str = "float32") -> dict[str, Any]:
     """Score every frame of the dataset at ``images`` with ``methods`` and write the files into ``out``.
 
     Args:
@@ -92,8 +99,12 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         overwrite: replace a finished or different run's files.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
         batch_size: frames per forward pass (frames of equal size only).
+        dtype: ``"float32"`` (default: files evaluate exactly like the in-memory maps) or
+            ``"float16"`` (half the size; warns per method whose ranking it alters, with the
+            measured change — AP/AUROC too when the dataset has OoD labels).
     Returns:
-        The manifest dict plus ``written`` / ``skipped`` frame counts of this process and ``seconds``.
+        The manifest dict plus ``written`` / ``skipped`` frame counts of this process and ``seconds``;
+        with float16 also ``float16``: ``{method: Float16Audit.summary()}`` over the frames written.
     """
     from oodseg import scores as score_registry
 
@@ -104,6 +115,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         raise OodsegError(f"--batch-size: must be >= 1, got {batch_size}")
     if fit_frames < 1:
         raise OodsegError(f"fit_frames: must be >= 1, got {fit_frames}")
+    if dtype not in STORAGE_DTYPES:
+        raise OodsegError(f"--dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     distributed.init()
     device = _resolve_device(device)
     params = params or {}
@@ -134,7 +147,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
                 "fit_data": str(Path(fit_data).resolve()) if fit_data and _needs_fit(scorers) else None,
                 "fit_frames": fit_frames if _needs_fit(scorers) else None,
                 "params": {s.key: {k: v for k, v in s.params.items() if k != "models"} for s in scorers},
-                "classes": meta["classes"], "complete": False}
+                "classes": meta["classes"], "dtype": dtype, "complete": False}
     out = Path(out)
     _check_previous_run(out, dataset, keys, manifest, overwrite)
     distributed.barrier()
@@ -146,11 +159,13 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     distributed.barrier()
 
     adapter = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+    audit = _Float16Run(keys, kind, images, options) if dtype == "float16" else None
     try:
         fitted = [s for s in scorers if "fit" in s.needs]
         if fitted:
             _fit_on_main(fitted, adapter, Path(fit_data), fit_frames, device)
-        written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size))
+        written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size,
+                                                                audit))
     finally:
         adapter.close()
     distributed.barrier()
@@ -158,8 +173,42 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     if distributed.is_main():
         write_json(manifest_path(out, dataset.name), manifest)
     distributed.barrier()
-    return {**manifest, "out": str(out.resolve()), "written": written, "skipped": skipped,
-            "seconds": round(time.perf_counter() - started, 3)}
+    summary = {**manifest, "out": str(out.resolve()), "written": written, "skipped": skipped,
+               "seconds": round(time.perf_counter() - started, 3)}
+    if audit is not None:
+        summary["float16"] = audit.report()
+    return summary
+
+
+class _Float16Run:
+    """The float16 audits of one run (one per method key) and the dataset's OoD labels, when it has them."""
+
+    def __init__(self, keys: Sequence[str], kind: str, images: str | Path, options: dict[str, Any]):
+        self.audits = {key: Float16Audit(key) for key in keys}
+        try:
+            labelled = open_dataset(kind, images, labels="available", **options)
+        except OodsegError:  # no labelled frame: the audit counts levels only
+            labelled = None
+        self.labels = labelled if labelled is not None and labelled.label_type == "ood" else None
+        self.labelled_fids = set(self.labels.fids) if self.labels is not None else set()
+
+    def label(self, fid: str) -> np.ndarray | None:
+        """The frame's OoD label (0/1/255) or None."""
+        return self.labels.read_label(fid) if fid in self.labelled_fids else None
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Merge every rank's audits; warn (main rank) for each method whose ranking float16 alters."""
+        gathered = distributed.all_gather_objects(self.audits)
+        merged = {key: Float16Audit(key) for key in self.audits}
+        for audits in gathered:
+            for key, audit in audits.items():
+                merged[key].merge(audit)
+        if distributed.is_main():
+            for audit in merged.values():
+                message = audit.warning()
+                if message:
+                    warnings.warn(message, OodsegWarning, stacklevel=3)
+        return {key: audit.summary() for key, audit in merged.items()}
 
 
 # -- set-up ------------------------------------------------------------------------------------
@@ -304,8 +353,11 @@ def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.d
 
 # -- scoring --------------------------------------------------------------------------------------
 def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: torch.device,
-                  batch_size: int) -> tuple[int, int]:
-    """Score this rank's frames that have missing outputs; returns (frames written, frames skipped)."""
+                  batch_size: int, audit: _Float16Run | None) -> tuple[int, int]:
+    """Score this rank's frames that have missing outputs; returns (frames written, frames skipped).
+
+    With ``audit`` (float16 storage) every map is written as float16 and audited first.
+    """
     mine = distributed.shard(dataset.fids)
     todo = {fid: [s for s in scorers if not score_path(out, s.key, dataset.name, fid).is_file()] for fid in mine}
     pending = [fid for fid in mine if todo[fid] or not prediction_path(out, dataset.name, fid).is_file()]
@@ -326,8 +378,13 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
                     if not bool(torch.isfinite(value).all()):
                         raise OodsegError(f"frame {sample.fid}, method {key}: score contains NaN or Inf; "
                                           "nothing written for this frame")
+                label = audit.label(sample.fid) if audit is not None else None
                 for key, value in frame_maps.items():
-                    write_score(score_path(out, key, dataset.name, sample.fid), value.cpu().numpy())
+                    value = value.cpu().numpy()
+                    if audit is not None:
+                        audit.audits[key].update(value, label)
+                    write_score(score_path(out, key, dataset.name, sample.fid), value,
+                                dtype="float32" if audit is None else "float16")
                 _write_prediction(prediction_path(out, dataset.name, sample.fid), prediction[i])
                 written += 1
     return written, len(mine) - len(pending)

@@ -18,6 +18,19 @@ def max_softmax_complement(inputs: ScoreInputs, temperature: float = 1.0) -> tor
     return 1.0 - inputs.exp_sum(temperature).reciprocal()
 
 
+def centered_max_softmax_complement(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, h, w) ``1/C - max_c softmax(l/T)_c`` of (B, C, h, w) logits, in ``(-(1 - 1/C), 0]``.
+
+    ``1 - max softmax`` shifted by the constant ``1 - 1/C`` so that float32 keeps its small
+    differences at large T: computed as ``-d / (C·s)`` with ``d = -Σ_c expm1((l_c - m)/T)``
+    (a sum of non-negative terms, no cancellation) and ``s = C - d``, ``m`` the max logit.
+    """
+    classes = logits.shape[1]
+    shifted = (logits - logits.amax(dim=1, keepdim=True)) / temperature
+    deficit = -torch.expm1(shifted).sum(dim=1)
+    return -deficit / (classes * (classes - deficit))
+
+
 def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
     """(B, h, w) ``-Σ p log p / log C`` of (B, C, h, w) probabilities (``0 log 0 = 0``), in [0, 1]."""
     entropy = -torch.special.xlogy(probs, probs).sum(dim=1)
