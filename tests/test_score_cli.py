@@ -10,8 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from oodseg.cli import main
-from oodseg.models import build_model, load_checkpoint, save_checkpoint
+from oodseg.models import load_checkpoint
 from oodseg.scores import runner
+
+from model_fixtures import confident_checkpoint
 
 SIZES = {"a": (40, 56), "b": (40, 56), "c": (33, 47)}
 TINY = {"num_classes": 4, "widths": [4, 8, 8], "aspp_channels": 8, "low_channels": 4, "decoder_channels": 8}
@@ -27,17 +29,7 @@ def frames(tmp_path, rng):
 
 
 def _checkpoint(path, seed=0, nan_bias=False):
-    torch.manual_seed(seed)
-    model = build_model("small", **TINY)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-        model.classifier.weight.mul_(20)  # confident, varied predictions
-        if nan_bias:
-            model.classifier.bias[0] = float("nan")
-    save_checkpoint(model, path, "small", TINY)
-    return path
+    return confident_checkpoint(path, TINY, seed, nan_bias)
 
 
 @pytest.fixture

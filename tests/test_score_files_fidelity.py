@@ -19,23 +19,13 @@ from oodseg.data import open_dataset
 from oodseg.data.synthetic import generate
 from oodseg.data.transforms import image_to_tensor, label_to_tensor
 from oodseg.metrics.component import ComponentMetrics
-from oodseg.models import build_model, load_checkpoint, save_checkpoint
+from oodseg.models import load_checkpoint
+
+from model_fixtures import confident_checkpoint
 
 TINY = {"num_classes": 19, "widths": [4, 8, 8], "aspp_channels": 8, "low_channels": 4, "decoder_channels": 8}
 FRAMES = {"train": 3, "val": 1, "anomaly": 3, "obstacle": 1, "shifted": 1, "outliers": 1}
 SEEDED = {"mc_dropout": {"seed": 0}}  # only the dropout masks fixed; every other parameter at its default
-
-
-def _checkpoint(path, seed):
-    torch.manual_seed(seed)
-    model = build_model("small", **TINY)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2.0)
-        model.classifier.weight.mul_(20)  # confident, varied predictions
-    save_checkpoint(model, path, "small", TINY)
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,7 +41,7 @@ def _one_thread():
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("fidelity")
     generate(root / "synth", seed=3, size=(96, 192), frames=FRAMES, progress=False)
-    return root, _checkpoint(root / "ckpt", 0), _checkpoint(root / "member", 1)
+    return root, confident_checkpoint(root / "ckpt", TINY, 0), confident_checkpoint(root / "member", TINY, 1)
 
 
 @pytest.fixture(scope="module")
