@@ -59,8 +59,8 @@ def _cli(*args):
     return CliRunner().invoke(main, [*map(str, args)])
 
 
-def _score_args(root, ckpt, member, out, methods):
-    args = ["score", "--checkpoint", ckpt, "--images", root / "synth" / "anomaly", "--out", out]
+def _score_args(root, ckpt, member, methods):
+    args = ["score", "--checkpoint", ckpt, "--images", root / "synth" / "anomaly"]
     if {"sml", "mahalanobis"} & set(methods):
         args += ["--fit-data", root / "synth" / "cityscapes", "--fit-frames", FRAMES["train"]]
     if "ensemble" in methods:
@@ -120,7 +120,7 @@ def _same(a, b) -> bool:
 def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup, memory_maps, labels, tmp_path):
     root, ckpt, member = setup
     out = tmp_path / "scores"
-    result = _cli(*_score_args(root, ckpt, member, out, scores.available()), "--json")
+    result = _cli(*_score_args(root, ckpt, member, scores.available()), "--out", out, "--json")
     assert result.exit_code == 0, result.output
     keys = json.loads(result.stdout)["methods"]
     assert len(keys) == len(scores.available()) == 17
@@ -144,7 +144,8 @@ def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup
 
 def test_float16_submission_warns_with_the_measured_change(setup, memory_maps, labels, tmp_path):
     root, ckpt, member = setup
-    result = _cli(*_score_args(root, ckpt, member, tmp_path / "f16", ["odin", "msp"]), "--dtype", "float16", "--json")
+    result = _cli(*_score_args(root, ckpt, member, ["odin", "msp"]), "--out", tmp_path / "f16", "--dtype", "float16",
+                  "--json")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     odin = next(line for line in warnings if line.startswith("warning: odin: "))
@@ -190,3 +191,15 @@ def test_evaluate_warns_once_on_a_coarse_file(tmp_path, rng, levels, warned):
     lines = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     expected = f"warning: {scores_dir / 'f.hdf5'}: only {levels} distinct score values on a frame with both classes"
     assert [line.startswith(expected) for line in lines] == ([True] if warned else [])
+
+
+@pytest.mark.slow  # spawns two torch processes
+def test_float16_audit_under_torchrun_equals_one_process(setup, tmp_path, run_oodseg):
+    root, ckpt, member = setup
+    common = [*_score_args(root, ckpt, member, ["odin", "entropy"]), "--dtype", "float16", "--json"]
+    single = run_oodseg(*common, "--out", tmp_path / "one")
+    double = run_oodseg(*common, "--out", tmp_path / "two", nproc=2)
+    assert json.loads(double.stdout)["float16"] == json.loads(single.stdout)["float16"]
+    for proc in (single, double):
+        assert [line.split(":")[1] for line in proc.stderr.splitlines() if line.startswith("warning: ")] == \
+            [" odin", " entropy"]
