@@ -152,7 +152,9 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
     the model for its softmax and adds mIoU, mIoU at t, open-mIoU and the ECE/AuSE
     of the score as uncertainty. SMIYC tracks read semantic labels from
     labels_masks/{fid}_labels_trainIds.png (SynthStreet), StreetHazards from its annotations.
-    Runs distributed under torchrun (frames sharded by rank, rank 0 writes).
+    Runs distributed under torchrun (frames sharded by rank, rank 0 writes). Prints one
+    'warning:' line when score files hold fewer than 50 distinct values on frames with both
+    classes (maps stored too coarsely, e.g. ODIN at T=1000 in float16).
 
     \b
     Examples:
