@@ -158,7 +158,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
     from oodseg import distributed
     from oodseg.atomic import write_json
     from oodseg.data import detect_kind, open_dataset
-    from oodseg.evaluation import evaluate_dataset
+    from oodseg.workflows.evaluate import evaluate_dataset
 
     if json_out not in (None, "-") and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: already exists; pass --overwrite to replace it")
@@ -173,7 +173,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
             result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
                                       roi=roi, aggregate=aggregate, method=method)
         if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":
-            from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
+            from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 
             semantic = evaluate_semantic(open_semantic_dataset(kind, root, **dataset_options), scores_dir, probs,
                                          method=method, mode=mode, ood_thresholds=ood_thresholds,
@@ -237,7 +237,7 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
           --images data/synth/anomaly --method msp --method odin --out scores
     """
     from oodseg import distributed
-    from oodseg.scores.runner import parse_params, score_dataset
+    from oodseg.workflows.score import parse_params, score_dataset
 
     try:
         summary = score_dataset(checkpoint, images, list(methods), out, params=parse_params(params),
@@ -281,7 +281,7 @@ def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_
       oodseg report results --out report
       oodseg report results --out report --frames 8 --overwrite --json
     """
-    from oodseg.report import build_report
+    from oodseg.workflows.report import build_report
 
     summary = build_report(results_dir, out, frames=frames, overwrite=overwrite)
     if as_json:
@@ -454,7 +454,7 @@ def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: i
       oodseg demo --out demo-out        # ~10 min on 2 CPU cores the first time, ~1-2 min after
       open demo-out/report/index.html
     """
-    from oodseg.demo import DEMO_METHODS, DemoConfig, run_demo
+    from oodseg.workflows.demo import DEMO_METHODS, DemoConfig, run_demo
 
     log = (lambda message: click.echo(message, err=True))
     config = DemoConfig(out=out, seed=seed, methods=methods or DEMO_METHODS, report_frames=report_frames,
@@ -590,7 +590,7 @@ def meta_command(kind, root, options, scores_dir, probs, segments, features, mod
 
     from oodseg.atomic import write_json
     from oodseg.data import detect_kind, open_dataset
-    from oodseg.meta import run_meta
+    from oodseg.workflows.meta import run_meta
 
     if json_out and json_out != "-" and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: exists; pass --overwrite to replace it")

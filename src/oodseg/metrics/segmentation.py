@@ -24,7 +24,7 @@ import torch
 
 from oodseg import distributed
 from oodseg.errors import OodsegError
-from oodseg.metrics.inputs import VOID, as_batch, check_scores
+from oodseg.metrics.checks import VOID, as_batch, check_scores
 from oodseg.metrics.tally import ScoreTally
 
 

@@ -3,7 +3,7 @@
 Three kinds of scorer share one interface (``name``, ``params``, ``needs``, ``key``):
 
 - output-based: ``scorer(out: SegOutput) -> (B, h, w)``; the maths lives in ``score(inputs)``
-  on a :class:`~oodseg.scores.inputs.ScoreInputs`, so :func:`compute` can share work;
+  on a :class:`~oodseg.scores.shared.ScoreInputs`, so :func:`compute` can share work;
 - fitted (``"fit"`` in ``needs``): output-based after ``fit(outputs, labels)``;
 - model-based: ``scorer(adapter, images (B, 3, H, W)) -> (B, h, w)``.
 
@@ -19,7 +19,7 @@ import torch
 
 from oodseg.adapter import SegOutput
 from oodseg.errors import OodsegError
-from oodseg.scores.inputs import ScoreInputs, check_finite
+from oodseg.scores.shared import ScoreInputs, check_finite
 
 #: Pixels per tile for pixel-wise scores (rows are grouped until a tile holds about this many).
 TILE_PIXELS = 1 << 15

@@ -15,7 +15,7 @@ import math
 import torch
 
 from oodseg.scores.base import Scorer, check_positive
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 
 
 class JensenShannon(Scorer):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import Scorer, check_choice, check_positive
-from oodseg.scores.inputs import ScoreInputs, as_float, channel_logsumexp, log_pnorm
+from oodseg.scores.shared import ScoreInputs, as_float, channel_logsumexp, log_pnorm
 
 VARIANTS = ("paper", "exact")
 LABELS = ("onehot", "uniform")

@@ -12,7 +12,7 @@ import torch
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import ModelScorer, as_adapter, check_images, check_positive
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 from oodseg.scores.softmax import max_softmax_complement
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import ModelScorer, as_adapter, check_images
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 from oodseg.scores.softmax import normalized_entropy
 
 #: Module types that MC dropout switches to training mode.

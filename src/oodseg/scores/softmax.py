@@ -10,7 +10,7 @@ import math
 import torch
 
 from oodseg.scores.base import Scorer
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 
 
 def max_softmax_complement(inputs: ScoreInputs, temperature: float = 1.0) -> torch.Tensor:

@@ -35,7 +35,7 @@ Recipe interface (stable; ``training/flow.py`` and ``training/rpl.py`` implement
 
 Recipes are registered by name with a lazy import (:data:`RECIPES`): ``baseline`` (here),
 ``entropy-max`` (:mod:`oodseg.training.entropy_max`), ``nflowjs``
-(:mod:`oodseg.training.flow`), ``rpl`` (:mod:`oodseg.training.rpl`).
+(:mod:`oodseg.training.nflowjs`), ``rpl`` (:mod:`oodseg.training.rpl`).
 
 Determinism: the sample order is a seeded permutation per epoch, the augmentation of a
 sample is seeded by its position in that stream, and the recipe RNG by (seed, step, rank),
@@ -75,7 +75,7 @@ OUTLIER = 254
 RECIPES: dict[str, str] = {
     "baseline": "oodseg.training.trainer:BaselineRecipe",
     "entropy-max": "oodseg.training.entropy_max:EntropyMaxRecipe",
-    "nflowjs": "oodseg.training.flow:NFlowJSRecipe",
+    "nflowjs": "oodseg.training.nflowjs:NFlowJSRecipe",
     "rpl": "oodseg.training.rpl:RPLRecipe",
 }
 

@@ -5,7 +5,7 @@ Inputs per frame:
 * the model's softmax probabilities ``p`` (C, H, W): the checkpoint re-run through the
   :class:`~oodseg.adapter.ModelAdapter` (logits upsampled bilinearly to the image size, then
   softmax — the argmax is ``oodseg score``'s prediction PNG), or saved ``{fid}.npz`` maps
-  (:mod:`oodseg.meta.probabilities`); by default the checkpoint recorded in the score run's
+  (:mod:`oodseg.workflows.probabilities`); by default the checkpoint recorded in the score run's
   manifest ``{out}/_manifest/{dataset}.json``;
 * the method's anomaly score ``u`` (H, W) from its score files ``{out}/{method}/{dataset}/{fid}.*``;
 * the semantic label (H, W): trainIds ``0..C-1``, ``254`` GT outlier, ``255`` void.
@@ -34,7 +34,7 @@ import torch
 from oodseg import distributed
 from oodseg.data.readers import Dataset, Sample, kind_options, open_dataset
 from oodseg.errors import OodsegError
-from oodseg.evaluation import SCHEMA, VERSION, VOID, _FrameReader, load_roi
+from oodseg.workflows.evaluate import SCHEMA, VERSION, VOID, _FrameReader, load_roi
 from oodseg.metrics.calibration import CONFIDENCE_MAPS, CalibrationMetrics
 from oodseg.metrics.segmentation import SegmentationMetrics
 from oodseg.metrics.tally import MODES
@@ -73,7 +73,7 @@ def label_classes(dataset: Dataset) -> int:
 
 def score_manifest(scores_dir: Path) -> dict | None:
     """The ``oodseg score`` manifest of ``{out}/{method}/{dataset}`` (``{out}/_manifest/{dataset}.json``), if any."""
-    from oodseg.scores.runner import manifest_path
+    from oodseg.workflows.score import manifest_path
 
     path = manifest_path(scores_dir.parent.parent, scores_dir.name)
     if not path.is_file():
@@ -89,7 +89,7 @@ def score_manifest(scores_dir: Path) -> dict | None:
 
 def _probability_source(probs: str | Path | None, manifest: dict | None, scores_dir: Path, device: str):
     """The probability source (checkpoint or ``.npz`` folder) and its path; checks the class names of the run."""
-    from oodseg.meta.probabilities import open_probabilities
+    from oodseg.workflows.probabilities import open_probabilities
     from oodseg.models import read_checkpoint_meta
 
     if probs is None:
@@ -207,5 +207,5 @@ def evaluate_semantic(dataset: Dataset, scores_dir: str | Path, probs: str | Pat
 
 
 def with_semantic(ood_result: dict, semantic_result: dict) -> dict:
-    """An OoD result (:func:`oodseg.evaluation.evaluate_dataset`) with the semantic blocks of the same frames added."""
+    """An OoD result (:func:`oodseg.workflows.evaluate.evaluate_dataset`) with the semantic blocks of the same frames added."""
     return {**ood_result, **{key: semantic_result[key] for key in SEMANTIC_KEYS}}

@@ -18,8 +18,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from oodseg.cli import main
 from oodseg.data import open_dataset, write_score
 from oodseg.errors import OodsegError
-from oodseg.meta import run_meta, write_probabilities
-from oodseg.meta.probabilities import gradient_map_names, read_probabilities
+from oodseg.workflows.meta import run_meta
+from oodseg.workflows.probabilities import write_probabilities
+from oodseg.workflows.probabilities import gradient_map_names, read_probabilities
 
 H, W, C = 40, 56, 4
 
@@ -188,7 +189,7 @@ def test_class_segments_on_cityscapes_with_a_checkpoint(tmp_path):
     assert len(result["feature_names"]) == result["n_features"]
     assert result["n_segments"] > 0 and result["regression"] is not None
     # the checkpoint source computes the softmax of the bilinearly upsampled logits
-    from oodseg.meta.probabilities import open_probabilities
+    from oodseg.workflows.probabilities import open_probabilities
     source = open_probabilities(ckpt, gradient=True)
     sample = dataset[0]
     probs, maps = source(sample)
@@ -242,7 +243,7 @@ def test_probability_files_round_trip_as_float16(tmp_path, rng):
 
 
 def test_suppress_segments_changes_exactly_the_removed_pixels():
-    from oodseg.meta import suppress_segments
+    from oodseg.workflows.meta import suppress_segments
 
     score = np.array([[0.9, 0.8, 0.1], [0.5, 0.4, 0.35]], np.float32)
     removed = np.array([[True, True, False], [False, False, True]])

@@ -149,7 +149,7 @@ def test_compute_equals_each_scorer_alone_and_tiles(rng, monkeypatch, logit_path
 def test_kernel_equals_torch_on_awkward_layouts(rng, monkeypatch, kernel_built):
     """Batch > 1, sizes that are no multiple of the kernel's block, channels-last and row-tile views, ties."""
     from oodseg.scores import native
-    from oodseg.scores.inputs import ScoreInputs
+    from oodseg.scores.shared import ScoreInputs
 
     logits = _logits(rng, shape=(3, 5, 17, 31)).round()  # rounding makes tied maxima common
     views = [logits, logits.contiguous(memory_format=torch.channels_last), logits[:, :, 3:9]]

@@ -8,7 +8,7 @@ from oodseg import scores
 from oodseg.adapter import SegOutput
 from oodseg.errors import OodsegError
 from oodseg.scores import functional
-from oodseg.scores.density import dilated_smoothing, suppress_boundaries
+from oodseg.scores.fitted import dilated_smoothing, suppress_boundaries
 
 
 def _outputs(rng, n=3, classes=4, dim=5, size=(6, 7)):

@@ -18,7 +18,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from oodseg.cli import main
 from oodseg.data import open_dataset, write_score
 from oodseg.errors import OodsegError
-from oodseg.evaluation import evaluate_dataset
+from oodseg.workflows.evaluate import evaluate_dataset
 
 H, W, N = 48, 64, 5
 KEYS = ("AP", "AUROC", "FPR95", "best_F1", "best_F1_threshold", "sIoU", "PPV", "mean_F1", "n_frames", "n_pixels")

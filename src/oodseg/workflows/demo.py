@@ -138,7 +138,7 @@ def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: 
 
 
 def _score(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None, track: str) -> None:
-    from oodseg.scores.runner import manifest_path, score_dataset
+    from oodseg.workflows.score import manifest_path, score_dataset
 
     scores = config.out / "scores"
     previous = manifest_path(scores, track)
@@ -151,7 +151,7 @@ def _score(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None
 
 def _evaluate(config: DemoConfig, data: Path, track: str) -> list[dict]:
     from oodseg.data import open_dataset
-    from oodseg.evaluation import evaluate_dataset
+    from oodseg.workflows.evaluate import evaluate_dataset
 
     dataset = open_dataset(f"smiyc-{track}", data / track)
     results = []
@@ -169,7 +169,7 @@ def _evaluate(config: DemoConfig, data: Path, track: str) -> list[dict]:
 def _meta(config: DemoConfig, data: Path, checkpoint: Path) -> dict:
     """Meta-OoD on the anomaly track: entropy ≥ 0.3 segments, logistic meta classifier, image-grouped CV."""
     from oodseg.data import open_dataset
-    from oodseg.meta import run_meta
+    from oodseg.workflows.meta import run_meta
 
     path = config.out / "meta" / "anomaly.json"
     if path.is_file():
@@ -218,7 +218,7 @@ def _print_tables(tables) -> None:
 
 
 def _report(config: DemoConfig) -> None:
-    from oodseg.report import build_report
+    from oodseg.workflows.report import build_report
 
     summary = build_report(config.out, config.out / "report", frames=config.report_frames, overwrite=True)
     config.log(f"[demo]   report: {summary['index']}")

@@ -11,7 +11,7 @@ from PIL import Image
 
 from oodseg.cli import main
 from oodseg.models import build_model, load_checkpoint, save_checkpoint
-from oodseg.scores import runner
+from oodseg.workflows import score as runner
 
 SIZES = {"a": (40, 56), "b": (40, 56), "c": (33, 47)}
 TINY = {"num_classes": 4, "widths": [4, 8, 8], "aspp_channels": 8, "low_channels": 4, "decoder_channels": 8}

@@ -24,12 +24,13 @@ from PIL import Image
 
 from oodseg.cli import main
 from oodseg.errors import OodsegError
-from oodseg.report import build_report, load_results
+from oodseg.report import load_results
+from oodseg.workflows.report import build_report
 from oodseg.report import plots
 from oodseg.report.frames import CITYSCAPES_PALETTE, colourize, palette_image, render_frames
 from oodseg.report.tables import MISSING, format_value, ranking_table, to_csv, to_markdown
 
-FIXTURES = Path(__file__).parent / "fixtures" / "report"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "report"
 HAND = FIXTURES / "hand"
 sys.path.insert(0, str(FIXTURES))
 from synthetic import write_results  # noqa: E402
@@ -74,7 +75,7 @@ def test_loads_only_results_files_and_groups_by_dataset():
 
 
 @pytest.mark.parametrize("patch, message", [
-    ({"schema": "oodseg.evaluation"}, "unknown results schema 'oodseg.evaluation'"),
+    ({"schema": "oodseg.workflows.evaluate"}, "unknown results schema 'oodseg.workflows.evaluate'"),
     ({"version": 2}, "unsupported version 2 of schema 'oodseg.evaluate'"),
     ({"AP": "high"}, "field 'AP' must be a number or null"),
     ({"AP": float("nan")}, "field 'AP' is nan"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from oodseg.report import build_report
+from oodseg.workflows.report import build_report
 
 pytestmark = pytest.mark.browser
 
@@ -24,8 +24,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run"]
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures" / "report"
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "report"
 DEMO_REPORT = REPO / "demo-out" / "report" / "index.html"
 sys.path.insert(0, str(FIXTURES))
 from synthetic import write_results  # noqa: E402
@@ -165,7 +165,7 @@ def demo_report(tmp_path_factory) -> Path:
     """The report of `make demo` when it was run in this checkout, else a `demo --quick` report built now."""
     if DEMO_REPORT.is_file():
         return DEMO_REPORT
-    from oodseg.demo import DemoConfig, run_demo
+    from oodseg.workflows.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
     run_demo(DemoConfig(out=out, quick=True, log=lambda message: None))

@@ -13,7 +13,7 @@ from oodseg.cli import main
 from oodseg.errors import OodsegError
 from oodseg.models import build_model, load_checkpoint, register_architecture
 from oodseg.training import make_config, train
-from oodseg.training.flow import squeeze, unsqueeze
+from oodseg.training.nflowjs import squeeze, unsqueeze
 from oodseg.training.trainer import BaselineRecipe, head_logits, labels_at
 from training_fixtures import TINY_ARCH, write_tiny_cityscapes
 

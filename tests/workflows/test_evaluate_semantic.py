@@ -20,8 +20,8 @@ from PIL import Image
 from oodseg.cli import main
 from oodseg.data import open_dataset, write_score
 from oodseg.errors import OodsegError
-from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset
-from oodseg.meta.probabilities import write_probabilities
+from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset
+from oodseg.workflows.probabilities import write_probabilities
 from oodseg.models import build_model, save_checkpoint
 
 H, W, N, K = 32, 48, 3, 19

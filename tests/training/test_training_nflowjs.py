@@ -9,7 +9,7 @@ from scipy.special import logsumexp, softmax
 
 from oodseg.errors import OodsegError
 from oodseg.models import build_model
-from oodseg.training.flow import (ActNorm, Flow, NFlowJSRecipe, patch_boxes, pretrain_flow,
+from oodseg.training.nflowjs import (ActNorm, Flow, NFlowJSRecipe, patch_boxes, pretrain_flow,
                                   random_crops, squeeze, unsqueeze)
 from oodseg.training.losses import js_to_uniform
 from oodseg.training.trainer import make_config

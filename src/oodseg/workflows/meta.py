@@ -35,11 +35,11 @@ from oodseg.errors import OodsegError
 from oodseg.meta.analysis import lars_ranking
 from oodseg.meta.features import dispersion_maps, segment_features, segment_means
 from oodseg.meta.models import classification_scores, cross_val_predict, parse_cv, regression_score
-from oodseg.meta.probabilities import open_probabilities
+from oodseg.workflows.probabilities import open_probabilities
 from oodseg.meta.segments import class_segments, threshold_segments
 from oodseg.meta.targets import segment_iou
 from oodseg.metrics.detection import META_OOD_THRESHOLDS, DetectionMetrics
-from oodseg.metrics.inputs import VOID
+from oodseg.metrics.checks import VOID
 from oodseg.progress import track
 
 SCHEMA = "oodseg.meta"
@@ -183,7 +183,7 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
     """Run meta classification/regression on a labelled ``dataset`` (:func:`oodseg.data.open_dataset`).
 
     Args:
-        probs: checkpoint directory or folder of ``{fid}.npz`` probabilities (:mod:`oodseg.meta.probabilities`).
+        probs: checkpoint directory or folder of ``{fid}.npz`` probabilities (:mod:`oodseg.workflows.probabilities`).
         scores_dir: folder of score files ``{fid}.hdf5`` (e.g. ``OUT/entropy/DATASET``); required for
             ``entropy:T`` segments (the map that is thresholded), optional for ``class``.
         segments: ``"entropy:T"`` (Meta-OoD, OoD labels 0/1/255) or ``"class"`` (MetaSeg, trainId labels).

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from oodseg.adapter import SegOutput
 from oodseg.errors import OodsegError
 from oodseg.scores.base import FittedScorer, check_positive
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 
 #: Semantic label values that are never fitted (void, pasted outlier).
 SKIPPED_LABELS = (254, 255)
