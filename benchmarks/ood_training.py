@@ -42,7 +42,8 @@ from oodseg.errors import OodsegError
 from oodseg.workflows.evaluate import evaluate_dataset
 from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 from oodseg.workflows.score import score_dataset
-from oodseg.training import make_config, train
+from oodseg.training import make_config
+from oodseg.workflows.train import train
 
 #: recipe -> the anomaly score it is meant to be read with (SPEC §2)
 RECIPE_SCORES = {"entropy-max": "entropy", "nflowjs": "jsd", "rpl": "energy"}

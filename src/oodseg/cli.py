@@ -372,7 +372,8 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
       torchrun --nproc_per_node=2 "$(which oodseg)" train --data data/synth --out ckpt/ddp --bn sync
     """
     from oodseg import distributed
-    from oodseg.training import make_config, train
+    from oodseg.training import make_config
+    from oodseg.workflows.train import train
 
     config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
                          outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,

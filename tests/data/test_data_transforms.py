@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from oodseg.conventions import image_to_tensor
 from oodseg.data.transforms import (SegmentationTrainSet, TrainAugment, check_labels, class_uniform_pixel,
-                                    image_to_tensor, jitter_colours, scaled_crop)
+                                    jitter_colours, scaled_crop)
 from oodseg.errors import OodsegError
 
 

@@ -1,6 +1,6 @@
 """torchrun with 2 gloo processes gives the same parameters as one process with the same global batch.
 
-Equality needs (documented in oodseg.training.trainer): eval-mode batch norm (``--bn frozen``),
+Equality needs (documented in oodseg.workflows.train): eval-mode batch norm (``--bn frozen``),
 no dropout, and the same number of loss pixels on every rank (no ignore pixels, no padding).
 """
 import json

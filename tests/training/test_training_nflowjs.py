@@ -12,7 +12,7 @@ from oodseg.models import build_model
 from oodseg.training.nflowjs import (ActNorm, Flow, NFlowJSRecipe, patch_boxes, pretrain_flow,
                                   random_crops, squeeze, unsqueeze)
 from oodseg.training.losses import js_to_uniform
-from oodseg.training.trainer import make_config
+from oodseg.training import make_config
 
 
 def _perturbed_flow(dtype=torch.float32, **kwargs) -> Flow:

@@ -10,7 +10,7 @@ from oodseg.errors import OodsegError
 from oodseg.models import build_model, load_checkpoint, save_checkpoint
 from oodseg.training.losses import supervised_infonce
 from oodseg.training.rpl import RPLModel, RPLRecipe, coro_contrastive_loss, sample_pixels
-from oodseg.training.trainer import make_config
+from oodseg.training import make_config
 
 SMALL = {"num_classes": 5, "widths": (8, 12, 16), "aspp_channels": 8, "aspp_rates": (1, 2, 3),
          "low_channels": 4, "decoder_channels": 8}

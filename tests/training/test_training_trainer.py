@@ -10,8 +10,9 @@ from torch import nn
 
 from oodseg.errors import OodsegError
 from oodseg.models import load_checkpoint, register_architecture, save_checkpoint
-from oodseg.training import make_config, train
-from oodseg.training.trainer import STATE_FILE, StepBatchSampler, lr_factor
+from oodseg.training import make_config
+from oodseg.workflows.train import train
+from oodseg.workflows.train import STATE_FILE, StepBatchSampler, lr_factor
 from training_fixtures import TINY_ARCH, write_tiny_cityscapes
 
 
@@ -193,7 +194,7 @@ def test_baseline_hard_fraction_and_class_weights_log_their_terms(data, tmp_path
         train(_config(data, tmp_path / "bad", recipe_params={"class_weight_power": -1}))
     with pytest.raises(OodsegError, match="hard_fraction must be in"):
         train(_config(data, tmp_path / "bad", recipe_params={"hard_fraction": 0}))
-    with pytest.raises(OodsegError, match="--class-uniform: must be a probability"):
+    with pytest.raises(OodsegError, match="class_uniform: must be a probability"):
         train(_config(data, tmp_path / "bad", class_uniform=1.5))
     assert not (tmp_path / "bad" / "log.jsonl").exists()
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from oodseg.conventions import ANOMALY, INLIER, VOID
 from oodseg.errors import OodsegError
 
-VOID = 255
-"""Label value of ignored pixels (SPEC §0)."""
 
 
 def to_numpy(x, name: str) -> np.ndarray:
@@ -61,7 +60,7 @@ def check_ood_label(label, shape: tuple[int, ...], name: str = "label") -> np.nd
             raise OodsegError(f"{name}: unknown label values outside 0/1/255 (min {arr.min()}, max {arr.max()})")
         arr = arr.astype(np.uint8)
     present = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
-    unknown = [int(v) for v in present if v not in (0, 1, VOID)]
+    unknown = [int(v) for v in present if v not in (INLIER, ANOMALY, VOID)]
     if unknown:
         raise OodsegError(f"{name}: unknown label values {unknown[:5]} (expected 0 inlier, 1 anomaly, 255 void)")
     return arr

@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from oodseg.adapter import SegOutput
+from oodseg.conventions import OUTLIER, VOID
 from oodseg.errors import OodsegError
 from oodseg.scores.base import FittedScorer, check_positive
 from oodseg.scores.shared import ScoreInputs
 
 #: Semantic label values that are never fitted (void, pasted outlier).
-SKIPPED_LABELS = (254, 255)
+SKIPPED_LABELS = (OUTLIER, VOID)
 #: Floor of a class's max-logit standard deviation.
 STD_FLOOR = 1e-6
 
@@ -290,6 +291,3 @@ def _state_tensor(state: dict, key: str, rank: int) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dim() != rank or not bool(torch.isfinite(value).all()):
         raise OodsegError(f"state_dict: '{key}' missing, not a rank-{rank} tensor, or not finite")
     return value
-
-
-SCORERS = (StandardizedMaxLogit, Mahalanobis)

@@ -145,6 +145,3 @@ class PixelGradientNorm(Scorer):
         if bool(torch.isinf(norm).any()):
             raise OodsegError(f"pgn: p={p} gradient norm exceeds the float32 range; use log_scale=True")
         return norm
-
-
-SCORERS = (PixelGradientNorm,)

@@ -30,6 +30,3 @@ class Energy(Scorer):
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         temperature = self.params["temperature"]
         return -temperature * inputs.logsumexp(temperature)
-
-
-SCORERS = (MaxLogit, Energy)

@@ -94,6 +94,3 @@ class ClassWeightedNormalizedEnergy(Scorer):
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         return -channel_logsumexp(normalized_class_scores(inputs, **self.params))
-
-
-SCORERS = (FeatureNorm, NormalizedMaxLogit, NormalizedEnergy, ClassWeightedNormalizedEnergy)

@@ -42,6 +42,3 @@ class ODIN(ModelScorer):
         perturbed = self.perturb(adapter, images) if self.params["epsilon"] > 0 else images
         with torch.no_grad():
             return max_softmax_complement(ScoreInputs(adapter(perturbed)), self.params["temperature"])
-
-
-SCORERS = (ODIN,)

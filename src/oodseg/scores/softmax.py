@@ -71,6 +71,3 @@ class Margin(Scorer):
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         first, second = inputs.top2
         return 1.0 - (1.0 - torch.exp(second - first)) / inputs.exp_sum(1.0)
-
-
-SCORERS = (MaxSoftmax, Entropy, VariationRatio, Margin)

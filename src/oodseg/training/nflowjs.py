@@ -24,10 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oodseg import distributed
+from oodseg.conventions import OUTLIER, model_logits, resize_logits
 from oodseg.errors import OodsegError
 from oodseg.progress import track
-from oodseg.training.outliers import OUTLIER
-from oodseg.training.trainer import Recipe, TrainConfig, rank_mean, training_class_weights, unwrap
+from oodseg.training.config import TrainConfig
+from oodseg.training.data import training_class_weights
+from oodseg.training.recipe import Recipe, rank_mean, unwrap
 
 LOGIT_ALPHA = 0.05
 """α of the logit transform ``y = logit(α + (1-2α)x)`` (keeps ``x ∈ {0, 1}`` finite)."""
@@ -483,9 +485,7 @@ class NFlowJSRecipe(Recipe):
         if not batch["joint"]:
             loss = (out["nll"] / dims).mean()
             return loss, {**terms, "flow_pretrain": 1.0}
-        logits = out["logits"].float()
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        logits = resize_logits(model_logits(out).float(), labels.shape[-2:])
         loss, parts = nflowjs_loss(logits, labels, out["nll"], self.lam, self.class_weights, normalizer=rank_mean)
         return loss, {**terms, **{name: float(value) for name, value in parts.items()}}
 

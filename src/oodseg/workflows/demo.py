@@ -106,7 +106,8 @@ def _synth(config: DemoConfig) -> Path:
 
 def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: bool = False) -> Path:
     """Train (or reuse) a closed-set baseline; return its checkpoint directory."""
-    from oodseg.training.trainer import make_config, train
+    from oodseg.training import make_config
+    from oodseg.workflows.train import train
 
     out = config.out / "train" / name
     summary_path = out / "train.json"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from oodseg import distributed
-from oodseg.adapter import upsample_score
+from oodseg.conventions import VOID, resize_map
 from oodseg.data.imagefiles import read_raw_label
 from oodseg.data.io import find_score, read_score
 from oodseg.data.readers import Dataset
@@ -26,14 +26,13 @@ from oodseg.metrics.tally import MODES
 from oodseg.progress import track as progress
 
 SCHEMA, VERSION = "oodseg.evaluate", 1
-VOID = 255
 
 
 def resize_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (``align_corners=False``, SPEC §0) of a float32 ``(h, w)`` map to ``size`` ``(H, W)``."""
     if score.shape == tuple(size):
         return score
-    return upsample_score(torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None], size)[0].numpy()
+    return resize_map(torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None], size)[0].numpy()
 
 
 def load_roi(roi) -> np.ndarray | None:

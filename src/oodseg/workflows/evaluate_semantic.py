@@ -34,13 +34,13 @@ import torch
 from oodseg import distributed
 from oodseg.data.readers import Dataset, Sample, kind_options, open_dataset
 from oodseg.errors import OodsegError
-from oodseg.workflows.evaluate import SCHEMA, VERSION, VOID, _FrameReader, load_roi
+from oodseg.conventions import OUTLIER, VOID
+from oodseg.workflows.evaluate import SCHEMA, VERSION, _FrameReader, load_roi
 from oodseg.metrics.calibration import CONFIDENCE_MAPS, CalibrationMetrics
 from oodseg.metrics.segmentation import SegmentationMetrics
 from oodseg.metrics.tally import MODES
 from oodseg.progress import track as progress
 
-OUTLIER = 254
 #: ``auto`` picks ``normalised`` (1 − u / max u, SPEC §4.3) for non-negative scores, else ``minmax``.
 CONFIDENCE_CHOICES = ("auto",) + CONFIDENCE_MAPS
 #: Pixel-level OoD metrics of ``oodseg.evaluate``; null in a result without OoD labels.

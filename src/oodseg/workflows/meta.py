@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from oodseg.atomic import atomic_directory
+from oodseg.conventions import VOID
 from oodseg.data import find_score, read_score, score_path, write_score
 from oodseg.errors import OodsegError
 from oodseg.meta.analysis import lars_ranking
@@ -39,7 +40,6 @@ from oodseg.workflows.probabilities import open_probabilities
 from oodseg.meta.segments import class_segments, threshold_segments
 from oodseg.meta.targets import segment_iou
 from oodseg.metrics.detection import META_OOD_THRESHOLDS, DetectionMetrics
-from oodseg.metrics.checks import VOID
 from oodseg.progress import track
 
 SCHEMA = "oodseg.meta"

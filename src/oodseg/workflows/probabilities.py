@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oodseg.adapter import upsample_score
+from oodseg.conventions import image_to_tensor, resize_map
 from oodseg.atomic import atomic_path
 from oodseg.errors import OodsegError
 from oodseg.models.checkpoint import META_FILE
@@ -112,7 +112,6 @@ class CheckpointProbabilities:
 
     def __call__(self, sample) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(probs float32 (C, H, W), {pgn map name: float32 (H, W)})`` of one dataset sample."""
-        from oodseg.data.transforms import image_to_tensor
         from oodseg.scores import compute
 
         images = image_to_tensor(sample.image)[None].to(self.device)
@@ -124,7 +123,7 @@ class CheckpointProbabilities:
             if self.scorers:
                 raw = compute(self.scorers, out)
                 for name, scorer in zip(gradient_map_names(), self.scorers):
-                    maps[name] = upsample_score(raw[scorer.key].float(), size)[0].cpu().numpy()
+                    maps[name] = resize_map(raw[scorer.key].float(), size)[0].cpu().numpy()
         return probs.cpu().numpy(), maps
 
     def close(self) -> None:

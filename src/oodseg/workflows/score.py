@@ -25,10 +25,11 @@ import torch
 from PIL import Image
 
 from oodseg import distributed
-from oodseg.adapter import ModelAdapter, upsample_score
+from oodseg.adapter import ModelAdapter
+from oodseg.conventions import image_to_tensor, resize_map
 from oodseg.atomic import atomic_path, write_json
 from oodseg.data import detect_kind, open_dataset, score_path, write_score
-from oodseg.data.transforms import image_to_tensor, label_to_tensor
+from oodseg.data.transforms import label_to_tensor
 from oodseg.errors import OodsegError
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
@@ -120,8 +121,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         raise OodsegError(f"--method: {duplicate!r} requested twice")
     if ensemble and not any(s.name == "ensemble" for s in scorers):
         raise OodsegError("--ensemble: given but method 'ensemble' is not requested")
-    if any("fit" in s.needs for s in scorers) and fit_data is None:
-        names = ", ".join(s.name for s in scorers if "fit" in s.needs)
+    if any(s.needs_fit for s in scorers) and fit_data is None:
+        names = ", ".join(s.name for s in scorers if s.needs_fit)
         raise OodsegError(f"--fit-data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
 
     kind = dataset_kind or detect_kind(images)
@@ -147,7 +148,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
 
     adapter = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
     try:
-        fitted = [s for s in scorers if "fit" in s.needs]
+        fitted = [s for s in scorers if s.needs_fit]
         if fitted:
             _fit_on_main(fitted, adapter, Path(fit_data), fit_frames, device)
         written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size))
@@ -193,7 +194,7 @@ def _build_scorer(registry, name: str, params: dict[str, Any], members: list[tor
 
 
 def _needs_fit(scorers) -> bool:
-    return any("fit" in s.needs for s in scorers)
+    return any(s.needs_fit for s in scorers)
 
 
 def _check_previous_run(out: Path, dataset, keys: list[str], manifest: dict[str, Any], overwrite: bool) -> None:
@@ -338,16 +339,16 @@ def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor) -> tuple[
     from oodseg.scores import compute
 
     size = tuple(images.shape[-2:])
-    output_based = [s for s in scorers if not s.model_based]
+    output_based = [s for s in scorers if not s.runs_model]
     with torch.no_grad():
         out = adapter(images)
         maps = compute(output_based, out) if output_based else {}
         prediction = out.upsampled_logits().argmax(dim=1).to(torch.uint8)
     for scorer in scorers:
-        if scorer.model_based:
+        if scorer.runs_model:
             maps[scorer.key] = scorer(adapter, images).detach()
     with torch.no_grad():
-        maps = {key: upsample_score(value.float(), size) for key, value in maps.items()}
+        maps = {key: resize_map(value.float(), size) for key, value in maps.items()}
     return maps, prediction
 
 
