@@ -16,7 +16,7 @@ dequantisation noise ``x̃ = (255·x + u)/256``, ``u ~ U(0, 1)``, and reports
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from oodseg import distributed
 from oodseg.conventions import OUTLIER, model_logits, resize_logits
 from oodseg.errors import OodsegError
-from oodseg.progress import track
 from oodseg.training.config import TrainConfig
 from oodseg.training.data import training_class_weights
 from oodseg.training.recipe import Recipe, rank_mean, unwrap
@@ -320,39 +319,6 @@ def random_crops(images: Tensor, height: int, width: int,
     crops = torch.stack([images[i, :, t:t + height, l:l + width]
                          for i, (t, l) in enumerate(zip(tops.tolist(), lefts.tolist()))])
     return crops, torch.stack([tops, lefts], 1)
-
-
-def pretrain_flow(flow: Flow, images: Iterable[Tensor], steps: int, crop: int = 32, lr: float = 1e-3,
-                  generator: torch.Generator | None = None) -> list[float]:
-    """Maximum-likelihood pre-training of ``flow`` on random ``crop × crop`` inlier crops.
-
-    Args:
-        images: an iterable (cycled) of (B, C, H, W) float batches in [0, 1] (8-bit values).
-        steps: optimiser steps (Adamax, as the NFlowJS paper).
-    Returns:
-        the mean bits/dim of every step.
-    """
-    if steps < 0:
-        raise OodsegError(f"flow pre-training steps must be >= 0, got {steps}")
-    device = next(flow.parameters()).device
-    optimizer = torch.optim.Adamax(flow.parameters(), lr=lr)
-    flow.train()
-    history: list[float] = []
-    iterator = iter(())
-    for _ in track(range(steps), "flow pre-training"):
-        batch = next(iterator, None)
-        if batch is None:
-            iterator = iter(images)
-            batch = next(iterator, None)
-            if batch is None:
-                raise OodsegError("flow pre-training: the image iterable is empty")
-        crops, _ = random_crops(batch.to(device), crop, crop, generator)
-        loss = flow.nll_bits_per_dim(crops).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
-    return history
 
 
 # --- NFlowJS: joint training of the segmentation model and the flow (SPEC §2.2) ---------------

@@ -1,6 +1,6 @@
 """Command engines: one module per ``oodseg`` command (score, evaluate, meta, train, demo, report).
 
 These modules own everything that touches files — dataset readers, checkpoints, the run-folder
-layout (:mod:`oodseg.workflows.layout`) — so that :mod:`oodseg.scores`, :mod:`oodseg.metrics`,
+layout ``{out}/{method}/{dataset}/…`` — so that :mod:`oodseg.scores`, :mod:`oodseg.metrics`,
 :mod:`oodseg.meta` and the training losses stay pure libraries on tensors and arrays.
 """

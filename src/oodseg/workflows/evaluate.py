@@ -47,7 +47,7 @@ def load_roi(roi) -> np.ndarray | None:
     return roi.astype(bool)
 
 
-class _FrameReader:
+class FrameReader:
     """Reads (score, label) pairs of a dataset frame: label decoded, ROI applied, score sized to the label."""
 
     def __init__(self, dataset: Dataset, scores_dir: Path, resize: bool, roi: np.ndarray | None):
@@ -105,7 +105,7 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
     scores_dir = Path(scores_dir).expanduser().resolve()
     if not scores_dir.is_dir():
         raise OodsegError(f"{scores_dir}: scores folder not found")
-    read = _FrameReader(dataset, scores_dir, resize, load_roi(roi))
+    read = FrameReader(dataset, scores_dir, resize, load_roi(roi))
     mine = distributed.shard(range(len(dataset)))
 
     pixel = PixelMetrics(mode=mode, aggregate=aggregate)

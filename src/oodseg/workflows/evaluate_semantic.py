@@ -35,7 +35,7 @@ from oodseg import distributed
 from oodseg.data.readers import Dataset, Sample, kind_options, open_dataset
 from oodseg.errors import OodsegError
 from oodseg.conventions import OUTLIER, VOID
-from oodseg.workflows.evaluate import SCHEMA, VERSION, _FrameReader, load_roi
+from oodseg.workflows.evaluate import SCHEMA, VERSION, FrameReader, load_roi
 from oodseg.metrics.calibration import CONFIDENCE_MAPS, CalibrationMetrics
 from oodseg.metrics.segmentation import SegmentationMetrics
 from oodseg.metrics.tally import MODES
@@ -154,7 +154,7 @@ def evaluate_semantic(dataset: Dataset, scores_dir: str | Path, probs: str | Pat
         raise OodsegError(f"{scores_dir}: scores folder not found")
     num_classes = label_classes(dataset)
     manifest = score_manifest(scores_dir)
-    read = _FrameReader(dataset, scores_dir, resize, load_roi(roi))
+    read = FrameReader(dataset, scores_dir, resize, load_roi(roi))
     segmentation = SegmentationMetrics(num_classes=num_classes, ood_label=OUTLIER, ood_thresholds=thresholds,
                                        mode=mode)
     calibration = CalibrationMetrics(mode=mode, confidence="normalised" if confidence == "auto" else confidence)
