@@ -293,6 +293,25 @@ def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_
 
 
 # --- train ---
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
+    """A library error that names fields of ``config_type`` (``steps: …``, ``resume=True``), worded
+    with the CLI flags instead (``--steps: …``, ``--resume``); any other error unchanged."""
+    import dataclasses
+    import re
+
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    head, sep, rest = str(exc).partition(": ")
+    names = head.split("/")
+    if not sep or not all(name in fields for name in names):
+        return exc
+    rest = re.sub(r"\b(\w+)=True\b", lambda m: _flag(m.group(1)) if m.group(1) in fields else m.group(0), rest)
+    return OodsegError("/".join(map(_flag, names)) + sep + rest)
+
+
 def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
     """``("lam=0.5", "mode=mix", "widths=[8,16,32]")`` -> dict; values parsed as JSON when they are JSON."""
     params = {}
@@ -372,22 +391,24 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
       torchrun --nproc_per_node=2 "$(which oodseg)" train --data data/synth --out ckpt/ddp --bn sync
     """
     from oodseg import distributed
-    from oodseg.training import make_config
+    from oodseg.training import TrainConfig, make_config
     from oodseg.workflows.train import train
 
-    config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
-                         outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
-                         batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
-                         optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps,
-                         class_uniform=class_uniform, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
-                         log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
-                         channels_last=channels_last, validate=False if no_validate else None, resume=resume or None,
-                         overwrite=overwrite or None,
-                         arch_params=_parse_params(arch_params, "--arch-param") or None,
-                         recipe_params=_parse_params(recipe_params, "--param") or None)
     try:
+        config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
+                             outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
+                             batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
+                             optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps,
+                             class_uniform=class_uniform, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
+                             log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
+                             channels_last=channels_last, validate=False if no_validate else None, resume=resume or None,
+                             overwrite=overwrite or None,
+                             arch_params=_parse_params(arch_params, "--arch-param") or None,
+                             recipe_params=_parse_params(recipe_params, "--param") or None)
         summary = train(config)
         is_main = distributed.is_main()
+    except OodsegError as exc:
+        raise _flag_error(exc, TrainConfig) from exc
     finally:
         distributed.cleanup()
     if not is_main:
