@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg.metrics.inputs import check_ood_label, check_scores
+from oodseg.metrics.checks import check_ood_label, check_scores
 from oodseg.metrics.pixel import PixelMetrics
 
 _FLOAT16_CODES = 1 << 16

@@ -29,7 +29,7 @@ import torch
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import ModelScorer, as_adapter, check_choice, check_images, check_positive
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 from oodseg.scores.softmax import centered_max_softmax_complement
 
 #: Default (temperature, epsilon) of each variant.
@@ -85,6 +85,3 @@ class ODIN(ModelScorer):
         with torch.no_grad():
             return centered_max_softmax_complement(ScoreInputs(adapter(perturbed)).logits,
                                                    self.params["temperature"])
-
-
-SCORERS = (ODIN,)
