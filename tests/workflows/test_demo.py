@@ -2,13 +2,14 @@
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from sklearn.metrics import average_precision_score
 
 from oodseg.cli import main
-from oodseg.data import open_dataset, read_score
+from oodseg.data import open_dataset, read_score, write_score
 
 EVALUATE_KEYS = {"AP", "AUROC", "FPR95", "best_F1", "best_F1_threshold", "sIoU", "PPV", "mean_F1",
                  "n_frames", "n_pixels"}
@@ -74,6 +75,19 @@ def test_quick_demo_writes_results_and_report(tmp_path: Path):
     # A rerun reuses every cached step and gives the same tables.
     invoke("demo", "--quick", "--out", out, "--method", "entropy", "--method", "msp", "--method", "mahalanobis",
            "--method", "ensemble")
+    assert json.loads((out / "results.json").read_text())["tables"] == tables
+    # float16 scores cached by an earlier oodseg (manifest without "dtype") are scored again, as float32.
+    manifest_file = out / "scores" / "_manifest" / "anomaly.json"
+    first = sorted((out / "scores" / "msp" / "anomaly").glob("*.hdf5"))[0]
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["dtype"]
+    manifest_file.write_text(json.dumps(manifest))
+    write_score(first, read_score(first), dtype="float16")
+    invoke("demo", "--quick", "--out", out, "--method", "entropy", "--method", "msp", "--method", "mahalanobis",
+           "--method", "ensemble")
+    assert json.loads(manifest_file.read_text())["dtype"] == "float32"
+    with h5py.File(first, "r") as f:
+        assert f["value"].dtype == np.float32
     assert json.loads((out / "results.json").read_text())["tables"] == tables
     # A cached model that no longer loads (another architecture default) stops the rerun in one line.
     meta_path = out / "train" / "baseline" / "checkpoint" / "model.json"

@@ -143,11 +143,13 @@ def _score(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None
 
     scores = config.out / "scores"
     previous = manifest_path(scores, track)
-    if previous.is_file() and json.loads(previous.read_text(encoding="utf-8")).get("complete"):
+    manifest = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
+    lossy = bool(manifest) and manifest.get("dtype") != "float32"  # float16 files of an earlier oodseg
+    if manifest.get("complete") and not lossy:
         config.log(f"[demo]   {track}: scores already complete (cached)")
         return
     score_dataset(checkpoint, data / track, list(config.methods), scores, dataset_name=track,
-                  fit_data=data / "cityscapes", ensemble=[member] if member else ())
+                  fit_data=data / "cityscapes", ensemble=[member] if member else (), overwrite=lossy)
 
 
 def _evaluate(config: DemoConfig, data: Path, track: str) -> list[dict]:
