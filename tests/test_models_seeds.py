@@ -14,9 +14,9 @@ from torch import nn
 
 from oodseg import scores
 from oodseg.adapter import ModelAdapter
-from oodseg.models import available_architectures, build_model
+from oodseg.models import available_architectures, build_model, load_checkpoint, save_checkpoint
 from oodseg.models.deepwv3 import ConcatASPP, DeepWV3Plus, DeepWV3PlusRPL, DeepWV3PlusTH
-from oodseg.models.ldn import LDN121, SpatialPyramidPooling
+from oodseg.models.ldn import LDN121, SpatialPyramidPooling, Transition
 from oodseg.models.wideresnet import IdentityResidualBlock
 
 FIXTURE = Path(__file__).parent / "fixtures" / "deepwv3plus-state-dict.txt"
@@ -204,6 +204,32 @@ def test_spp_grids_follow_the_aspect_ratio(size, expected_grids):
     torch.testing.assert_close(out, expected)
 
 
+def test_ldn_transition_pools_without_counting_the_padding():
+    transition = _randomize_bn(Transition(3, 2))
+    x = torch.randn(1, 3, 5, 6)
+    with torch.no_grad():
+        y = F.conv2d(torch.relu(transition.norm(x)), transition.conv.weight)
+        got = transition(x)
+    # a 3×3 mean over the pixels inside the image only, at stride 2
+    expected = torch.empty(1, 2, 3, 3)
+    for i in range(3):
+        for j in range(3):
+            rows = slice(max(0, 2 * i - 1), 2 * i + 2)
+            cols = slice(max(0, 2 * j - 1), 2 * j + 2)
+            expected[:, :, i, j] = y[:, :, rows, cols].mean(dim=(2, 3))
+    torch.testing.assert_close(got, expected)
+
+
+def test_ldn121_checkpoint_round_trip_keeps_keys_and_conventions(tmp_path):
+    model = _randomize_bn(LDN121(num_classes=3))
+    save_checkpoint(model, tmp_path / "ldn", "ldn121", {"num_classes": 3}, classes=["a", "b", "c"],
+                    conventions=model.conventions())
+    loaded, meta = load_checkpoint(tmp_path / "ldn")
+    assert isinstance(loaded, LDN121) and meta["conventions"] == model.conventions()
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 # -- forwards on small inputs --------------------------------------------------------------------
 PGN = [("pgn", {"layer": layer, "label": label}) for layer in ("last", "second_to_last")
        for label in ("onehot", "uniform")]
@@ -298,6 +324,14 @@ def test_rpl_forward_returns_the_residual_logits_and_the_adapter_sees_them(rpl, 
     torch.testing.assert_close(torch.einsum("cd,bdhw->bchw", out.weight, out.features), parts["rpl"],
                                rtol=1e-4, atol=1e-4 * float(parts["rpl"].abs().max()))
     torch.testing.assert_close(energy, -torch.logsumexp(parts["rpl"], dim=1))
+    # the captured block (final.3 → final.4 → ReLU) belongs to the same, second call of final
+    block = out.block
+    with torch.no_grad():
+        scale = block.bn_scale.view(1, -1, 1, 1)
+        shift = (rpl.final[4].bias - rpl.final[4].running_mean * block.bn_scale).view(1, -1, 1, 1)
+        pre_relu = F.conv2d(block.input, rpl.final[3].weight, padding=1) * scale + shift
+    torch.testing.assert_close(pre_relu, block.pre_relu, rtol=1e-4, atol=1e-4 * float(pre_relu.abs().max()))
+    torch.testing.assert_close(torch.relu(block.pre_relu), out.features)
 
 
 def test_th_exposes_the_ood_head_and_the_densehybrid_score(images):
