@@ -5,7 +5,7 @@
   hold :data:`INLIER` (0), :data:`ANOMALY` (1) and :data:`VOID`.
 - Which model output holds the logits: :func:`model_logits` (used by training AND scoring).
 - Resizing logits and score maps to the label size: :func:`resize_logits`, :func:`resize_map`
-  (bilinear, ``align_corners=False``).
+  (bilinear, ``align_corners=False`` unless the model upsamples its own logits otherwise, SPEC §8).
 - Frame → tensor: :func:`image_to_tensor`.
 """
 from __future__ import annotations
@@ -53,17 +53,21 @@ def model_logits(output: object) -> torch.Tensor:
                       f"got {type(output).__name__}")
 
 
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, C, h, w) logits → (B, C, H, W), bilinear with ``align_corners=False``; unchanged when the size matches."""
+def resize_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+    """(B, C, h, w) logits → (B, C, H, W), bilinear; unchanged when the size matches.
+
+    ``align_corners=False`` (SPEC §0) unless a model imported from elsewhere upsamples its own
+    logits with ``align_corners=True`` (SPEC §8: its scores are upsampled the same way).
+    """
     size = (int(size[0]), int(size[1]))
     if tuple(logits.shape[-2:]) == size:
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def resize_map(score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) score map → (B, H, W), bilinear with ``align_corners=False``; unchanged when the size matches."""
-    return resize_logits(score[:, None], size)[:, 0]
+def resize_map(score: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+    """(B, h, w) score map → (B, H, W), bilinear (see :func:`resize_logits`); unchanged when the size matches."""
+    return resize_logits(score[:, None], size, align_corners)[:, 0]
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -9,7 +9,7 @@ from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer
 
 def test_every_declared_scorer_is_available_in_spec_order():
     declared = {cls.name for cls in _subclasses(Scorer) if cls.__dict__.get("name")}
-    assert set(scores.available()) == declared and len(declared) == 17
+    assert set(scores.available()) == declared and len(declared) == 18  # SPEC §1 + densehybrid (§8)
     assert scores.available()[:3] == ["msp", "entropy", "variation_ratio"]
 
 

@@ -405,7 +405,7 @@ def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor) -> tuple[
         if scorer.runs_model:
             maps[scorer.key] = scorer(adapter, images).detach()
     with torch.no_grad():
-        maps = {key: resize_map(value.float(), size) for key, value in maps.items()}
+        maps = {key: resize_map(value.float(), size, adapter.align_corners) for key, value in maps.items()}
     return maps, prediction
 
 
