@@ -20,13 +20,19 @@ from oodseg.data import open_dataset
 from oodseg.data.synthetic import generate
 from oodseg.data.transforms import label_to_tensor
 from oodseg.metrics.component import ComponentMetrics
-from oodseg.models import load_checkpoint
+from oodseg.models import build_model, load_checkpoint, save_checkpoint
+from oodseg.scores.base import REGISTRY
 
 from model_fixtures import confident_checkpoint
 
 TINY = {"num_classes": 19, "widths": [4, 8, 8], "aspp_channels": 8, "low_channels": 4, "decoder_channels": 8}
 FRAMES = {"train": 3, "val": 1, "anomaly": 3, "obstacle": 1, "shifted": 1, "outliers": 1}
 SEEDED = {"mc_dropout": {"seed": 0}}  # only the dropout masks fixed; every other parameter at its default
+OOD_HEAD = "ood_logits"  # scores that read this extra head run on an LDN-121 (DenseHybrid's network), the rest on SmallSegNet
+
+
+def _needs_ood_head(name: str) -> bool:
+    return OOD_HEAD in REGISTRY[name].needs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,8 +52,20 @@ def setup(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def memory_maps(setup):
-    return _in_memory_maps(*setup)
+def hybrid_checkpoint(setup):
+    """A randomly initialised LDN-121 (it has DenseHybrid's 2-way OoD head) saved as an oodseg checkpoint."""
+    torch.manual_seed(0)
+    model = build_model("ldn121", num_classes=19)
+    save_checkpoint(model, setup[0] / "ldn", "ldn121", {"num_classes": 19})
+    return setup[0] / "ldn"
+
+
+@pytest.fixture(scope="module")
+def memory_maps(setup, hybrid_checkpoint):
+    root, ckpt, member = setup
+    hybrid = _in_memory_maps(root, hybrid_checkpoint, member, [n for n in scores.available() if _needs_ood_head(n)])
+    return {**_in_memory_maps(root, ckpt, member, [n for n in scores.available() if not _needs_ood_head(n)]),
+            **hybrid}
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +89,14 @@ def _score_args(root, ckpt, member, methods):
     return args
 
 
-def _in_memory_maps(root, ckpt, member) -> dict[str, list[np.ndarray]]:
-    """Every registered score on every anomaly frame through the Python API, float32 at image size."""
+def _in_memory_maps(root, ckpt, member, names) -> dict[str, list[np.ndarray]]:
+    """The scores ``names`` on every anomaly frame through the Python API, float32 at image size."""
     model, _ = load_checkpoint(ckpt)
     partner, _ = load_checkpoint(member)
     adapter = ModelAdapter(model, capture_block=True)
     scorers = {name: scores.get(name, **SEEDED.get(name, {}), **({"models": [model, partner]}
                                                                   if name == "ensemble" else {}))
-               for name in scores.available()}
+               for name in names}
     fit = open_dataset("cityscapes", root / "synth" / "cityscapes", split="train", labels="auto")
     with torch.no_grad():
         pairs = [(adapter(image_to_tensor(s.image)[None]), label_to_tensor(s.label)[None]) for s in fit]
@@ -118,18 +136,22 @@ def _same(a, b) -> bool:
     return (a is None and (b is None or math.isnan(b))) or a == b
 
 
-def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup, memory_maps, labels, tmp_path):
+def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup, hybrid_checkpoint, memory_maps,
+                                                                           labels, tmp_path):
     root, ckpt, member = setup
     out = tmp_path / "scores"
-    result = _cli(*_score_args(root, ckpt, member, scores.available()), "--out", out, "--json")
-    assert result.exit_code == 0, result.output
-    keys = json.loads(result.stdout)["methods"]
-    assert len(keys) == len(scores.available()) == 17
-    assert sorted(memory_maps) == sorted(keys)
+    keys = []
+    for checkpoint, with_head in ((ckpt, False), (hybrid_checkpoint, True)):
+        names = [n for n in scores.available() if _needs_ood_head(n) == with_head]
+        result = _cli(*_score_args(root, checkpoint, member, names), "--out", out / checkpoint.name, "--json")
+        assert result.exit_code == 0, result.output
+        keys += [(checkpoint.name, key) for key in json.loads(result.stdout)["methods"]]
+    assert len(keys) == len(scores.available()) == 18
+    assert sorted(memory_maps) == sorted(key for _, key in keys)
     assert all((y == 1).any() and (y == 0).any() for y in labels)
-    for key in keys:
+    for folder, key in keys:
         report = tmp_path / f"{key}.json"
-        evaluated = _cli("evaluate", "--root", root / "synth" / "anomaly", "--scores", out / key / "anomaly",
+        evaluated = _cli("evaluate", "--root", root / "synth" / "anomaly", "--scores", out / folder / key / "anomaly",
                          "--json", report)
         assert evaluated.exit_code == 0, evaluated.output
         assert "warning" not in evaluated.output, evaluated.output
@@ -139,7 +161,7 @@ def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup
             assert got[metric] == pytest.approx(expected[metric], abs=1e-4), (key, metric)
         for metric in ("best_F1_threshold", "sIoU", "PPV", "mean_F1", "n_gt_components", "n_pred_components"):
             assert _same(got[metric], expected[metric]), (key, metric, got[metric], expected[metric])
-        with h5py.File(out / key / "anomaly" / "anomaly_0000.hdf5", "r") as f:
+        with h5py.File(out / folder / key / "anomaly" / "anomaly_0000.hdf5", "r") as f:
             assert f["value"].dtype == np.float32 and f["value"].compression == "gzip"
 
 
