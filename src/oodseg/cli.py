@@ -137,7 +137,9 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, resize, r
              probs, ood_thresholds, confidence, device, json_out, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
-    Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. With --segmentation (or on a
+    Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. On SMIYC layouts they follow the
+    official SegmentMeIfYouCan code by default (--protocol smiyc: 768 percentile bins per frame,
+    numpy 1.23 semantics); --protocol exact sweeps every score value. With --segmentation (or on a
     dataset with semantic labels only, e.g. Cityscapes val or SynthStreet shifted) it re-runs
     the model for its softmax and adds mIoU, mIoU at t, open-mIoU and the ECE/AuSE
     of the score as uncertainty. SMIYC tracks read semantic labels from

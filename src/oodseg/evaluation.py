@@ -64,7 +64,8 @@ def load_roi(roi) -> np.ndarray | None:
 class _FrameReader:
     """Reads (score, label) pairs of a dataset frame: label decoded, ROI applied, score sized to the label."""
 
-    def __init__(self, dataset: Dataset, scores_dir: Path, resize: bool, roi: np.ndarray | None, native: bool):
+    def __init__(self, dataset: Dataset, scores_dir: Path, resize: bool, roi: np.ndarray | None,
+                 native: bool = False):
         self.dataset, self.scores_dir, self.resize, self.roi, self.native = dataset, scores_dir, resize, roi, native
 
     def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
