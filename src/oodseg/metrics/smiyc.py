@@ -42,27 +42,15 @@ from __future__ import annotations
 import numpy as np
 
 from oodseg import distributed
+from oodseg.conventions import ANOMALY, VOID
 from oodseg.errors import OodsegError
-from oodseg.metrics.inputs import VOID, as_batch, check_mask, check_ood_label
+from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
 from oodseg.metrics.legacy_argsort import argsort_last
 from oodseg.metrics.pixel import sweep_metrics
 from oodseg.metrics.tally import MODES
 
 SMIYC_BINS = 768
 """Number of percentile bins of the official ``PixBinaryClass`` metric."""
-NATIVE_DTYPES = (np.float16, np.float32, np.float64)
-
-
-def check_native_scores(score, name: str = "score") -> np.ndarray:
-    """Finite float scores (B, H, W) in their own dtype when float16/32/64 (else float32)."""
-    arr = as_batch(score, name)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise OodsegError(f"{name}: expected real-valued scores, got dtype {arr.dtype}")
-    if arr.dtype.type not in NATIVE_DTYPES:
-        arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise OodsegError(f"{name}: contains {'NaN' if np.isnan(arr).any() else 'Inf'} values")
-    return arr
 
 
 def frame_bins(values: np.ndarray, anomaly: np.ndarray, num_bins: int = SMIYC_BINS
@@ -149,7 +137,7 @@ class SmiycPixelMetrics:
     def update(self, score, label, roi=None, positions=None) -> None:
         """Add frames: ``score`` float (H,W)|(B,H,W) in the file's dtype; ``label`` 0/1/255; ``roi`` optional
         bool; ``positions`` optional int per frame (its place in the dataset)."""
-        scores = check_native_scores(score)
+        scores = check_scores(score, native=True)
         labels = check_ood_label(label, scores.shape)
         valid = labels != VOID
         if roi is not None:
@@ -158,7 +146,7 @@ class SmiycPixelMetrics:
         if len(positions) != scores.shape[0]:
             raise OodsegError(f"positions: expected {scores.shape[0]} values, got {len(positions)}")
         for s, y, v, position in zip(scores, labels, valid, positions):
-            pixels = (s[v], y[v] == 1)
+            pixels = (s[v], y[v] == ANOMALY)
             self.frames.append((position, pixels if self.mode == "exact" else self._frame_rows(*pixels)))
         self.n_frames += scores.shape[0]
 
