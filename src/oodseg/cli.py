@@ -88,7 +88,7 @@ def _print_evaluation_table(result: dict) -> None:
                   fmt(result["component_threshold"], percent=False), fmt(result["sIoU"]), fmt(result["PPV"]),
                   fmt(result["mean_F1"]))
     Console().print(table)
-    click.echo("(values in %; θ = pixel threshold of the component metrics)")
+    click.echo(f"(values in %; θ = pixel threshold of the component metrics; {result.get('protocol', 'exact')} protocol)")
 
 
 def _print_semantic_table(result: dict) -> None:
@@ -120,6 +120,9 @@ def _print_semantic_table(result: dict) -> None:
               help="Component size filters: anomaly 500/100 px, obstacle 50/10 px (default: obstacle for smiyc-obstacle).")
 @click.option("--mode", type=click.Choice(["exact", "streaming"]), default="exact", show_default=True,
               help="Pixel metrics: exact (sort-based) or streaming (bounded memory).")
+@click.option("--protocol", type=click.Choice(["smiyc", "exact"]), default=None,
+              help="smiyc: the official SegmentMeIfYouCan computation (768 percentile bins per frame, θ from that "
+                   "curve); exact: every distinct score value. Default: smiyc on smiyc-anomaly/-obstacle, else exact.")
 @click.option("--threshold", type=float, default=None, help="Pixel threshold θ of the component metrics (default: best-F1 threshold).")
 @click.option("--resize", is_flag=True, help="Bilinearly resize scores to the label size instead of refusing a size mismatch.")
 @click.option("--roi", type=click.Path(dir_okay=False), default=None, help="Image whose non-zero pixels are the region evaluated.")
@@ -143,11 +146,13 @@ def _print_semantic_table(result: dict) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write the oodseg.evaluate result object here ('-': print it instead of the table).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
-def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggregate, options, method, segmentation,
+def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, resize, roi, aggregate, options, method, segmentation,
              probs, ood_thresholds, confidence, device, json_out, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
-    Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. With --segmentation (or on a
+    Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. On SMIYC layouts they follow the
+    official SegmentMeIfYouCan code by default (--protocol smiyc: 768 percentile bins per frame,
+    numpy 1.23 semantics); --protocol exact sweeps every score value. With --segmentation (or on a
     dataset with semantic labels only, e.g. Cityscapes val or SynthStreet shifted) it re-runs
     the model for its softmax and adds mIoU, mIoU at t, open-mIoU and the ECE/AuSE
     of the score as uncertainty. SMIYC tracks read semantic labels from
@@ -159,6 +164,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
     \b
     Examples:
       oodseg evaluate --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly
+      oodseg evaluate --root data/synth/anomaly --scores scores/entropy/anomaly --protocol exact
       oodseg evaluate --dataset lostandfound --root /data/LostAndFound -o split=testNoKnown \\
           --scores scores/pgn/LostAndFound-testNoKnown --track obstacle --json results/laf.json
       torchrun --nproc_per_node=2 "$(which oodseg)" evaluate --root data/synth/obstacle \\
@@ -186,7 +192,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
         if dataset.label_type != "semantic":
             track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
             result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
-                                      roi=roi, aggregate=aggregate, method=method)
+                                      roi=roi, aggregate=aggregate, method=method, protocol=protocol)
         if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":
             from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 

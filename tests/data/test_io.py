@@ -92,3 +92,17 @@ def test_read_errors_are_one_line(tmp_path):
             read_score(tmp_path / name)
         assert str(err.value).startswith(str(tmp_path / name)) and message in str(err.value)
         assert "\n" not in str(err.value)
+
+
+def test_native_read_keeps_the_stored_dtype(tmp_path, rng):
+    """The smiyc protocol bins maps in their stored dtype, as the official h5py reader hands them over."""
+    values = rng.normal(size=(6, 7))
+    with h5py.File(tmp_path / "half.hdf5", "w") as f:
+        f["value"] = values.astype(np.float16)
+    np.save(tmp_path / "double.npy", values)
+    np.save(tmp_path / "ints.npy", np.arange(42).reshape(6, 7))
+    half = read_score(tmp_path / "half.hdf5", native=True)
+    assert half.dtype == np.float16 and np.array_equal(half, values.astype(np.float16))
+    assert read_score(tmp_path / "double.npy", native=True).dtype == np.float64
+    assert read_score(tmp_path / "ints.npy", native=True).dtype == np.float32
+    assert read_score(tmp_path / "half.hdf5").dtype == np.float32

@@ -6,7 +6,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from oodseg.errors import OodsegError
 from oodseg.metrics.pixel import PixelMetrics, pixel_metrics
-from oodseg.metrics.tally import bin_lower_edge, ordered_key
+from oodseg.metrics.tally import bin_value, ordered_key
 
 
 def sklearn_reference(scores, labels):
@@ -118,13 +118,24 @@ def test_streaming_close_to_exact(rng, name):
             assert exact[key] == pytest.approx(streaming[key], abs=1e-12)
 
 
-def test_ordered_key_is_monotone_and_edges_are_lower_bounds(rng):
+def test_ordered_key_is_monotone_and_bin_values_truncate_towards_zero(rng):
     v = np.sort(np.concatenate([rng.normal(scale=10.0 ** rng.integers(-30, 30, 5000), size=5000),
                                 [0.0, -1e-38, 1e-38, -3e38, 3e38]]).astype(np.float32))
     keys = ordered_key(v, 20)
     assert np.all(np.diff(keys) >= 0)
-    assert np.all(bin_lower_edge(keys, 20) <= v)
-    assert np.all(ordered_key(bin_lower_edge(keys, 20), 20) == keys)
+    grid = bin_value(keys, 20)
+    assert np.all(ordered_key(grid, 20) == keys)
+    assert np.all(np.abs(grid) <= np.abs(v)) and np.all(np.sign(grid) * np.sign(v) >= 0)
+    # float32 with the 12 low bits cleared by hand (truncation of the magnitude) is the bin's value
+    by_hand = (v.view(np.uint32) & np.uint32(0xFFFFF000)).view(np.float32)
+    assert np.array_equal(grid, by_hand.astype(np.float64))
+
+
+def test_bin_value_of_float16_values_is_the_value(rng):
+    v = np.unique(rng.standard_cauchy(20000).astype(np.float16))
+    v = v[np.isfinite(v)]
+    assert (v < 0).sum() > 1000 and (v > 0).sum() > 1000
+    assert np.array_equal(bin_value(ordered_key(v, 20), 20), v.astype(np.float64))
 
 
 def test_merge_of_halves_equals_one_pass(rng):

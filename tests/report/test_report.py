@@ -124,6 +124,18 @@ def test_duplicate_method_on_a_dataset_gets_distinct_labels(tmp_path):
     assert labels == ["alpha (run1/alpha.json)", "alpha (run2/alpha.json)"]
 
 
+def test_old_results_without_protocol_read_as_exact_next_to_smiyc_ones(tmp_path):
+    shutil.copy(HAND / "alpha.json", tmp_path)  # written before results recorded their protocol
+    newer = json.loads((HAND / "beta.json").read_text())
+    newer.update(protocol="smiyc", smiyc_bins=768)
+    (tmp_path / "beta.json").write_text(json.dumps(newer))
+    evaluations = {ev.label: ev for ev in load_results(tmp_path).evaluations}
+    assert "protocol" not in evaluations["alpha"].data and evaluations["beta"].data["protocol"] == "smiyc"
+    assert evaluations["beta"].metrics["AP"] == newer["AP"]
+    build_report(tmp_path, tmp_path / "report", frames=0)
+    assert "protocol exact/smiyc" in (tmp_path / "report" / "index.html").read_text()
+
+
 # --- tables ------------------------------------------------------------------------------
 
 def test_table_values_and_order_equal_the_json():

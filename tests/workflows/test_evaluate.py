@@ -18,6 +18,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from oodseg.cli import main
 from oodseg.data import open_dataset, write_score
 from oodseg.errors import OodsegError
+from oodseg.metrics.smiyc import smiyc_pixel_metrics
 from oodseg.workflows.evaluate import evaluate_dataset
 
 H, W, N = 48, 64, 5
@@ -136,7 +137,8 @@ def assert_matches_reference(result, labels, scores, theta=None, min_sizes=(50, 
 
 def test_evaluate_dataset_matches_sklearn_and_brute_force(smiyc):
     root, scores_dir, labels, scores = smiyc
-    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle")
+    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle", protocol="exact")
+    assert result["protocol"] == "exact" and result["smiyc_bins"] is None
     assert result["schema"] == "oodseg.evaluate" and result["version"] == 1
     assert (result["dataset"], result["dataset_kind"], result["method"]) == ("obstacle", "smiyc-obstacle", "energy")
     assert result["root"] == str(root.resolve()) and result["scores"] == str(scores_dir.resolve())
@@ -149,7 +151,8 @@ def test_evaluate_dataset_matches_sklearn_and_brute_force(smiyc):
 
 def test_anomaly_track_sizes_and_given_threshold(smiyc):
     root, scores_dir, labels, scores = smiyc
-    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="anomaly", threshold=0.8)
+    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="anomaly", threshold=0.8,
+                              protocol="exact")
     assert result["component_threshold"] == 0.8
     assert_matches_reference(result, labels, scores, theta=0.8, min_sizes=(500, 100))
 
@@ -157,11 +160,61 @@ def test_anomaly_track_sizes_and_given_threshold(smiyc):
 def test_streaming_mode_close_to_exact(smiyc):
     root, scores_dir, labels, scores = smiyc
     ds = open_dataset("smiyc-obstacle", root)
-    exact = evaluate_dataset(ds, scores_dir, track="obstacle", mode="exact")
-    streaming = evaluate_dataset(ds, scores_dir, track="obstacle", mode="streaming")
+    exact = evaluate_dataset(ds, scores_dir, track="obstacle", mode="exact", protocol="exact")
+    streaming = evaluate_dataset(ds, scores_dir, track="obstacle", mode="streaming", protocol="exact")
     assert streaming["mode"] == "streaming"
     for key in ("AP", "AUROC", "FPR95"):
         assert streaming[key] == pytest.approx(exact[key], abs=1e-3)
+
+
+def test_smiyc_protocol_is_the_default_on_smiyc_layouts(smiyc):
+    """Pixel numbers of the official binning (verified in test_metrics_smiyc) on the stored (float32) maps;
+    components at θ compared in the maps' dtype, as the official code under numpy 1.23."""
+    root, scores_dir, labels, scores = smiyc
+    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle")
+    assert result["protocol"] == "smiyc" and result["smiyc_bins"] == 768
+    fids = sorted(labels)
+    stored = np.stack([scores[f] for f in fids])  # exactly the file values (float32 files)
+    assert stored.dtype == np.float32
+    official = smiyc_pixel_metrics(stored, np.stack([labels[f] for f in fids]))
+    for key in ("AP", "AUROC", "FPR95", "best_F1", "best_F1_threshold"):
+        assert result[key] == official[key], key
+    assert result["component_threshold"] == official["best_F1_threshold"]
+    theta32 = float(np.float32(official["best_F1_threshold"]))
+    comp = brute_force_components(labels, scores, theta32, 50, 10)
+    for key in ("sIoU", "PPV", "mean_F1"):
+        assert result[key] == pytest.approx(comp[key], abs=1e-12), key
+    exact = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle", protocol="exact")
+    assert exact["AP"] != result["AP"]
+
+
+def test_protocol_defaults_and_refusals(smiyc):
+    root, scores_dir, _, _ = smiyc
+    ds = open_dataset("smiyc-obstacle", root)
+    assert evaluate_dataset(ds, scores_dir, aggregate="per_image")["protocol"] == "exact"
+    with pytest.raises(OodsegError, match="protocol: smiyc pools pixels"):
+        evaluate_dataset(ds, scores_dir, aggregate="per_image", protocol="smiyc")
+    with pytest.raises(OodsegError, match="protocol: expected one of"):
+        evaluate_dataset(ds, scores_dir, protocol="official")
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+@pytest.mark.parametrize("protocol", ["exact", "smiyc"])
+def test_streaming_equals_exact_on_float16_scores(tmp_path, rng, sign, protocol):
+    """Energy-like negative (and positive) float16 maps: streaming thresholds and component metrics equal exact."""
+    root = tmp_path / "obstacle"
+    scores_dir, labels, _ = make_smiyc(root, rng)
+    signed = tmp_path / "scores" / "signed" / "obstacle"
+    for fid, label in labels.items():
+        energy = sign * (8.0 + 3.0 * rng.standard_normal((H, W))) + 2.5 * (label == 1)
+        write_score(signed / f"{fid}.hdf5", energy.astype(np.float32), dtype="float16")
+    ds = open_dataset("smiyc-obstacle", root)
+    exact = evaluate_dataset(ds, signed, track="obstacle", mode="exact", protocol=protocol)
+    streaming = evaluate_dataset(ds, signed, track="obstacle", mode="streaming", protocol=protocol)
+    assert (exact["best_F1_threshold"] < 0) == (sign < 0)
+    for key in ("AP", "AUROC", "FPR95", "best_F1", "best_F1_threshold", "component_threshold",
+                "sIoU", "PPV", "mean_F1", "n_pred_components"):
+        assert streaming[key] == exact[key], key
 
 
 def _bilinear_half_pixel(img, out_h, out_w):
@@ -183,7 +236,7 @@ def test_resize_low_resolution_scores(tmp_path, rng):
     ds = open_dataset("smiyc-obstacle", root)
     with pytest.raises(OodsegError, match=r"scene_00\.hdf5: score size \(24, 32\) differs from label size \(48, 64\)"):
         evaluate_dataset(ds, scores_dir, track="obstacle")
-    result = evaluate_dataset(ds, scores_dir, track="obstacle", resize=True)
+    result = evaluate_dataset(ds, scores_dir, track="obstacle", resize=True, protocol="exact")
     upsampled = {f: _bilinear_half_pixel(s.astype(np.float64), H, W) for f, s in low.items()}
     assert_matches_reference(result, labels, upsampled, atol=1e-5)
 
@@ -192,7 +245,8 @@ def test_roi_makes_outside_void(smiyc):
     root, scores_dir, labels, scores = smiyc
     roi = np.zeros((H, W), bool)
     roi[:, : W // 2] = True
-    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle", roi=roi)
+    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle", roi=roi,
+                              protocol="exact")
     cut = {f: np.where(roi, l, 255).astype(np.uint8) for f, l in labels.items()}
     assert_matches_reference(result, cut, scores)
     assert result["n_pixels"] < evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir)["n_pixels"]
@@ -219,7 +273,8 @@ def run_cli(*args):
 def test_cli_end_to_end_json_and_table(smiyc, tmp_path):
     root, scores_dir, labels, scores = smiyc
     out = tmp_path / "results" / "eval.json"
-    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--json", out)
+    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--json", out,
+                  "--protocol", "exact")
     assert res.exit_code == 0, res.output
     assert "sIoU" in res.stdout and "mean F1" in res.stdout
     result = json.loads(out.read_text())
@@ -231,8 +286,10 @@ def test_cli_end_to_end_json_and_table(smiyc, tmp_path):
     assert res.exit_code == 2 and "already exists" in res.stderr and out.read_text() == before
     res = run_cli("--root", root, "--scores", scores_dir, "--json", out, "--overwrite", "--mode", "streaming")
     assert res.exit_code == 0 and json.loads(out.read_text())["mode"] == "streaming"
-    res = run_cli("--root", root, "--scores", scores_dir, "--json", "-")
+    res = run_cli("--root", root, "--scores", scores_dir, "--json", "-", "--protocol", "exact")
     assert res.exit_code == 0 and json.loads(res.stdout)["AP"] == pytest.approx(result["AP"])
+    res = run_cli("--root", root, "--scores", scores_dir)  # smiyc layout: the official protocol by default
+    assert res.exit_code == 0 and "smiyc protocol" in res.stdout
 
 
 def _corrupt_label(root, scores_dir):
@@ -300,7 +357,7 @@ def test_cli_dataset_options_and_bad_option(tmp_path, rng):
     res = run_cli("--dataset", "folder", "--root", root, "--scores", scores, "-o", "mapping=10:0,20:1,99:255",
                   "--track", "obstacle", "--json", "-")
     assert res.exit_code == 0, res.output
-    ref = run_cli("--root", tmp_path / "obstacle", "--scores", scores, "--json", "-")
+    ref = run_cli("--root", tmp_path / "obstacle", "--scores", scores, "--json", "-", "--protocol", "exact")
     folder_result, smiyc_result = json.loads(res.stdout), json.loads(ref.stdout)
     for key in KEYS:
         assert folder_result[key] == smiyc_result[key], key

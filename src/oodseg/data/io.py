@@ -30,10 +30,12 @@ def score_path(out: str | os.PathLike, method: str, dataset: str, fid: str, ext:
     return Path(out) / method / dataset / f"{fid}.{ext.lstrip('.')}"
 
 
-def _as_score_array(array, path: Path) -> np.ndarray:
+def _as_score_array(array, path: Path, native: bool = False) -> np.ndarray:
     if hasattr(array, "detach"):  # torch tensor, any device
         array = array.detach().cpu().numpy()
-    array = np.asarray(array, dtype=np.float32)
+    array = np.asarray(array)
+    if not (native and array.dtype in (np.float16, np.float32, np.float64)):
+        array = array.astype(np.float32)
     if array.ndim != 2:
         raise OodsegError(f"{path}: a score map must be 2-D (H, W), got shape {array.shape}")
     if not np.isfinite(array).all():
@@ -77,9 +79,11 @@ def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
     return path
 
 
-def read_score(path: str | os.PathLike) -> np.ndarray:
+def read_score(path: str | os.PathLike, native: bool = False) -> np.ndarray:
     """Read a score map as float32 ``(H, W)`` from ``.hdf5``/``.h5``/``.npy``/``.npz``.
 
+    ``native``: keep a float16/float32/float64 map in its stored dtype (what the official SMIYC
+    reader hands its metrics; the ``smiyc`` protocol needs it).
     Missing, corrupt, non-2-D or non-finite files raise a one-line OodsegError naming the file.
     """
     path = Path(path)
@@ -106,7 +110,7 @@ def read_score(path: str | os.PathLike) -> np.ndarray:
     except Exception as exc:  # h5py/numpy raise many types on corrupt files
         message = str(exc).splitlines()[0] if str(exc) else "corrupt"
         raise OodsegError(f"{path}: unreadable score file ({type(exc).__name__}: {message})") from None
-    return _as_score_array(array, path)
+    return _as_score_array(array, path, native)
 
 
 def find_score(scores_dir: str | os.PathLike, fid: str) -> Path:

@@ -32,12 +32,15 @@ def as_batch(x, name: str) -> np.ndarray:
     return arr
 
 
-def check_scores(score, name: str = "score") -> np.ndarray:
-    """Finite real-valued scores as float32 (float64 kept), shape (B, H, W); -0.0 becomes +0.0."""
+def check_scores(score, name: str = "score", native: bool = False) -> np.ndarray:
+    """Finite real-valued scores as float32 (float64 kept), shape (B, H, W); -0.0 becomes +0.0.
+
+    ``native``: keep float16 maps in float16 too (the official SMIYC computation works in the map's dtype).
+    """
     arr = as_batch(score, name)
     if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise OodsegError(f"{name}: expected real-valued scores, got dtype {arr.dtype}")
-    if arr.dtype != np.float64:
+    if arr.dtype != np.float64 and not (native and arr.dtype in (np.float16, np.float32)):
         arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         bad = "NaN" if np.isnan(arr).any() else "Inf"

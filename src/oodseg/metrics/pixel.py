@@ -1,7 +1,8 @@
 """Pixel-level OoD metrics (SPEC §4.1): AP, AUROC, FPR95, best F1 — exact or streaming.
 
-Conventions (SegmentMeIfYouCan / Fishyscapes, scikit-learn): pixels of label 255 (and
-outside an optional ROI) are ignored; the threshold sweeps the distinct score values
+This is the ``exact`` protocol (the official SegmentMeIfYouCan binned computation is
+:mod:`oodseg.metrics.smiyc`). Conventions (SegmentMeIfYouCan / Fishyscapes, scikit-learn):
+pixels of label 255 (and outside an optional ROI) are ignored; the threshold sweeps the distinct score values
 from high to low, a pixel is positive when ``score >= threshold``, tied scores enter
 together.
 
@@ -14,7 +15,8 @@ together.
 Metrics that need both classes are ``nan`` when one is missing. Modes and memory: see
 :mod:`oodseg.metrics.tally`. Exact: ~5 bytes per pixel kept, ~25 bytes per pixel while
 computing (sort). Streaming: 16 MiB whatever the pixel count, exact for float16 or
-quantised scores; otherwise pixels within one bin (relative width 4.9e-4) count as tied,
+quantised scores (metrics and thresholds, of either sign: bins are reported by their grid
+value, :func:`oodseg.metrics.tally.bin_value`); otherwise pixels within one bin (relative width 4.9e-4) count as tied,
 which moves AUROC by at most half the fraction of (anomaly, inlier) pairs sharing a bin —
 below 1e-3 for probabilities, logits, energies (heavy tails included) in our tests. Scores
 that vary only in the 4th significant digit (e.g. all in [0.9999, 1]) lose resolution:

@@ -18,7 +18,10 @@ channel (e.g. inlier/anomaly) have that value, and what is the sum of a per-pixe
   State: ``2**bits * channels`` int64 counts (+ ``2**bits`` float64 sums if weighted),
   independent of the pixel count (16 MiB for 2 channels at 20 bits). Merging adds.
   Cumulative counts at every bin edge are exact; only pixels within one bin are treated
-  as tied, at the bin's lower edge (the smallest float32 mapping into it).
+  as tied. A bin is reported by its grid value (:func:`bin_value`): the float32 of its
+  bits with the low ``32 - bits`` bits zero, i.e. the value truncated towards zero. For a
+  float16 or grid value that is the value itself, of either sign — so thresholds read
+  from a streaming tally equal those of exact mode on such data.
 """
 from __future__ import annotations
 
@@ -40,11 +43,16 @@ def ordered_key(values: np.ndarray, bits: int) -> np.ndarray:
     return (mapped >> np.uint32(32 - bits)).astype(np.intp)
 
 
-def bin_lower_edge(bins: np.ndarray, bits: int) -> np.ndarray:
-    """Smallest float32 whose :func:`ordered_key` is ``bins`` (float64 array)."""
+def bin_value(bins: np.ndarray, bits: int) -> np.ndarray:
+    """Grid value of ``bins`` (float64): the float32 whose :func:`ordered_key` is the bin, low bits zero.
+
+    Positive bins: their smallest float32; negative bins: their largest (closest to zero).
+    Every float16 value (and every float32 with its low ``32 - bits`` bits zero) is its own bin's value.
+    """
     mapped = (np.asarray(bins, dtype=np.uint64) << np.uint64(32 - bits)).astype(np.uint32)
     positive = (mapped >> np.uint32(31)).astype(bool)
-    raw = np.where(positive, mapped ^ np.uint32(2**31), ~mapped).astype(np.uint32)
+    low = np.uint32((1 << (32 - bits)) - 1)
+    raw = np.where(positive, mapped ^ np.uint32(2**31), ~mapped & ~low).astype(np.uint32)
     return raw.view(np.float32).astype(np.float64)
 
 
@@ -134,12 +142,12 @@ class ScoreTally:
     def groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Distinct values from high to low: ``(values (G,), counts (G, channels) int64, sums (G,) | None)``.
 
-        Exact mode: the distinct score values. Streaming: the lower edges of non-empty bins.
+        Exact mode: the distinct score values. Streaming: the grid values (:func:`bin_value`) of non-empty bins.
         """
         if self.mode == "streaming":
             nonempty = np.flatnonzero(self.counts.any(axis=1))[::-1]
             sums = self.sums[nonempty] if self.sums is not None else None
-            return bin_lower_edge(nonempty, self.bits), self.counts[nonempty], sums
+            return bin_value(nonempty, self.bits), self.counts[nonempty], sums
         values, channel, weights = self._concatenated()
         if values.size == 0:
             return values.astype(np.float64), np.zeros((0, self.channels), np.int64), (

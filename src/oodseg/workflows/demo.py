@@ -154,16 +154,20 @@ def _score(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None
 
 def _evaluate(config: DemoConfig, data: Path, track: str) -> list[dict]:
     from oodseg.data import open_dataset
-    from oodseg.workflows.evaluate import evaluate_dataset
+    from oodseg.workflows.evaluate import default_protocol, evaluate_dataset
 
     dataset = open_dataset(f"smiyc-{track}", data / track)
+    protocol = default_protocol(dataset.kind)  # smiyc: the official SegmentMeIfYouCan numbers
     results = []
     for method in config.methods:
         path = config.out / "evaluate" / track / f"{method}.json"
         if path.is_file():
-            results.append(json.loads(path.read_text(encoding="utf-8")))
-            continue
-        result = evaluate_dataset(dataset, config.out / "scores" / method / track, track=track, method=method)
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if cached.get("protocol", "exact") == protocol:  # results from before the protocol are redone
+                results.append(cached)
+                continue
+        result = evaluate_dataset(dataset, config.out / "scores" / method / track, track=track, method=method,
+                                  protocol=protocol)
         write_json(path, result)
         results.append(result)
     return results

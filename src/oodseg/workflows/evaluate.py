@@ -6,6 +6,12 @@ component metrics (sIoU, PPV, mean F1) at θ. With a given threshold both run in
 Pass 1 also warns (:class:`~oodseg.errors.OodsegWarning`, one line) when a score file holds
 fewer than :data:`MIN_DISTINCT_SCORES` distinct values on a frame with both classes — the mark
 of maps stored at too low a precision (e.g. ODIN at T=1000 in float16), whose metrics mislead.
+
+Protocols: ``exact`` sweeps every distinct score value (:mod:`oodseg.metrics.pixel`);
+``smiyc`` reproduces the official SegmentMeIfYouCan code (:mod:`oodseg.metrics.smiyc`:
+768 percentile bins per frame, θ from that binned curve, maps in their file dtype and θ
+compared as numpy 1.23 does). ``smiyc`` is the default on SMIYC layouts.
+
 Under ``torchrun`` each rank reads its shard of the frames (rank-strided), the metric
 states are all-reduced, and every rank returns the same result (rank 0 should write it).
 """
@@ -27,12 +33,20 @@ from oodseg.errors import OodsegError, OodsegWarning
 from oodseg.metrics.component import TRACK_MIN_SIZES, ComponentMetrics
 from oodseg.metrics.pixel import PixelMetrics
 from oodseg.metrics.quantization import distinct_count
+from oodseg.metrics.smiyc import SMIYC_BINS, SmiycPixelMetrics, compared_threshold
 from oodseg.metrics.tally import MODES
 from oodseg.progress import track as progress
 
 SCHEMA, VERSION = "oodseg.evaluate", 1
 #: Fewer distinct values than this on a frame with both classes triggers a warning.
 MIN_DISTINCT_SCORES = 50
+PROTOCOLS = ("smiyc", "exact")
+SMIYC_KINDS = ("smiyc-anomaly", "smiyc-obstacle")
+
+
+def default_protocol(kind: str, aggregate: str = "pooled") -> str:
+    """``smiyc`` for SMIYC layouts evaluated pooled, ``exact`` otherwise."""
+    return "smiyc" if kind in SMIYC_KINDS and aggregate == "pooled" else "exact"
 
 
 def resize_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -57,16 +71,18 @@ def load_roi(roi) -> np.ndarray | None:
 class FrameReader:
     """Reads (score, label) pairs of a dataset frame: label decoded, ROI applied, score sized to the label."""
 
-    def __init__(self, dataset: Dataset, scores_dir: Path, resize: bool, roi: np.ndarray | None):
-        self.dataset, self.scores_dir, self.resize, self.roi = dataset, scores_dir, resize, roi
+    def __init__(self, dataset: Dataset, scores_dir: Path, resize: bool, roi: np.ndarray | None,
+                 native: bool = False):
+        self.dataset, self.scores_dir, self.resize, self.roi, self.native = dataset, scores_dir, resize, roi, native
         self.coarse: list[tuple[str, int]] = []  # (file, distinct values) of coarse two-class frames
 
     def __call__(self, index: int, check_levels: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(score, label) of frame ``index``; ``check_levels`` records a coarse file in :attr:`coarse`."""
+        """``(score (H, W) float32 — or its file dtype when native —, label uint8 (H, W))`` of frame
+        ``index``; ``check_levels`` records a coarse file in :attr:`coarse`."""
         frame = self.dataset.frame(index)
         label = self.dataset.read_label(index)
         path = find_score(self.scores_dir, frame.fid)
-        score = read_score(path)
+        score = read_score(path, native=self.native)
         if self.roi is not None:
             if self.roi.shape != label.shape:
                 raise OodsegError(f"roi: size {self.roi.shape} differs from label size {label.shape} of {frame.label_path}")
@@ -79,7 +95,7 @@ class FrameReader:
             if not self.resize:
                 raise OodsegError(f"{path}: score size {score.shape} differs from label size {label.shape} "
                                   f"of {frame.label_path} (use resize to upsample bilinearly)")
-            score = resize_score(score, label.shape)
+            score = resize_score(score.astype(np.float32, copy=False), label.shape)
         return score, label
 
 
@@ -104,7 +120,7 @@ def _warn_coarse(coarse: list[tuple[str, int]]) -> None:
 
 def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "anomaly", mode: str = "exact",
                      threshold: float | None = None, resize: bool = False, roi=None, aggregate: str = "pooled",
-                     method: str | None = None, max_curve_points: int = 512) -> dict:
+                     method: str | None = None, max_curve_points: int = 512, protocol: str | None = None) -> dict:
     """Evaluate the score files in ``scores_dir`` (``{fid}.hdf5|.h5|.npy|.npz``) against ``dataset``'s labels.
 
     ``track``: component size filters (``anomaly`` 500/100 px, ``obstacle`` 50/10 px).
@@ -113,7 +129,9 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
     the label size (otherwise a size mismatch is an error). ``roi``: bool ``(H, W)`` mask or
     image file; pixels outside become void. ``aggregate``: ``pooled`` or ``per_image``
     (StreetHazards). ``method``: name stored in the result (default: the parent folder of
-    ``scores_dir``, i.e. ``{out}/{method}/{dataset}``).
+    ``scores_dir``, i.e. ``{out}/{method}/{dataset}``). ``protocol``: ``smiyc`` (official
+    SegmentMeIfYouCan binning; pooled only) or ``exact``; default :func:`default_protocol`.
+    ``curves`` are the exact-protocol curves under both protocols.
 
     Returns the ``oodseg.evaluate`` result object (docs/results-schema.md).
     """
@@ -125,24 +143,39 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
         raise OodsegError(f"track: expected one of {sorted(TRACK_MIN_SIZES)}, got {track!r}")
     if mode not in MODES:
         raise OodsegError(f"mode: expected one of {MODES}, got {mode!r}")
+    protocol = protocol or default_protocol(dataset.kind, aggregate)
+    if protocol not in PROTOCOLS:
+        raise OodsegError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "smiyc" and aggregate != "pooled":
+        raise OodsegError(f"protocol: smiyc pools pixels over the dataset; aggregate {aggregate!r} needs protocol exact")
     if threshold is not None and not math.isfinite(threshold):
         raise OodsegError(f"threshold: must be finite, got {threshold}")
     scores_dir = Path(scores_dir).expanduser().resolve()
     if not scores_dir.is_dir():
         raise OodsegError(f"{scores_dir}: scores folder not found")
-    read = FrameReader(dataset, scores_dir, resize, load_roi(roi))
+    read = FrameReader(dataset, scores_dir, resize, load_roi(roi), native=protocol == "smiyc")
     mine = distributed.shard(range(len(dataset)))
 
+    def add_components(score: np.ndarray, label: np.ndarray, theta: float) -> None:
+        # smiyc: score > θ in the map's dtype, as the official code under numpy 1.23
+        components.update(score, label, compared_threshold(theta, score.dtype) if protocol == "smiyc" else theta)
+
     pixel = PixelMetrics(mode=mode, aggregate=aggregate)
+    official = SmiycPixelMetrics(mode=mode) if protocol == "smiyc" else None
     components = ComponentMetrics(track=track)
     for i in progress(mine, f"{dataset.name}: pixel metrics" + ("" if threshold is None else " + components")):
         score, label = read(i, check_levels=True)
         pixel.update(score, label)
+        if official is not None:
+            official.update(score, label, positions=[i])
         if threshold is not None:
-            components.update(score, label, threshold)
+            add_components(score, label, threshold)
     _warn_coarse([item for coarse in distributed.all_gather_objects(read.coarse) for item in coarse])
     pixel.all_reduce()
     px = pixel.compute()
+    if official is not None:
+        official.all_reduce()
+        px = official.compute()
     if px["n_anomaly"] == 0 or px["n_anomaly"] == px["n_pixels"]:
         missing = "anomaly (1)" if px["n_anomaly"] == 0 else "inlier (0)"
         raise OodsegError(f"{dataset.root}: no {missing} pixels in the {px['n_frames']} evaluated frames; "
@@ -151,7 +184,7 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
     if threshold is None:
         for i in progress(mine, f"{dataset.name}: component metrics"):
             score, label = read(i)
-            components.update(score, label, theta)
+            add_components(score, label, theta)
     components.all_reduce()
     comp = components.compute()
 
@@ -159,7 +192,8 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
         "schema": SCHEMA, "version": VERSION,
         "dataset": dataset.name, "dataset_kind": dataset.kind,
         "method": method or scores_dir.parent.name,
-        "track": track, "mode": mode, "aggregate": aggregate,
+        "track": track, "mode": mode, "aggregate": aggregate, "protocol": protocol,
+        "smiyc_bins": SMIYC_BINS if protocol == "smiyc" else None,
         "root": str(dataset.root), "scores": str(scores_dir),
         "AP": px["AP"], "AUROC": px["AUROC"], "FPR95": px["FPR95"],
         "best_F1": px["best_F1"], "best_F1_threshold": px["best_F1_threshold"],

@@ -87,11 +87,13 @@ def _check_out(out: Path, results_root: Path, overwrite: bool) -> None:
 
 
 def _dataset_caption(evaluations: list[Evaluation]) -> str:
-    """One line about the data: kind, track, mode, frames, pixels, number of methods."""
+    """One line about the data: kind, track, mode, protocol, frames, pixels, number of methods."""
     parts = []
-    for key, name in (("dataset_kind", "kind"), ("track", "track"), ("mode", "mode"),
+    for key, name in (("dataset_kind", "kind"), ("track", "track"), ("mode", "mode"), ("protocol", "protocol"),
                       ("n_frames", "frames"), ("n_pixels", "pixels")):
         values = sorted({str(ev.data[key]) for ev in evaluations if ev.data.get(key) is not None})
+        if key == "protocol":  # results written before the field existed were computed exact
+            values = sorted({str(ev.data.get(key, "exact")) for ev in evaluations if "track" in ev.data})
         if values:
             parts.append(f"{name} {'/'.join(values)}")
     parts.append(f"{len(evaluations)} methods")
