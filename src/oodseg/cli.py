@@ -405,8 +405,8 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed; same seed → byte-identical files.")
 @click.option("--size", "size", default="256x512", show_default=True, help="Image size HxW (multiples of 8, ≥ 64).")
 @click.option("--frames", default=None,
-              help="Counts per split, e.g. train=300,val=50,anomaly=40,obstacle=40,shifted=10,outliers=60 "
-                   "(shifted is per condition; unnamed splits keep these defaults).")
+              help="Counts per split, e.g. train=300,val=50,anomaly=40,obstacle=40,shifted=10,outliers=60,"
+                   "anomaly_val=20,obstacle_val=20 (shifted is per condition; unnamed splits keep these defaults).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 @click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON.")
 def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite: bool, json_out: bool) -> None:
@@ -414,9 +414,12 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
 
     \b
     Writes Cityscapes-layout train/val (and shifted night/fog/blur/noise) splits, SMIYC-layout
-    anomaly and obstacle tracks, an outlier object pool disjoint from the test anomalies, and
-    DIR/synthstreet.json. Deterministic. Rerunning with the same seed, size and frames on a
-    complete folder is a no-op ("cached"); an interrupted run never leaves a complete-looking folder.
+    anomaly and obstacle tracks, their validation tracks anomaly_val and obstacle_val (held-out
+    objects and scenes, for choosing thresholds and recipe settings), an outlier object pool
+    disjoint from both, and DIR/synthstreet.json. Deterministic. Rerunning with the same seed,
+    size and frames on a complete folder is a no-op ("cached"); a folder of an earlier oodseg
+    without the validation tracks gets them added, its other files untouched; an interrupted
+    run never leaves a complete-looking folder.
     \b
     Examples:
       oodseg synth --out data/synth
@@ -430,10 +433,12 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
         echo_json(manifest)
         return
     counts = manifest["frames"]
-    state = "up to date (cached)" if manifest["cached"] else "written"
+    state = "up to date (cached)" if manifest["cached"] else (
+        f"completed with {', '.join(manifest['added'])}" if manifest.get("added") else "written")
     click.echo(f"SynthStreet {manifest['size'][0]}x{manifest['size'][1]} seed {manifest['seed']} {state} in {out}: "
                f"train {counts['train']}, val {counts['val']}, anomaly {counts['anomaly']}, obstacle {counts['obstacle']}, "
-               f"shifted {counts['shifted']}x4, outliers {counts['outliers']}; "
+               f"shifted {counts['shifted']}x4, outliers {counts['outliers']}, "
+               f"anomaly_val {counts['anomaly_val']}, obstacle_val {counts['obstacle_val']}; "
                f"{len(manifest['classes_present'])} classes present")
 
 
