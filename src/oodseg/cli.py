@@ -108,6 +108,9 @@ def _print_semantic_table(result: dict) -> None:
 @click.option("--mode", type=click.Choice(["exact", "streaming"]), default="exact", show_default=True,
               help="Pixel metrics: exact (sort-based) or streaming (bounded memory).")
 @click.option("--threshold", type=float, default=None, help="Pixel threshold θ of the component metrics (default: best-F1 threshold).")
+@click.option("--threshold-from", "threshold_from", type=click.Path(dir_okay=False), default=None,
+              help="oodseg.evaluate JSON of the same method on a validation set (e.g. SynthStreet anomaly_val): "
+                   "its best-F1 threshold is θ (default: θ is the best-F1 threshold of this dataset, as SMIYC does).")
 @click.option("--resize", is_flag=True, help="Bilinearly resize scores to the label size instead of refusing a size mismatch.")
 @click.option("--roi", type=click.Path(dir_okay=False), default=None, help="Image whose non-zero pixels are the region evaluated.")
 @click.option("--aggregate", type=click.Choice(["pooled", "per_image"]), default="pooled", show_default=True,
@@ -130,8 +133,8 @@ def _print_semantic_table(result: dict) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write the oodseg.evaluate result object here ('-': print it instead of the table).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
-def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggregate, options, method, segmentation,
-             probs, ood_thresholds, confidence, device, json_out, overwrite):
+def evaluate(kind, root, scores_dir, track, mode, threshold, threshold_from, resize, roi, aggregate, options, method,
+             segmentation, probs, ood_thresholds, confidence, device, json_out, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
     Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. With --segmentation (or on a
@@ -152,6 +155,8 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
           --probs ckpt/baseline --ood-threshold 0.5 --json results/anomaly-msp.json
       oodseg evaluate --root data/synth/shifted -o city=fog --scores scores/msp/shifted-val \\
           --confidence complement --json results/fog-msp.json
+      oodseg evaluate --root data/synth/anomaly_val --scores scores/entropy/anomaly_val --json val/entropy.json
+      oodseg evaluate --root data/synth/anomaly --scores scores/entropy/anomaly --threshold-from val/entropy.json
     """
     from pathlib import Path
 
@@ -162,6 +167,14 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
 
     if json_out not in (None, "-") and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: already exists; pass --overwrite to replace it")
+    provenance = None
+    if threshold_from is not None:
+        from oodseg.selection import component_threshold_from
+
+        if threshold is not None:
+            raise OodsegError("--threshold-from: give either --threshold or --threshold-from, not both")
+        threshold, provenance = component_threshold_from(
+            threshold_from, method or Path(scores_dir).expanduser().resolve().parent.name)
     distributed.init()
     try:
         kind = kind or detect_kind(root)
@@ -172,6 +185,8 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
             track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
             result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
                                       roi=roi, aggregate=aggregate, method=method)
+            if provenance is not None:
+                result["component_threshold_from"] = provenance
         if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":
             from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 
@@ -557,6 +572,9 @@ def _parse_thresholds(text: str) -> list[float]:
                    "(C,H,W) float16 softmax at image size.")
 @click.option("--segments", default="entropy:0.3", show_default=True,
               help="entropy:T (Meta-OoD: components of score >= T) or class (MetaSeg: components of each predicted class).")
+@click.option("--threshold-from", "threshold_from", type=click.Path(dir_okay=False), default=None,
+              help="oodseg.meta JSON of an entropy:T run on a validation set (e.g. SynthStreet anomaly_val): the "
+                   "segments are entropy:t with its t of best F1 after filtering (replaces --segments).")
 @click.option("--features", default="metaseg", show_default=True,
               help="Comma-separated feature sets: metaseg (75 Meta-OoD features for 19 classes), gradient (PGN maps; "
                    "needs a checkpoint), score (statistics of the --scores map).")
@@ -573,8 +591,8 @@ def _parse_thresholds(text: str) -> list[float]:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write the oodseg.meta result here ('-': print it instead of the table).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --filtered-out maps.")
-def meta_command(kind, root, options, scores_dir, probs, segments, features, model, cv, thresholds, filtered_out,
-                 method, device, json_out, overwrite):
+def meta_command(kind, root, options, scores_dir, probs, segments, threshold_from, features, model, cv, thresholds,
+                 filtered_out, method, device, json_out, overwrite):
     """Segment-wise meta classification/regression: remove false-positive OoD segments (Meta-OoD) or
     estimate segment IoU (MetaSeg), with image-grouped cross-validation.
 
@@ -588,6 +606,10 @@ def meta_command(kind, root, options, scores_dir, probs, segments, features, mod
       oodseg meta --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly \\
           --probs ckpt/baseline/checkpoint --segments entropy:0.3 --filtered-out scores --json meta.json
       oodseg evaluate --root data/synth/anomaly --scores scores/entropy_meta/anomaly
+      oodseg meta --root data/synth/anomaly_val --scores scores/entropy/anomaly_val \\
+          --probs ckpt/baseline/checkpoint --json meta-val.json
+      oodseg meta --root data/synth/anomaly --scores scores/entropy/anomaly \\
+          --probs ckpt/baseline/checkpoint --threshold-from meta-val.json --json meta.json
       oodseg meta --dataset cityscapes --root data/synth/cityscapes -o split=val --probs ckpt/baseline/checkpoint \\
           --segments class --features metaseg,gradient --cv loo --json -
     """
@@ -599,11 +621,19 @@ def meta_command(kind, root, options, scores_dir, probs, segments, features, mod
 
     if json_out and json_out != "-" and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: exists; pass --overwrite to replace it")
+    provenance = None
+    if threshold_from is not None:
+        from oodseg.selection import meta_threshold_from
+
+        t, provenance = meta_threshold_from(threshold_from)
+        segments = f"entropy:{t:g}"
     dataset_options = {"labels": "available", **_parse_dataset_options(options)}
     dataset = open_dataset(kind or detect_kind(root), root, **dataset_options)
     result = run_meta(dataset, probs=probs, scores_dir=scores_dir, segments=segments, features=features, model=model,
                       cv=cv, thresholds=_parse_thresholds(thresholds), filtered_out=filtered_out, method=method,
                       overwrite=overwrite, device=device)
+    if provenance is not None:
+        result["segments_threshold_from"] = provenance
     if json_out == "-":
         echo_json(result)
         return
