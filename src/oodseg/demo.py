@@ -29,6 +29,8 @@ TRACKS = ("anomaly", "obstacle")
 DEMO_METHODS = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "sml", "energy", "jsd",
                 "feature_norm", "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble",
                 "odin", "mahalanobis")
+#: Training overrides of ``--quick`` runs (tiny crops and batches, validation kept for val mIoU).
+QUICK_TRAINING = {"batch_size": 2, "crop_size": 32, "validate": True, "log_every": 1, "ckpt_every": 1000}
 
 
 @dataclass
@@ -129,7 +131,7 @@ def train_model(config: DemoConfig, data: Path, name: str, seed: int, steps: int
     if member:  # the ensemble partner: same recipe, another seed; a third of the steps keeps the demo short
         overrides.setdefault("steps", max(1, make_config("baseline").steps // 3))
     if config.quick:
-        overrides.update(batch_size=2, crop_size=32, validate=True, log_every=1, ckpt_every=1000)
+        overrides.update(QUICK_TRAINING)
     resume = (out / "trainer_state.pt").is_file()
     train_config = make_config("baseline", data=str(data), out=str(out), resume=resume, **overrides)
     summary = train(train_config)

@@ -413,6 +413,15 @@ def _add_val_tracks(out: Path, manifest: dict, seed: int, size: tuple[int, int],
     return {**updated, "cached": False, "added": missing}
 
 
+def complete(out: str | os.PathLike, progress: bool = True) -> dict:
+    """Bring an existing SynthStreet folder up to date with its own seed, size and counts: adds the validation
+    tracks (default counts) to a folder of an earlier generator; a no-op on a current one."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise OodsegError(f"{out}: not a complete SynthStreet folder (no {MANIFEST_NAME}); run oodseg synth first")
+    return generate(out, seed=manifest["seed"], size=manifest["size"], frames=manifest["frames"], progress=progress)
+
+
 def generate(out: str | os.PathLike, seed: int = 0, size: Sequence[int] = DEFAULT_SIZE,
              frames: Mapping[str, int] | str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the SynthStreet benchmark into ``out`` and return its manifest.
