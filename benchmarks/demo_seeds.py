@@ -23,11 +23,12 @@ import tempfile
 from pathlib import Path
 
 from oodseg.atomic import write_json, write_text
-from oodseg.data.synthetic import generate
+from oodseg.data.synthetic import MANIFEST_NAME, complete, generate
 from oodseg.demo import (DEMO_METHODS, DemoConfig, TRACKS, evaluate_track, meta_anomaly, ranking_tables, score_track,
                          train_model)
 from oodseg.errors import OodsegError
-from oodseg.report.seeds import format_spread, seed_tables, seeds_json, seeds_markdown, spread
+from oodseg.report.seeds import format_spread, parse_seeds, seed_tables, seeds_json, seeds_markdown, spread
+from _cli import run_main  # noqa: E402  (benchmarks/ is on sys.path as a script and under oodseg bench)
 
 QUICK_METHODS = ("msp", "entropy", "energy", "ensemble")
 #: Meta-OoD numbers aggregated over seeds: (label, getter on the oodseg.meta result, percent)
@@ -42,17 +43,6 @@ META_FIELDS = (
     ("road miss rate before", lambda m, row: row["before"]["miss_rate"], True),
     ("road miss rate after", lambda m, row: row["after"]["miss_rate"], True),
 )
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` → ``[0, 1, 2]`` (distinct non-negative integers)."""
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise OodsegError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise OodsegError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
-    return seeds
 
 
 def checkpoint_of(pattern: str, seed: int, option: str) -> Path:
@@ -113,19 +103,28 @@ def run_seed(seed: int, data: Path, out: Path, methods: tuple[str, ...], baselin
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="SynthStreet root (default OUT/data, generated when missing)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: demo-seeds-out, or a temporary one with --quick)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (required; a temporary one with --quick)")
     parser.add_argument("--seeds", default=None, help="training seeds (default 0,1,2; 0,1 with --quick)")
     parser.add_argument("--baseline", default=None, help="baseline checkpoint or run folder per seed, with {seed}")
     parser.add_argument("--member", default=None, help="ensemble partner per seed, with {seed} (default: trained as the demo does)")
     parser.add_argument("--method", dest="methods", action="append", default=None, help="a demo method, repeatable (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny data, a few training steps, 4 methods (a smoke test)")
     args = parser.parse_args(argv)
-    out = args.out or (Path(tempfile.mkdtemp(prefix="demo-seeds-")) if args.quick else Path("demo-seeds-out"))
+    if args.out is None and not args.quick:
+        raise OodsegError("--out is required (or --quick)")
+    out = args.out or Path(tempfile.mkdtemp(prefix="demo-seeds-"))
     seeds = parse_seeds(args.seeds or ("0,1" if args.quick else "0,1,2"))
     methods = tuple(args.methods or (QUICK_METHODS if args.quick else DEMO_METHODS))
     shape = DemoConfig(out=out, quick=args.quick, methods=methods)  # validates the methods; data size and counts
+    for seed in seeds:  # checked before anything is written
+        for pattern, option in ((args.baseline, "--baseline"), (args.member if "ensemble" in methods else None, "--member")):
+            if pattern:
+                checkpoint_of(pattern, seed, option)
     data = args.data or out / "data"
-    generate(data, seed=0, size=shape.size, frames=shape.frames)  # cached when present; adds missing val tracks
+    if (data / MANIFEST_NAME).is_file():
+        complete(data)  # a folder of an earlier oodseg gets the validation tracks
+    else:
+        generate(data, seed=0, size=shape.size, frames=shape.frames)
     per_seed, metas = {}, {}
     for seed in seeds:
         print(f"== seed {seed}", flush=True)
@@ -146,7 +145,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OodsegError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    run_main(main)

@@ -58,9 +58,10 @@ from oodseg.demo import QUICK_TRAINING, DemoConfig
 from oodseg.errors import OodsegError
 from oodseg.evaluation import evaluate_dataset
 from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
-from oodseg.report.seeds import beats, format_spread, seeds_better, spread
+from oodseg.report.seeds import beats, format_spread, parse_seeds, seeds_better, spread
 from oodseg.scores.runner import score_dataset
 from oodseg.training import make_config, train
+from _cli import run_main  # noqa: E402  (benchmarks/ is on sys.path as a script and under oodseg bench)
 
 #: recipe -> the anomaly score it is meant to be read with (SPEC §2)
 RECIPE_SCORES = {"entropy-max": "entropy", "nflowjs": "jsd", "rpl": "energy"}
@@ -114,17 +115,6 @@ def parse_sweeps(items: list[str], recipes: list[str]) -> dict[str, list[dict]]:
         axes.setdefault(recipe, {})[name] = candidates
     return {recipe: [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
             for recipe, grid in axes.items()}
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` → ``[0, 1, 2]`` (distinct non-negative integers)."""
-    try:
-        seeds = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise OodsegError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
-    return seeds
 
 
 def baseline_run(pattern: str, seed: int, n_seeds: int) -> Path:
@@ -318,23 +308,22 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data is None or args.out is None:
         raise OodsegError("--data and --out are required (or --quick)")
 
+    bases, base_runs = {}, {}
+    for seed in seeds if args.baseline is not None else ():  # checked before anything is written
+        base_runs[seed] = baseline_run(args.baseline, seed, len(seeds))
+        bases[seed] = json.loads((base_runs[seed] / "train.json").read_text())
+        if bases[seed].get("recipe") != "baseline":
+            raise OodsegError(f"--baseline: {base_runs[seed]}/train.json is a {bases[seed].get('recipe')!r} run")
     if not (args.data / MANIFEST_NAME).is_file():
         show(f"oodseg synth --out {args.data}")
         tiny = DemoConfig(quick=True)
         generate(args.data, **({"size": tiny.size, "frames": tiny.frames} if args.quick else {}))
     else:
         complete(args.data)  # a folder of an earlier oodseg gets the validation tracks
-    bases, base_runs = {}, {}
-    for seed in seeds:
-        if args.baseline is not None:
-            base_runs[seed] = baseline_run(args.baseline, seed, len(seeds))
-            bases[seed] = json.loads((base_runs[seed] / "train.json").read_text())
-            if bases[seed].get("recipe") != "baseline":
-                raise OodsegError(f"--baseline: {base_runs[seed]}/train.json is a {bases[seed].get('recipe')!r} run")
-        else:
-            base_runs[seed] = args.out / f"seed-{seed}" / "baseline"
-            bases[seed] = run_training("baseline", args.data, base_runs[seed], None, args.baseline_steps, None, {},
-                                       seed, overrides)
+    for seed in seeds if args.baseline is None else ():
+        base_runs[seed] = args.out / f"seed-{seed}" / "baseline"
+        bases[seed] = run_training("baseline", args.data, base_runs[seed], None, args.baseline_steps, None, {},
+                                   seed, overrides)
 
     selection = {}
     select_tracks = VAL_TRACKS if args.select_on == "val" else TRACKS
@@ -389,7 +378,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OodsegError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    run_main(main)

@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from oodseg.report.seeds import (Spread, beats, format_spread, seed_tables, seeds_better, seeds_json, seeds_markdown,
-                                 spread)
+from oodseg.errors import OodsegError
+from oodseg.report.seeds import (Spread, beats, format_spread, parse_seeds, seed_tables, seeds_better, seeds_json,
+                                 seeds_markdown, spread)
 from oodseg.report.tables import PIXEL_COLUMNS, RankingTable
 
 
@@ -59,6 +60,7 @@ def test_seed_tables_aggregate_per_dataset_method_and_column():
     text = seeds_markdown([table])
     assert "| entropy | 25.00 ± 5.00 | 85.00 ± 5.00 | 35.00 ± 5.00 |" in text
     assert "mean ± std over seeds 0, 1, 2" in text
+    assert "| msp | 12.00 ± 2.83 (n=2) |" in text   # 0.04 / sqrt(2) = 0.0283
     data = seeds_json([table])
     assert data["schema"] == "oodseg.seeds"
     assert data["tables"][0]["rows"][1]["AP"] == {"mean": pytest.approx(0.12), "std": pytest.approx(0.04 / math.sqrt(2)),
@@ -70,3 +72,10 @@ def test_format_spread():
     assert format_spread(Spread(0.1737, None, 1)) == "17.37"
     assert format_spread(Spread(None, None, 0)) == "—"
     assert format_spread(Spread(0.01234, 0.0001, 2), percent=False) == "0.0123 ± 0.0001"
+
+
+def test_parse_seeds():
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds(" 3 ") == [3]
+    for bad in ("0,0", "-1", "a,b", ""):
+        with pytest.raises(OodsegError, match="distinct non-negative integers"):
+            parse_seeds(bad)

@@ -13,7 +13,19 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from oodseg.errors import OodsegError
 from oodseg.report.tables import Column, RankingTable
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]``; OodsegError unless distinct non-negative integers."""
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise OodsegError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+    return seeds
 
 
 @dataclass(frozen=True)
@@ -100,15 +112,16 @@ def seed_tables(per_seed: dict[int, Sequence[RankingTable]]) -> list[SeedTable]:
 
 
 def seeds_markdown(tables: Sequence[SeedTable]) -> str:
-    """Each table as GitHub markdown: ``mean ± std`` over the seeds in every cell."""
+    """Each table as GitHub markdown: ``mean ± std`` over the seeds in every cell, ``(n=k)`` when only k seeds have it."""
     parts = []
     for table in tables:
         lines = [f"## {table.dataset} (mean ± std over seeds {', '.join(map(str, table.seeds))})", "",
                  "| method | " + " | ".join(col.header for col in table.columns) + " |",
                  "|---|" + "---:|" * len(table.columns)]
         for label, row in zip(table.labels, table.cells):
-            lines.append(f"| {label} | " + " | ".join(format_spread(v, col.percent) for col, v in zip(table.columns, row))
-                         + " |")
+            cells = [format_spread(v, col.percent) + (f" (n={v.n})" if 0 < v.n < len(table.seeds) else "")
+                     for col, v in zip(table.columns, row)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
 
