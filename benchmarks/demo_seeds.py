@@ -3,7 +3,7 @@
 For each seed s: the baseline trained with seed s (``--baseline PATTERN`` reuses finished runs,
 e.g. ``/work/runs/base-s{seed}``; otherwise it is trained as the demo trains its baseline) and its
 ensemble partner (``--member PATTERN``, otherwise trained as the demo does: seed s+1, a third of
-the steps). Then, with the demo's own steps (:mod:`oodseg.demo`): every method scores both test
+the steps). Then, with the demo's own steps (:mod:`oodseg.workflows.demo`): every method scores both test
 tracks (``sml``/``mahalanobis`` fitted on the Cityscapes-layout train split), evaluation (exact
 pixel metrics, component metrics at each track's best-F1 θ, as SMIYC), and Meta-OoD with its
 segment threshold t chosen on ``anomaly_val``. The data is one SynthStreet folder (data seed 0,
@@ -24,10 +24,10 @@ from pathlib import Path
 
 from oodseg.atomic import write_json, write_text
 from oodseg.data.synthetic import MANIFEST_NAME, complete, generate
-from oodseg.demo import (DEMO_METHODS, DemoConfig, TRACKS, evaluate_track, meta_anomaly, ranking_tables, score_track,
-                         train_model)
 from oodseg.errors import OodsegError
 from oodseg.report.seeds import format_spread, parse_seeds, seed_tables, seeds_json, seeds_markdown, spread
+from oodseg.workflows.demo import (DEMO_METHODS, TRACKS, DemoConfig, evaluate_track, meta_anomaly, ranking_tables,
+                                   score_track, train_model)
 from _cli import run_main  # noqa: E402  (benchmarks/ is on sys.path as a script and under oodseg bench)
 
 QUICK_METHODS = ("msp", "entropy", "energy", "ensemble")

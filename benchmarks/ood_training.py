@@ -54,13 +54,14 @@ import torch
 from oodseg.atomic import write_json, write_text
 from oodseg.data import open_dataset
 from oodseg.data.synthetic import MANIFEST_NAME, complete, generate
-from oodseg.demo import QUICK_TRAINING, DemoConfig
+from oodseg.workflows.demo import QUICK_TRAINING, DemoConfig
 from oodseg.errors import OodsegError
-from oodseg.evaluation import evaluate_dataset
-from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 from oodseg.report.seeds import beats, format_spread, parse_seeds, seeds_better, spread
-from oodseg.scores.runner import score_dataset
-from oodseg.training import make_config, train
+from oodseg.training import make_config
+from oodseg.workflows.evaluate import evaluate_dataset
+from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
+from oodseg.workflows.score import score_dataset
+from oodseg.workflows.train import train
 from _cli import run_main  # noqa: E402  (benchmarks/ is on sys.path as a script and under oodseg bench)
 
 #: recipe -> the anomaly score it is meant to be read with (SPEC §2)

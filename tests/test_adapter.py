@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oodseg.adapter import ModelAdapter, SegOutput, model_logits
+from oodseg.adapter import ModelAdapter, SegOutput
+from oodseg.conventions import model_logits
 from oodseg.errors import OodsegError
 from oodseg.models import DeepLabV3Plus, SmallSegNet
 
