@@ -124,6 +124,9 @@ def _print_semantic_table(result: dict) -> None:
               help="smiyc: the official SegmentMeIfYouCan computation (768 percentile bins per frame, θ from that "
                    "curve); exact: every distinct score value. Default: smiyc on smiyc-anomaly/-obstacle, else exact.")
 @click.option("--threshold", type=float, default=None, help="Pixel threshold θ of the component metrics (default: best-F1 threshold).")
+@click.option("--threshold-from", "threshold_from", type=click.Path(dir_okay=False), default=None,
+              help="oodseg.evaluate JSON of the same method on a validation set (e.g. SynthStreet anomaly_val): "
+                   "its best-F1 threshold is θ (default: θ is the best-F1 threshold of this dataset, as SMIYC does).")
 @click.option("--resize", is_flag=True, help="Bilinearly resize scores to the label size instead of refusing a size mismatch.")
 @click.option("--roi", type=click.Path(dir_okay=False), default=None, help="Image whose non-zero pixels are the region evaluated.")
 @click.option("--aggregate", type=click.Choice(["pooled", "per_image"]), default="pooled", show_default=True,
@@ -146,8 +149,8 @@ def _print_semantic_table(result: dict) -> None:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write the oodseg.evaluate result object here ('-': print it instead of the table).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
-def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, resize, roi, aggregate, options, method, segmentation,
-             probs, ood_thresholds, confidence, device, json_out, overwrite):
+def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold_from, resize, roi, aggregate, options,
+             method, segmentation, probs, ood_thresholds, confidence, device, json_out, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
     Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. On SMIYC layouts they follow the
@@ -173,6 +176,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, resize, r
           --probs ckpt/baseline --ood-threshold 0.5 --json results/anomaly-msp.json
       oodseg evaluate --root data/synth/shifted -o city=fog --scores scores/msp/shifted-val \\
           --confidence complement --json results/fog-msp.json
+      oodseg evaluate --root data/synth/anomaly_val --scores scores/entropy/anomaly_val --json val/entropy.json
+      oodseg evaluate --root data/synth/anomaly --scores scores/entropy/anomaly --threshold-from val/entropy.json
     """
     from pathlib import Path
 
@@ -183,6 +188,14 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, resize, r
 
     if json_out not in (None, "-") and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: already exists; pass --overwrite to replace it")
+    provenance = None
+    if threshold_from is not None:
+        from oodseg.workflows.selection import component_threshold_from
+
+        if threshold is not None:
+            raise OodsegError("--threshold-from: give either --threshold or --threshold-from, not both")
+        threshold, provenance = component_threshold_from(
+            threshold_from, method or Path(scores_dir).expanduser().resolve().parent.name)
     distributed.init()
     try:
         kind = kind or detect_kind(root)
@@ -193,6 +206,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, resize, r
             track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
             result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
                                       roi=roi, aggregate=aggregate, method=method, protocol=protocol)
+            if provenance is not None:
+                result["component_threshold_from"] = provenance
         if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":
             from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 
@@ -456,8 +471,8 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed; same seed → byte-identical files.")
 @click.option("--size", "size", default="256x512", show_default=True, help="Image size HxW (multiples of 8, ≥ 64).")
 @click.option("--frames", default=None,
-              help="Counts per split, e.g. train=300,val=50,anomaly=40,obstacle=40,shifted=10,outliers=60 "
-                   "(shifted is per condition; unnamed splits keep these defaults).")
+              help="Counts per split, e.g. train=300,val=50,anomaly=40,obstacle=40,shifted=10,outliers=60,"
+                   "anomaly_val=20,obstacle_val=20 (shifted is per condition; unnamed splits keep these defaults).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 @click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON.")
 def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite: bool, json_out: bool) -> None:
@@ -465,9 +480,12 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
 
     \b
     Writes Cityscapes-layout train/val (and shifted night/fog/blur/noise) splits, SMIYC-layout
-    anomaly and obstacle tracks, an outlier object pool disjoint from the test anomalies, and
-    DIR/synthstreet.json. Deterministic. Rerunning with the same seed, size and frames on a
-    complete folder is a no-op ("cached"); an interrupted run never leaves a complete-looking folder.
+    anomaly and obstacle tracks, their validation tracks anomaly_val and obstacle_val (held-out
+    objects and scenes, for choosing thresholds and recipe settings), an outlier object pool
+    disjoint from both, and DIR/synthstreet.json. Deterministic. Rerunning with the same seed,
+    size and frames on a complete folder is a no-op ("cached"); a folder of an earlier oodseg
+    without the validation tracks gets them added, its other files untouched; an interrupted
+    run never leaves a complete-looking folder.
     \b
     Examples:
       oodseg synth --out data/synth
@@ -481,10 +499,12 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
         echo_json(manifest)
         return
     counts = manifest["frames"]
-    state = "up to date (cached)" if manifest["cached"] else "written"
+    state = "up to date (cached)" if manifest["cached"] else (
+        f"completed with {', '.join(manifest['added'])}" if manifest.get("added") else "written")
     click.echo(f"SynthStreet {manifest['size'][0]}x{manifest['size'][1]} seed {manifest['seed']} {state} in {out}: "
                f"train {counts['train']}, val {counts['val']}, anomaly {counts['anomaly']}, obstacle {counts['obstacle']}, "
-               f"shifted {counts['shifted']}x4, outliers {counts['outliers']}; "
+               f"shifted {counts['shifted']}x4, outliers {counts['outliers']}, "
+               f"anomaly_val {counts['anomaly_val']}, obstacle_val {counts['obstacle_val']}; "
                f"{len(manifest['classes_present'])} classes present")
 
 
@@ -603,6 +623,9 @@ def _parse_thresholds(text: str) -> list[float]:
                    "(C,H,W) float16 softmax at image size.")
 @click.option("--segments", default="entropy:0.3", show_default=True,
               help="entropy:T (Meta-OoD: components of score >= T) or class (MetaSeg: components of each predicted class).")
+@click.option("--threshold-from", "threshold_from", type=click.Path(dir_okay=False), default=None,
+              help="oodseg.meta JSON of an entropy:T run on a validation set (e.g. SynthStreet anomaly_val): the "
+                   "segments are entropy:t with its t of best F1 after filtering (replaces --segments).")
 @click.option("--features", default="metaseg", show_default=True,
               help="Comma-separated feature sets: metaseg (75 Meta-OoD features for 19 classes), gradient (PGN maps; "
                    "needs a checkpoint), score (statistics of the --scores map).")
@@ -619,8 +642,8 @@ def _parse_thresholds(text: str) -> list[float]:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write the oodseg.meta result here ('-': print it instead of the table).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --filtered-out maps.")
-def meta_command(kind, root, options, scores_dir, probs, segments, features, model, cv, thresholds, filtered_out,
-                 method, device, json_out, overwrite):
+def meta_command(kind, root, options, scores_dir, probs, segments, threshold_from, features, model, cv, thresholds,
+                 filtered_out, method, device, json_out, overwrite):
     """Segment-wise meta classification/regression: remove false-positive OoD segments (Meta-OoD) or
     estimate segment IoU (MetaSeg), with image-grouped cross-validation.
 
@@ -634,6 +657,10 @@ def meta_command(kind, root, options, scores_dir, probs, segments, features, mod
       oodseg meta --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly \\
           --probs ckpt/baseline/checkpoint --segments entropy:0.3 --filtered-out scores --json meta.json
       oodseg evaluate --root data/synth/anomaly --scores scores/entropy_meta/anomaly
+      oodseg meta --root data/synth/anomaly_val --scores scores/entropy/anomaly_val \\
+          --probs ckpt/baseline/checkpoint --json meta-val.json
+      oodseg meta --root data/synth/anomaly --scores scores/entropy/anomaly \\
+          --probs ckpt/baseline/checkpoint --threshold-from meta-val.json --json meta.json
       oodseg meta --dataset cityscapes --root data/synth/cityscapes -o split=val --probs ckpt/baseline/checkpoint \\
           --segments class --features metaseg,gradient --cv loo --json -
     """
@@ -645,11 +672,19 @@ def meta_command(kind, root, options, scores_dir, probs, segments, features, mod
 
     if json_out and json_out != "-" and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: exists; pass --overwrite to replace it")
+    provenance = None
+    if threshold_from is not None:
+        from oodseg.workflows.selection import meta_threshold_from
+
+        t, provenance = meta_threshold_from(threshold_from)
+        segments = f"entropy:{t:g}"
     dataset_options = {"labels": "available", **_parse_dataset_options(options)}
     dataset = open_dataset(kind or detect_kind(root), root, **dataset_options)
     result = run_meta(dataset, probs=probs, scores_dir=scores_dir, segments=segments, features=features, model=model,
                       cv=cv, thresholds=_parse_thresholds(thresholds), filtered_out=filtered_out, method=method,
                       overwrite=overwrite, device=device)
+    if provenance is not None:
+        result["segments_threshold_from"] = provenance
     if json_out == "-":
         echo_json(result)
         return

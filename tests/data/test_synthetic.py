@@ -1,6 +1,9 @@
 """SynthStreet: determinism, label validity, exact paste masks, obstacle placement, source
-disjointness, class coverage, perspective scaling, corruptions, caching/overwrite and bad input."""
+disjointness, validation tracks (held-out objects and scenes, byte-identical earlier splits, added
+to an existing folder), class coverage, perspective scaling, corruptions, caching/overwrite and bad input."""
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +14,15 @@ from PIL import Image
 from oodseg.cli import main
 from oodseg.data import synthetic
 from oodseg.data.synth.canvas import ANOMALY, Camera, Canvas, Paint
-from oodseg.data.synth.objects import OUTLIER_SOURCES, TEST_SOURCES
-from oodseg.data.synth.scene import PERSON, ROAD, SKY, _draw_person
+from oodseg.data.synth.objects import OUTLIER_SOURCES, TEST_SOURCES, VAL_SOURCES
+from oodseg.data.synth.scene import PERSON, ROAD, SKY, _draw_person, sample_layout
 from oodseg.data.synthetic import generate, render_frame, render_scene
 from oodseg.errors import OodsegError
 
 TINY = (64, 128)
-TINY_FRAMES = "train=2,val=1,anomaly=2,obstacle=2,shifted=1,outliers=2"
+TINY_FRAMES = "train=2,val=1,anomaly=2,obstacle=2,shifted=1,outliers=2,anomaly_val=2,obstacle_val=2"
+NO_VAL = ",anomaly_val=0,obstacle_val=0"
+V2_HASHES = Path(__file__).parents[1] / "fixtures" / "synth" / "generator_v2_sha256.json"
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -36,16 +41,18 @@ def test_same_seed_gives_byte_identical_files(tiny_dataset, tmp_path):
     first, second = _files(tiny_dataset), _files(tmp_path / "b")
     assert first.keys() == second.keys()
     assert all(first[k] == second[k] for k in first)
-    # 2 train + 1 val (image + label), 2+2 SMIYC frames (image + OoD label + semantic label), 4 shifted,
-    # 2 outliers, manifest
-    assert len(first) == 2 * 3 + 3 * 4 + 2 * 4 + 2 * 2 + 1
+    # 2 train + 1 val (image + label), 2+2 SMIYC test and 2+2 validation frames (image + OoD label +
+    # semantic label), 4 shifted, 2 outliers, manifest
+    assert len(first) == 2 * 3 + 3 * 4 + 3 * 4 + 2 * 4 + 2 * 2 + 1
 
 
 def test_frames_do_not_depend_on_generation_order_or_counts(tiny_dataset, tmp_path):
-    generate(tmp_path / "c", seed=3, size=TINY, frames="train=1,val=0,anomaly=0,obstacle=0,shifted=0,outliers=0", progress=False)
+    generate(tmp_path / "c", seed=3, size=TINY, frames="train=1,val=0,anomaly=0,obstacle=0,shifted=0,outliers=0" + NO_VAL,
+             progress=False)
     name = "cityscapes/leftImg8bit/train/synth/synth_000000_000019_leftImg8bit.png"
     assert (tmp_path / "c" / name).read_bytes() == (tiny_dataset / name).read_bytes()
-    generate(tmp_path / "d", seed=4, size=TINY, frames="train=1,val=0,anomaly=0,obstacle=0,shifted=0,outliers=0", progress=False)
+    generate(tmp_path / "d", seed=4, size=TINY, frames="train=1,val=0,anomaly=0,obstacle=0,shifted=0,outliers=0" + NO_VAL,
+             progress=False)
     assert (tmp_path / "d" / name).read_bytes() != (tiny_dataset / name).read_bytes()
 
 
@@ -186,7 +193,7 @@ def test_shifted_conditions_change_pixels_not_labels():
 
 def test_rerun_is_cached_and_overwrite_replaces(tmp_path):
     out = tmp_path / "ds"
-    frames = "train=1,val=0,anomaly=1,obstacle=0,shifted=0,outliers=1"
+    frames = "train=1,val=0,anomaly=1,obstacle=0,shifted=0,outliers=1" + NO_VAL
     first = generate(out, seed=1, size=TINY, frames=frames, progress=False)
     stamp = (out / "synthstreet.json").stat().st_mtime_ns
     again = generate(out, seed=1, size=TINY, frames=frames, progress=False)
@@ -201,7 +208,7 @@ def test_rerun_is_cached_and_overwrite_replaces(tmp_path):
 
 def test_interrupted_run_leaves_previous_data_untouched(tmp_path, monkeypatch):
     out = tmp_path / "ds"
-    frames = "train=2,val=0,anomaly=0,obstacle=0,shifted=0,outliers=0"
+    frames = "train=2,val=0,anomaly=0,obstacle=0,shifted=0,outliers=0" + NO_VAL
     generate(out, seed=1, size=TINY, frames=frames, progress=False)
     before = _files(out)
     calls = []
@@ -256,15 +263,107 @@ def test_cli_synth_json_and_errors(tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli"
     args = ["synth", "--out", str(out), "--size", "64x128", "--seed", "2",
-            "--frames", "train=1,val=1,anomaly=1,obstacle=1,shifted=0,outliers=1", "--json"]
+            "--frames", "train=1,val=1,anomaly=1,obstacle=1,shifted=0,outliers=1,anomaly_val=1,obstacle_val=0", "--json"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.output)
     assert manifest["seed"] == 2 and manifest["frames"]["train"] == 1 and manifest["cached"] is False
     assert (out / "anomaly/images/anomaly_0000.jpg").is_file()
+    assert (out / "anomaly_val/images/anomaly_val_0000.jpg").is_file() and manifest["frames"]["obstacle_val"] == 0
     again = runner.invoke(main, args)
     assert again.exit_code == 0 and json.loads(again.output)["cached"] is True
     bad = runner.invoke(main, ["synth", "--out", str(tmp_path / "z"), "--size", "60x128"])
     assert bad.exit_code == 2 and bad.output.strip().startswith("error:") and len(bad.output.strip().splitlines()) == 1
     helptext = runner.invoke(main, ["synth", "--help"])
     assert helptext.exit_code == 0 and "oodseg synth --out" in helptext.output
+
+
+def _sha256(root: Path) -> dict[str, str]:
+    return {k: hashlib.sha256(v).hexdigest() for k, v in _files(root).items() if k != synthetic.MANIFEST_NAME}
+
+
+def test_earlier_splits_are_byte_identical_to_generator_version_2(tiny_dataset):
+    """Every file of the splits that existed before the validation tracks equals (sha256) what generator
+    version 2 (commit a1da552) wrote for the same seed, size and counts: checkpoints trained on it stay valid."""
+    reference = json.loads(V2_HASHES.read_text())
+    assert reference["seed"] == 3 and tuple(reference["size"]) == TINY
+    assert {k: v for k, v in synthetic.parse_frames(TINY_FRAMES).items() if k not in synthetic.VAL_TRACKS} \
+        == reference["frames"]
+    now = _sha256(tiny_dataset)
+    assert {k: v for k, v in now.items() if not k.startswith(("anomaly_val/", "obstacle_val/"))} == reference["sha256"]
+
+
+def _as_version_2(root: Path) -> None:
+    """Turn a folder into what generator version 2 left: no validation tracks, no trace of them in the manifest."""
+    manifest = json.loads((root / synthetic.MANIFEST_NAME).read_text())
+    for split in synthetic.VAL_TRACKS:
+        shutil.rmtree(root / split, ignore_errors=True)
+        del manifest["frames"][split], manifest["splits"][split]
+    del manifest["sources"]["val"]
+    manifest["generator_version"] = 2
+    (root / synthetic.MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_generate_adds_the_validation_tracks_to_an_earlier_folder_without_touching_it(tiny_dataset, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_dataset, old)
+    _as_version_2(old)
+    (old / "anomaly_val").mkdir()  # left by an interrupted addition: redone
+    (old / "anomaly_val" / "junk.txt").write_text("x")
+    stats = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in old.rglob("*") if p.is_file() and p.parent.name != "anomaly_val"}
+    stats.pop(old / synthetic.MANIFEST_NAME)
+    manifest = generate(old, seed=3, size=TINY, frames=TINY_FRAMES, progress=False)
+    assert manifest["added"] == ["anomaly_val", "obstacle_val"] and not manifest["cached"]
+    assert all((p.stat().st_ino, p.stat().st_mtime_ns) == stat for p, stat in stats.items())  # not rewritten
+    assert _files(old) == _files(tiny_dataset)  # the same folder as a fresh generation, manifest included
+    assert generate(old, seed=3, size=TINY, frames=TINY_FRAMES, progress=False)["cached"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]  # no staging folder left
+    _as_version_2(old)  # other settings than the folder's are still refused
+    with pytest.raises(OodsegError, match="other settings"):
+        generate(old, seed=3, size=TINY, frames=TINY_FRAMES.replace("train=2", "train=3"), progress=False)
+
+
+def _layout_key(stream: list[int], track: str) -> tuple:
+    scene_rng = synthetic._streams(stream)[0]
+    layout = sample_layout(scene_rng, synthetic.DEFAULT_SIZE, track)
+    return (layout.camera.horizon, layout.camera.focal, layout.road, layout.sidewalk, layout.end)
+
+
+def test_validation_and_test_tracks_share_no_object_and_no_scene(tiny_dataset):
+    # objects: three pairwise disjoint source sets, disjoint down to the photo / procedural family
+    sets = {"test": TEST_SOURCES, "val": VAL_SOURCES, "outliers": OUTLIER_SOURCES}
+    for a in sets:
+        for b in sets:
+            if a < b:
+                assert not {s.partition(":")[2] for s in sets[a]} & {s.partition(":")[2] for s in sets[b]}
+                assert not {s.partition(":")[0] for s in sets[a] if s.startswith("novel")} & \
+                    {s.partition(":")[0] for s in sets[b] if s.startswith("novel")}
+    manifest = json.loads((tiny_dataset / "synthstreet.json").read_text())
+    assert manifest["splits"]["anomaly_val"]["kind"] == "smiyc-anomaly"
+    assert manifest["splits"]["obstacle_val"]["kind"] == "smiyc-obstacle"
+    val_used = {s for t in synthetic.VAL_TRACKS for names in manifest["splits"][t]["sources"].values() for s in names}
+    assert val_used and val_used <= set(VAL_SOURCES) and set(manifest["sources"]["val"]) == val_used
+    assert not val_used & set(manifest["sources"]["test"])
+    # scenes: the default counts of each validation track against its test track have no common layout
+    counts = synthetic.DEFAULT_FRAMES
+    for val, test in synthetic.VAL_TRACKS.items():
+        val_keys = {_layout_key([0, synthetic._STREAMS[val], i], test) for i in range(counts[val])}
+        test_keys = {_layout_key([0, synthetic._STREAMS[test], i], test) for i in range(counts[test])}
+        assert len(val_keys) == counts[val] and len(test_keys) == counts[test] and not val_keys & test_keys
+
+
+@pytest.mark.parametrize("track", ["anomaly_val", "obstacle_val"])
+def test_validation_tracks_are_smiyc_layout_with_valid_labels(tiny_dataset, track):
+    from oodseg.data import detect_kind, open_dataset
+
+    test_track = synthetic.VAL_TRACKS[track]
+    dataset = open_dataset(f"smiyc-{test_track}", tiny_dataset / track)
+    assert detect_kind(tiny_dataset / track) == f"smiyc-{test_track}"
+    assert dataset.fids == [f"{track}_0000", f"{track}_0001"]
+    semantic = open_dataset(f"smiyc-{test_track}", tiny_dataset / track, target="semantic")
+    for index, fid in enumerate(dataset.fids):
+        frame = render_frame([3, synthetic._STREAMS[track], index], TINY, test_track, sources=VAL_SOURCES)
+        label = dataset.read_label(fid)
+        assert np.array_equal(label, frame.ood_label) and (label == 1).any()
+        assert np.array_equal(semantic.read_label(fid) == ANOMALY, label == 1)
+        assert set(frame.sources) <= set(VAL_SOURCES)

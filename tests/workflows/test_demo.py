@@ -72,6 +72,16 @@ def test_quick_demo_writes_results_and_report(tmp_path: Path):
     assert "| method |" in (out / "results.md").read_text()
     assert (out / "results.csv").read_text().startswith("dataset,method,metric,value")
     assert (out / "report" / "index.html").is_file()
+    # Meta-OoD: t chosen on anomaly_val (best F1 after filtering, ties to the smaller t), applied on the test track
+    val_meta = json.loads((out / "meta" / "anomaly_val.json").read_text())
+    test_meta = json.loads((out / "meta" / "anomaly.json").read_text())
+    best_t, best_f1 = None, -1.0
+    for row in sorted(val_meta["thresholds"], key=lambda r: r["t"]):
+        if row["after"]["F1"] is not None and row["after"]["F1"] > best_f1:
+            best_t, best_f1 = row["t"], row["after"]["F1"]
+    assert val_meta["dataset"] == "anomaly_val" and test_meta["dataset"] == "anomaly"
+    assert test_meta["segments"] == f"entropy:{best_t:g}"
+    assert test_meta["segments_threshold_from"]["dataset"] == "anomaly_val"
     # A rerun reuses every cached step and gives the same tables.
     invoke("demo", "--quick", "--out", out, "--method", "entropy", "--method", "msp", "--method", "mahalanobis",
            "--method", "ensemble")

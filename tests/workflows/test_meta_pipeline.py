@@ -229,6 +229,33 @@ def test_cli_meta_end_to_end_and_evaluate_reads_filtered_maps(tiny, tmp_path):
     assert "Example" in CliRunner().invoke(main, ["meta", "--help"]).output
 
 
+def test_cli_meta_threshold_from_a_validation_run(tmp_path):
+    """--threshold-from: the segments are entropy:t with the validation table's t of best F1 after removal."""
+    (tmp_path / "val").mkdir(), (tmp_path / "test").mkdir()
+    val_root, val_scores, val_probs = make_dataset(tmp_path / "val", seed=1)
+    root, scores_dir, probs_dir = make_dataset(tmp_path / "test", seed=2)
+    val_json, test_json = tmp_path / "val.json", tmp_path / "test.json"
+    run = CliRunner().invoke(main, ["meta", "--root", str(val_root), "--scores", str(val_scores), "--probs",
+                                    str(val_probs), "--cv", "image-kfold:3", "--thresholds", "0.3,0.5,0.7",
+                                    "--json", str(val_json)])
+    assert run.exit_code == 0, run.output
+    best_t, best_f1 = None, -1.0
+    for row in sorted(json.loads(val_json.read_text())["thresholds"], key=lambda r: r["t"]):
+        if row["after"]["F1"] is not None and row["after"]["F1"] > best_f1:
+            best_t, best_f1 = row["t"], row["after"]["F1"]
+    run = CliRunner().invoke(main, ["meta", "--root", str(root), "--scores", str(scores_dir), "--probs",
+                                    str(probs_dir), "--cv", "image-kfold:3", "--threshold-from", str(val_json),
+                                    "--json", str(test_json)])
+    assert run.exit_code == 0, run.output
+    result = json.loads(test_json.read_text())
+    assert result["segments"] == f"entropy:{best_t:g}" and result["root"] == str(root.resolve())
+    assert result["segments_threshold_from"]["file"] == str(val_json.resolve())
+    assert result["segments_threshold_from"]["F1_after"] == best_f1
+    bad = CliRunner().invoke(main, ["meta", "--root", str(root), "--scores", str(scores_dir), "--probs",
+                                    str(probs_dir), "--threshold-from", str(tmp_path / "nope.json")])
+    assert bad.exit_code == 2 and bad.output.startswith("error: --threshold-from") and bad.output.count("\n") == 1
+
+
 def test_probability_files_round_trip_as_float16(tmp_path, rng):
     probs = softmax(rng.normal(size=(C, 6, 7))).astype(np.float32)
     write_probabilities(tmp_path / "a.npz", probs)

@@ -8,13 +8,17 @@
                    both tracks also hold semantic labels ``labels_masks/{fid}_labels_trainIds.png``
                    (the full scene's trainIds, 254 on the anomalies/obstacles, 255 void) for
                    segmentation metrics with an outlier class (open-mIoU);
+* ``anomaly_val/``, ``obstacle_val/`` the same two tracks for validation (threshold and recipe
+                   choices): their own scene streams and held-out objects (``VAL_SOURCES``), so they
+                   share no object and no scene with the test tracks;
 * ``shifted/``     in-distribution scenes under night, fog, blur and noise (Cityscapes layout);
 * ``outliers/``    an object pool for OoD training whose sources are disjoint from every
                    test anomaly (``images/{id}.png`` RGB, ``masks/{id}.png`` 0/1);
 * ``synthstreet.json`` the manifest (seed, size, counts, classes, sources), written last.
 
 Every frame has its own random stream derived from ``(seed, split, index)``, so frames do
-not depend on generation order. ``render_scene``/``render_frame`` draw one frame in memory.
+not depend on generation order, and a split added later (``anomaly_val``, ``obstacle_val``)
+leaves every earlier file byte-identical; ``generate`` adds such splits to an existing folder. ``render_scene``/``render_frame`` draw one frame in memory.
 """
 from __future__ import annotations
 
@@ -33,20 +37,24 @@ from oodseg.atomic import write_json
 from oodseg.classes import CITYSCAPES_CLASSES
 from oodseg.data.synth.canvas import ANOMALY, VOID, Canvas, Sprite
 from oodseg.data.synth.conditions import CONDITIONS, apply_condition
-from oodseg.data.synth.objects import OUTLIER_SOURCES, TEST_SOURCES, make_sprite
+from oodseg.data.synth.objects import OUTLIER_SOURCES, TEST_SOURCES, VAL_SOURCES, make_sprite
 from oodseg.data.synth.scene import ROAD, TRACKS, Item, Layout, draw_scene, sample_layout, sky_paint, street_items
 from oodseg.errors import OodsegError
 from oodseg.progress import track as progress_track
 
 DEFAULT_SIZE: tuple[int, int] = (256, 512)
 #: Frames per split; ``shifted`` is per condition (4 conditions), ``outliers`` counts objects.
-DEFAULT_FRAMES: dict[str, int] = {"train": 300, "val": 50, "anomaly": 40, "obstacle": 40, "shifted": 10, "outliers": 60}
+DEFAULT_FRAMES: dict[str, int] = {"train": 300, "val": 50, "anomaly": 40, "obstacle": 40, "shifted": 10, "outliers": 60,
+                                  "anomaly_val": 20, "obstacle_val": 20}
+#: OoD validation tracks → the test track whose layout and scene statistics they share.
+VAL_TRACKS: dict[str, str] = {"anomaly_val": "anomaly", "obstacle_val": "obstacle"}
 MANIFEST_NAME = "synthstreet.json"
 #: Semantic labels of the anomaly/obstacle tracks, read by ``open_dataset(kind, root, target="semantic")``.
 SEMANTIC_LABELS = "labels_masks/{fid}_labels_trainIds.png"
-GENERATOR_VERSION = 2  # 2: semantic track labels {fid}_labels_trainIds.png
+GENERATOR_VERSION = 3  # 2: semantic track labels {fid}_labels_trainIds.png; 3: anomaly_val/obstacle_val tracks
 MAX_FRAMES = 100_000
-_STREAMS = {"train": 1, "val": 2, "anomaly": 3, "obstacle": 4, "shifted": 5, "outliers": 6}
+_STREAMS = {"train": 1, "val": 2, "anomaly": 3, "obstacle": 4, "shifted": 5, "outliers": 6, "anomaly_val": 7,
+            "obstacle_val": 8}
 _CITY = "synth"
 
 
@@ -254,12 +262,16 @@ def _save(path: Path, image: np.ndarray, fmt: str) -> None:
 
 
 def _jobs(counts: Mapping[str, int]) -> list[tuple[str, int, str | None]]:
+    """(split, index, condition) of every frame/object of the splits named in ``counts``."""
     jobs: list[tuple[str, int, str | None]] = []
     for split in ("train", "val", "anomaly", "obstacle"):
-        jobs += [(split, i, None) for i in range(counts[split])]
+        jobs += [(split, i, None) for i in range(counts.get(split, 0))]
     for condition in CONDITIONS:
-        jobs += [("shifted", i, condition) for i in range(counts["shifted"])]
-    return jobs + [("outliers", i, None) for i in range(counts["outliers"])]
+        jobs += [("shifted", i, condition) for i in range(counts.get("shifted", 0))]
+    jobs += [("outliers", i, None) for i in range(counts.get("outliers", 0))]
+    for split in VAL_TRACKS:
+        jobs += [(split, i, None) for i in range(counts.get(split, 0))]
+    return jobs
 
 
 def _write_job(root: Path, seed: int, size: tuple[int, int], split: str, index: int, condition: str | None,
@@ -280,10 +292,12 @@ def _write_job(root: Path, seed: int, size: tuple[int, int], split: str, index: 
         frame = render_frame([seed, _STREAMS[split], index], size, "id")
         fid, city, base, part = f"{_CITY}_{index:06d}_000019", _CITY, root / "cityscapes", split
     else:
-        frame = render_frame([seed, _STREAMS[split], index], size, split)
+        track = VAL_TRACKS.get(split, split)
+        frame = render_frame([seed, _STREAMS[split], index], size, track,
+                             sources=VAL_SOURCES if split in VAL_TRACKS else TEST_SOURCES)
         fid = f"{split}_{index:04d}"
-        _save(root / split / "images" / f"{fid}.{'jpg' if split == 'anomaly' else 'webp'}", frame.image,
-              "jpg" if split == "anomaly" else "webp")
+        fmt = "jpg" if track == "anomaly" else "webp"
+        _save(root / split / "images" / f"{fid}.{fmt}", frame.image, fmt)
         _save(root / split / "labels_masks" / f"{fid}_labels_semantic.png", frame.ood_label, "label")
         _save(root / split / "labels_masks" / f"{fid}_labels_trainIds.png", frame.train_ids, "label")
         summary[split][fid] = list(frame.sources)
@@ -293,11 +307,20 @@ def _write_job(root: Path, seed: int, size: tuple[int, int], split: str, index: 
     summary["classes"][split] |= np.bincount(frame.train_ids.ravel(), minlength=256)[:len(CITYSCAPES_CLASSES)] > 0
 
 
+def _track_entries(counts: Mapping[str, int], summary: dict, splits) -> dict:
+    """Manifest entries of the SMIYC-layout tracks ``splits`` (test or validation)."""
+    return {split: {"kind": f"smiyc-{VAL_TRACKS.get(split, split)}", "path": split, "n_frames": counts[split],
+                    "semantic_labels": SEMANTIC_LABELS, "sources": summary[split]} for split in splits}
+
+
+def _used_sources(summary: dict, splits) -> list[str]:
+    return sorted({s for split in splits for names in summary[split].values() for s in names})
+
+
 def _build_manifest(seed: int, size: tuple[int, int], counts: Mapping[str, int], summary: dict) -> dict:
     def present(*splits: str) -> list[int]:
         return [int(c) for c in np.flatnonzero(np.logical_or.reduce([summary["classes"][s] for s in splits]))]
 
-    test_sources = sorted({s for split in ("anomaly", "obstacle") for names in summary[split].values() for s in names})
     return {
         "schema": "oodseg.synth", "version": 1, "generator_version": GENERATOR_VERSION,
         "seed": seed, "size": list(size), "frames": dict(counts),
@@ -308,15 +331,14 @@ def _build_manifest(seed: int, size: tuple[int, int], counts: Mapping[str, int],
                       "classes_present": present("train")},
             "val": {"kind": "cityscapes", "path": "cityscapes", "split": "val", "n_frames": counts["val"],
                     "classes_present": present("val")},
-            "anomaly": {"kind": "smiyc-anomaly", "path": "anomaly", "n_frames": counts["anomaly"],
-                        "semantic_labels": SEMANTIC_LABELS, "sources": summary["anomaly"]},
-            "obstacle": {"kind": "smiyc-obstacle", "path": "obstacle", "n_frames": counts["obstacle"],
-                         "semantic_labels": SEMANTIC_LABELS, "sources": summary["obstacle"]},
+            **_track_entries(counts, summary, ("anomaly", "obstacle")),
             "shifted": {"kind": "cityscapes", "path": "shifted", "split": "val", "conditions": list(CONDITIONS),
                         "n_frames": counts["shifted"] * len(CONDITIONS), "classes_present": present("shifted")},
             "outliers": {"kind": "folder", "path": "outliers", "n_objects": counts["outliers"], "sources": summary["outliers"]},
+            **_track_entries(counts, summary, VAL_TRACKS),
         },
-        "sources": {"test": test_sources, "outliers": sorted(set(summary["outliers"].values()))},
+        "sources": {"test": _used_sources(summary, ("anomaly", "obstacle")), "outliers": sorted(set(summary["outliers"].values())),
+                    "val": _used_sources(summary, VAL_TRACKS)},
     }
 
 
@@ -337,17 +359,82 @@ def _matches(manifest: dict | None, seed: int, size: tuple[int, int], counts: Ma
         and manifest.get("size") == list(size) and manifest.get("frames") == dict(counts)
 
 
+def _missing_val_tracks(manifest: dict | None, seed: int, size: tuple[int, int], counts: Mapping[str, int]) -> list[str]:
+    """The validation tracks a complete folder of an earlier generator lacks, when it matches in everything else."""
+    if not manifest or manifest.get("generator_version") not in (2, GENERATOR_VERSION) \
+            or manifest.get("seed") != seed or manifest.get("size") != list(size):
+        return []
+    frames = manifest.get("frames") or {}
+    missing = [split for split in counts if split not in frames]
+    same = all(frames.get(split) == n for split, n in counts.items() if split in frames) and set(frames) <= set(counts)
+    return missing if same and set(missing) <= set(VAL_TRACKS) else []
+
+
+def _render_into(staging: Path, seed: int, size: tuple[int, int], counts: Mapping[str, int], summary: dict,
+                 progress: bool) -> None:
+    jobs = _jobs(counts)
+    for split, index, condition in (progress_track(jobs, "SynthStreet") if progress else jobs):
+        _write_job(staging, seed, size, split, index, condition, summary)
+
+
+def _staging_folder(out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise OodsegError(f"{out}: cannot write the output directory ({exc.strerror or exc})") from None
+
+
+def _add_val_tracks(out: Path, manifest: dict, seed: int, size: tuple[int, int], counts: Mapping[str, int],
+                    missing: list[str], progress: bool) -> dict:
+    """Render the ``missing`` validation tracks into an existing complete folder; nothing else is touched.
+
+    Each track is built in a hidden sibling folder and moved in whole; the manifest is rewritten
+    last, so an interrupted run leaves the folder as it was (a half-added track is redone).
+    """
+    staging = _staging_folder(out)
+    try:
+        summary: dict = {split: {} for split in missing}
+        _render_into(staging, seed, size, {split: counts[split] for split in missing}, summary, progress)
+        for split in missing:
+            shutil.rmtree(out / split, ignore_errors=True)  # left by an interrupted addition (not in the manifest)
+            if (staging / split).is_dir():
+                os.replace(staging / split, out / split)
+        updated = {**manifest, "generator_version": GENERATOR_VERSION, "frames": {**manifest["frames"], **{
+            split: counts[split] for split in missing}}}
+        updated["splits"] = {**manifest["splits"], **_track_entries(counts, summary, missing)}
+        updated["sources"] = {**manifest["sources"], "val": sorted(set(manifest["sources"].get("val", []))
+                                                                   | set(_used_sources(summary, missing)))}
+        write_json(out / MANIFEST_NAME, updated)
+    except OSError as exc:
+        raise OodsegError(f"{out}: adding {', '.join(missing)} failed ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {**updated, "cached": False, "added": missing}
+
+
+def complete(out: str | os.PathLike, progress: bool = True) -> dict:
+    """Bring an existing SynthStreet folder up to date with its own seed, size and counts: adds the validation
+    tracks (default counts) to a folder of an earlier generator; a no-op on a current one."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise OodsegError(f"{out}: not a complete SynthStreet folder (no {MANIFEST_NAME}); run oodseg synth first")
+    return generate(out, seed=manifest["seed"], size=manifest["size"], frames=manifest["frames"], progress=progress)
+
+
 def generate(out: str | os.PathLike, seed: int = 0, size: Sequence[int] = DEFAULT_SIZE,
              frames: Mapping[str, int] | str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the SynthStreet benchmark into ``out`` and return its manifest.
 
     ``frames``: counts per split (``train``, ``val``, ``anomaly``, ``obstacle``, ``shifted``
-    per condition, ``outliers``), missing ones from ``DEFAULT_FRAMES``. If ``out`` already
-    holds a complete dataset with the same seed, size and counts, nothing is written and the
-    manifest comes back with ``"cached": True`` (unless ``overwrite``). Any other non-empty
-    ``out`` needs ``overwrite=True``. The data is built in a hidden sibling folder and renamed
-    onto ``out`` at the end (manifest last), so an interrupted run never leaves a
-    complete-looking dataset.
+    per condition, ``outliers``, ``anomaly_val``, ``obstacle_val``), missing ones from
+    ``DEFAULT_FRAMES``. If ``out`` already holds a complete dataset with the same seed, size
+    and counts, nothing is written and the manifest comes back with ``"cached": True`` (unless
+    ``overwrite``). A complete dataset of generator version 2 (before the validation tracks)
+    that matches in everything else gets the validation tracks added, its files untouched
+    (``"added"`` names them). Any other non-empty ``out`` needs ``overwrite=True``. The data is
+    built in a hidden sibling folder and renamed onto ``out`` at the end (manifest last), so an
+    interrupted run never leaves a complete-looking dataset.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OodsegError(f"seed {seed!r}: expected a non-negative integer")
@@ -360,19 +447,16 @@ def generate(out: str | os.PathLike, seed: int = 0, size: Sequence[int] = DEFAUL
         if not overwrite:
             if _matches(manifest, seed, size, counts):
                 return {**manifest, "cached": True}  # type: ignore[dict-item]
+            missing = _missing_val_tracks(manifest, seed, size, counts)
+            if missing:
+                return _add_val_tracks(out, manifest, seed, size, counts, missing, progress)  # type: ignore[arg-type]
             what = "holds a SynthStreet dataset with other settings" if manifest else "is not empty"
             raise OodsegError(f"{out}: {what} (pass --overwrite to replace it)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as exc:
-        raise OodsegError(f"{out}: cannot write the output directory ({exc.strerror or exc})") from None
+    staging = _staging_folder(out)
     try:
         summary: dict = {"classes": {s: np.zeros(len(CITYSCAPES_CLASSES), bool) for s in ("train", "val", "shifted")},
-                         "anomaly": {}, "obstacle": {}, "outliers": {}}
-        jobs = _jobs(counts)
-        for split, index, condition in (progress_track(jobs, "SynthStreet") if progress else jobs):
-            _write_job(staging, seed, size, split, index, condition, summary)
+                         **{split: {} for split in ("anomaly", "obstacle", "outliers", *VAL_TRACKS)}}
+        _render_into(staging, seed, size, counts, summary, progress)
         manifest = _build_manifest(seed, size, counts, summary)
         write_json(staging / MANIFEST_NAME, manifest)
         if out.exists():

@@ -5,9 +5,11 @@ Every step is cached in the output folder, so a second run only redoes what is m
     OUT/data/                 SynthStreet (``oodseg synth``)
     OUT/train/baseline/       closed-set small model (``oodseg train --recipe baseline``)
     OUT/train/member-1/       a second baseline (other seed), the partner of the ``ensemble`` score
-    OUT/scores/               every post-hoc score of SPEC §1 on both tracks (``oodseg score``)
+    OUT/scores/               every post-hoc score of SPEC §1 on both tracks (``oodseg score``), and
+                              ``entropy`` on the validation track ``anomaly_val``
     OUT/evaluate/{track}/     one ``oodseg.evaluate`` JSON per method (``oodseg evaluate``)
-    OUT/meta/anomaly.json     Meta-OoD false-positive removal on the entropy segments (``oodseg meta``)
+    OUT/meta/anomaly_val.json Meta-OoD on the validation track: chooses the segment threshold t
+    OUT/meta/anomaly.json     Meta-OoD false-positive removal on the entropy segments at that t (``oodseg meta``)
     OUT/results.{json,csv,md} the ranking tables
     OUT/report/               the HTML report (``oodseg report``)
 """
@@ -27,6 +29,8 @@ TRACKS = ("anomaly", "obstacle")
 DEMO_METHODS = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "sml", "energy", "jsd",
                 "feature_norm", "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble",
                 "odin", "mahalanobis")
+#: Training overrides of ``--quick`` runs (tiny crops and batches, validation kept for val mIoU).
+QUICK_TRAINING = {"batch_size": 2, "crop_size": 32, "validate": True, "log_every": 1, "ckpt_every": 1000}
 
 
 @dataclass
@@ -50,7 +54,7 @@ class DemoConfig:
         if self.quick:
             self.size = (64, 128) if self.size == (256, 512) else self.size
             self.frames = self.frames or {"train": 12, "val": 4, "anomaly": 4, "obstacle": 4, "shifted": 1,
-                                          "outliers": 4}
+                                          "outliers": 4, "anomaly_val": 4, "obstacle_val": 2}
             self.train_steps = self.train_steps or 6
             self.member_steps = self.member_steps or 3
             self.report_frames = min(self.report_frames, 2)
@@ -64,20 +68,20 @@ def run_demo(config: DemoConfig) -> dict:
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     data = _step(config, "synth", lambda: _synth(config))
-    baseline = _step(config, "train baseline", lambda: _train(config, "baseline", seed=config.seed,
-                                                              steps=config.train_steps))
+    baseline = _step(config, "train baseline", lambda: train_model(config, data, "baseline", seed=config.seed,
+                                                                   steps=config.train_steps))
     member = None
     if "ensemble" in config.methods:
-        member = _step(config, "train ensemble member", lambda: _train(config, "member-1", seed=config.seed + 1,
-                                                                      steps=config.member_steps or config.train_steps,
-                                                                      member=True))
+        member = _step(config, "train ensemble member", lambda: train_model(config, data, "member-1", seed=config.seed + 1,
+                                                                           steps=config.member_steps or config.train_steps,
+                                                                           member=True))
     for track in TRACKS:
-        _step(config, f"score {track}", lambda: _score(config, data, baseline, member, track))
+        _step(config, f"score {track}", lambda: score_track(config, data, baseline, member, track))
     evaluations = []
     for track in TRACKS:
-        evaluations += _step(config, f"evaluate {track}", lambda: _evaluate(config, data, track))
+        evaluations += _step(config, f"evaluate {track}", lambda: evaluate_track(config, data, track))
     if "entropy" in config.methods:
-        _step(config, "meta anomaly", lambda: _meta(config, data, baseline))
+        _step(config, "meta anomaly", lambda: meta_anomaly(config, data, baseline))
     tables = _step(config, "tables", lambda: _write_tables(config))
     if config.report_frames >= 0:
         _step(config, "report", lambda: _report(config))
@@ -104,8 +108,8 @@ def _synth(config: DemoConfig) -> Path:
     return root
 
 
-def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: bool = False) -> Path:
-    """Train (or reuse) a closed-set baseline; return its checkpoint directory."""
+def train_model(config: DemoConfig, data: Path, name: str, seed: int, steps: int | None, member: bool = False) -> Path:
+    """Train (or reuse) a closed-set baseline on SynthStreet ``data`` into ``OUT/train/{name}``; return its checkpoint."""
     from oodseg.training import make_config
     from oodseg.workflows.train import train
 
@@ -128,17 +132,22 @@ def _train(config: DemoConfig, name: str, seed: int, steps: int | None, member: 
     if member:  # the ensemble partner: same recipe, another seed; a third of the steps keeps the demo short
         overrides.setdefault("steps", max(1, make_config("baseline").steps // 3))
     if config.quick:
-        overrides.update(batch_size=2, crop_size=32, validate=True, log_every=1, ckpt_every=1000)
+        overrides.update(QUICK_TRAINING)
     resume = (out / "trainer_state.pt").is_file()
-    train_config = make_config("baseline", data=str(config.out / "data"), out=str(out), resume=resume,
-                               **overrides)
+    train_config = make_config("baseline", data=str(data), out=str(out), resume=resume, **overrides)
     summary = train(train_config)
     config.log(f"[demo]   {name}: {summary['steps']} steps in {summary['seconds']:.0f} s, "
                f"val mIoU {_pct(summary.get('val_mIoU'))}")
     return out / "checkpoint"
 
 
-def _score(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None, track: str) -> None:
+def score_track(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None, track: str,
+                methods: tuple[str, ...] | None = None) -> None:
+    """Score SynthStreet ``track`` with ``methods`` (default: the config's) into ``OUT/scores/{method}/{track}``.
+
+    The fitted scores (``sml``, ``mahalanobis``) are fitted on frames of the Cityscapes-layout
+    *train* split (``score_dataset(fit_data=...)``), never on a test or validation track.
+    """
     from oodseg.workflows.score import manifest_path, score_dataset
 
     scores = config.out / "scores"
@@ -148,11 +157,13 @@ def _score(config: DemoConfig, data: Path, checkpoint: Path, member: Path | None
     if manifest.get("complete") and not lossy:
         config.log(f"[demo]   {track}: scores already complete (cached)")
         return
-    score_dataset(checkpoint, data / track, list(config.methods), scores, dataset_name=track,
-                  fit_data=data / "cityscapes", ensemble=[member] if member else (), overwrite=lossy)
+    score_dataset(checkpoint, data / track, list(methods or config.methods), scores, dataset_name=track,
+                  dataset_kind=f"smiyc-{track.removesuffix('_val')}", fit_data=data / "cityscapes",
+                  ensemble=[member] if member else (), overwrite=lossy)
 
 
-def _evaluate(config: DemoConfig, data: Path, track: str) -> list[dict]:
+def evaluate_track(config: DemoConfig, data: Path, track: str) -> list[dict]:
+    """Evaluate every method's scores on ``track`` (best-F1 θ of the track, as SMIYC); cached per method."""
     from oodseg.data import open_dataset
     from oodseg.workflows.evaluate import default_protocol, evaluate_dataset
 
@@ -173,29 +184,55 @@ def _evaluate(config: DemoConfig, data: Path, track: str) -> list[dict]:
     return results
 
 
-def _meta(config: DemoConfig, data: Path, checkpoint: Path) -> dict:
-    """Meta-OoD on the anomaly track: entropy ≥ 0.3 segments, logistic meta classifier, image-grouped CV."""
-    from oodseg.data import open_dataset
-    from oodseg.workflows.meta import run_meta
+def meta_anomaly(config: DemoConfig, data: Path, checkpoint: Path) -> dict:
+    """Meta-OoD (entropy ≥ t segments, logistic meta classifier, image-grouped CV) with t chosen on ``anomaly_val``.
+
+    On the validation track every t of the Meta-OoD table is run; the t with the best F1
+    after removing the segments classified false positive (:func:`oodseg.workflows.selection.meta_threshold_from`)
+    is then applied on the anomaly test track. Returns the test track's ``oodseg.meta`` result.
+    """
+    from oodseg.workflows.selection import meta_threshold_from
 
     path = config.out / "meta" / "anomaly.json"
     if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    dataset = open_dataset("smiyc-anomaly", data / "anomaly")
-    folds = min(5, len(dataset))
-    result = run_meta(dataset, probs=checkpoint, scores_dir=config.out / "scores" / "entropy" / "anomaly",
-                      segments="entropy:0.3", cv=f"image-kfold:{folds}", method="entropy")
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if "segments_threshold_from" in cached:  # older demos fixed t = 0.3 on the test track: redo those
+            return cached
+    val_path = config.out / "meta" / "anomaly_val.json"
+    if not val_path.is_file():
+        score_track(config, data, checkpoint, None, "anomaly_val", methods=("entropy",))
+        write_json(val_path, _meta_run(config, data, checkpoint, "anomaly_val", "entropy:0.3"))
+    t, provenance = meta_threshold_from(val_path)
+    config.log(f"[demo]   Meta-OoD t = {t:g} (best F1 after filtering on anomaly_val)")
+    result = {**_meta_run(config, data, checkpoint, "anomaly", f"entropy:{t:g}"), "segments_threshold_from": provenance}
     write_json(path, result)
     return result
 
 
+def _meta_run(config: DemoConfig, data: Path, checkpoint: Path, track: str, segments: str) -> dict:
+    from oodseg.data import open_dataset
+    from oodseg.workflows.meta import run_meta
+
+    dataset = open_dataset("smiyc-anomaly", data / track)
+    folds = min(5, len(dataset))
+    return run_meta(dataset, probs=checkpoint, scores_dir=config.out / "scores" / "entropy" / track,
+                    segments=segments, cv=f"image-kfold:{folds}", method="entropy")
+
+
+def ranking_tables(evaluate_dir: Path) -> list:
+    """One :class:`oodseg.report.tables.RankingTable` per dataset of the evaluations under ``evaluate_dir``."""
+    from oodseg.report.loading import load_results
+    from oodseg.report.tables import ranking_table
+
+    results = load_results(evaluate_dir)
+    return [ranking_table(dataset, evaluations) for dataset, evaluations in results.by_dataset().items()]
+
+
 def _write_tables(config: DemoConfig) -> list[dict]:
     """Ranking tables of every evaluation as ``results.{json,csv,md}``; print them."""
-    from oodseg.report.loading import load_results
-    from oodseg.report.tables import ranking_table, to_csv, to_json, to_markdown
+    from oodseg.report.tables import to_csv, to_json, to_markdown
 
-    results = load_results(config.out / "evaluate")
-    tables = [ranking_table(dataset, evaluations) for dataset, evaluations in results.by_dataset().items()]
+    tables = ranking_tables(config.out / "evaluate")
     write_json(config.out / "results.json", to_json(tables))
     write_text(config.out / "results.csv", to_csv(tables))
     write_text(config.out / "results.md", to_markdown(tables))

@@ -1,9 +1,13 @@
 """Anomaly and outlier objects: photo cut-outs (scikit-image sample images) and procedural shapes.
 
-Two disjoint source sets (SPEC §2.1: training outliers never show a test anomaly):
+Three pairwise disjoint source sets (SPEC §2.1: training outliers never show a test anomaly;
+the validation tracks hold out their own objects, so choices made on them never saw a test object):
 
 * ``TEST_SOURCES`` — test anomalies/obstacles: the cat (``chelsea``), the ``coffee`` cup,
   the ``astronaut``, the ``rocket`` and procedural family A (crates, drums, checkered blobs).
+* ``VAL_SOURCES`` — the ``anomaly_val``/``obstacle_val`` tracks: the scikit-image ``logo``
+  and the ``retina`` fundus disc (segmented from their photos) and procedural family C
+  (tyres, cones, sacks).
 * ``OUTLIER_SOURCES`` — the OoD-training pool: crops of ``hubble_deep_field`` and
   ``immunohistochemistry``, single ``coins``, the ``horse`` silhouette and procedural
   family B (stars, rings, lattices).
@@ -24,6 +28,9 @@ from oodseg.data.synth.canvas import Sprite
 TEST_SOURCES: tuple[str, ...] = (
     "photo:chelsea", "photo:coffee", "photo:astronaut", "photo:rocket",
     "novel_a:crate", "novel_a:drum", "novel_a:checker_blob",
+)
+VAL_SOURCES: tuple[str, ...] = (
+    "photo:logo", "photo:retina", "novel_c:tyre", "novel_c:cone", "novel_c:sack",
 )
 OUTLIER_SOURCES: tuple[str, ...] = (
     "photo:hubble_deep_field", "photo:immunohistochemistry", "photo:coins", "photo:horse",
@@ -59,6 +66,19 @@ def _photo_cutout(name: str) -> tuple[np.ndarray, np.ndarray]:
     for cx, cy, rx, ry in _CUTOUTS[name]["ellipses"]:
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
     mask = np.asarray(outline) > 0
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return photo[box], mask[box]
+
+
+@lru_cache(maxsize=None)
+def _segmented_cutout(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The largest object of a photo on a plain background (``logo`` on white, ``retina`` on black),
+    rgb uint8 ``(h, w, 3)`` and mask bool ``(h, w)``, cropped to the mask."""
+    photo = _skimage_image(name)[..., :3]
+    foreground = photo.min(axis=-1) < 235 if name == "logo" else photo.mean(axis=-1) > 20
+    labels, _ = ndimage.label(ndimage.binary_fill_holes(foreground))
+    mask = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     return photo[box], mask[box]
@@ -101,6 +121,8 @@ def _resize(rgb: np.ndarray, mask: np.ndarray, height: int, width: int) -> tuple
 def _photo(name: str, height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     if name in _CUTOUTS:
         rgb, mask = _photo_cutout(name)
+    elif name in ("logo", "retina"):
+        rgb, mask = _segmented_cutout(name)
     elif name == "coins":
         coins = _coin_cutouts()
         gray, mask = coins[int(rng.integers(len(coins)))]
@@ -135,7 +157,10 @@ def _vivid(rng: np.random.Generator) -> np.ndarray:
 
 def _procedural(kind: str, height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw a procedural object of ``height`` px on a transparent canvas."""
-    aspect = {"crate": rng.uniform(1.0, 1.6), "drum": rng.uniform(0.55, 0.75)}.get(kind, rng.uniform(0.7, 1.4))
+    if kind in ("tyre", "cone"):  # family C; families A and B keep their exact random draws below
+        aspect = rng.uniform(0.85, 1.0) if kind == "tyre" else rng.uniform(0.5, 0.65)
+    else:
+        aspect = {"crate": rng.uniform(1.0, 1.6), "drum": rng.uniform(0.55, 0.75)}.get(kind, rng.uniform(0.7, 1.4))
     h, w = max(height, 4), max(int(round(height * aspect)), 4)
     rgb_img = Image.new("RGB", (w, h), (0, 0, 0))
     mask_img = Image.new("L", (w, h), 0)
@@ -197,6 +222,31 @@ def _procedural(kind: str, height: int, rng: np.random.Generator) -> tuple[np.nd
                     x0, y0 = j * w / cells, i * h / cells
                     fill("rounded_rectangle", [x0 + 0.1 * w / cells, y0 + 0.1 * h / cells, x0 + 0.9 * w / cells,
                                                y0 + 0.9 * h / cells], colour * rng.uniform(0.6, 1.2), radius=max(1, int(0.2 * h / cells)))
+    elif kind == "tyre":  # a tyre seen from the side: dark tread ring, grey rim, treads as spokes of shade
+        yy, xx = np.mgrid[:h, :w]
+        ny, nx = (yy + 0.5) / h - 0.5, (xx + 0.5) / w - 0.5
+        radius, angle = np.hypot(ny, nx), np.arctan2(ny, nx)
+        mask = radius <= 0.5
+        tread = 1.0 + 0.25 * (np.cos(angle * int(rng.integers(18, 30))) > 0)
+        rim = np.array([(150, 150, 155), (190, 185, 170), (90, 90, 95)][int(rng.integers(3))], float)
+        rgb = np.where((radius < rng.uniform(0.22, 0.3))[..., None], rim, (25 * tread)[..., None] * np.ones(3))
+        return _finish(rgb, mask, rng)
+    elif kind == "cone":  # a striped cone on a square foot
+        colour = _vivid(rng)
+        foot = 0.1 * h
+        fill("polygon", [(0.42 * w, 0), (0.58 * w, 0), (0.85 * w, h - 1 - foot), (0.15 * w, h - 1 - foot)], colour)
+        for k in (1, 2):
+            y0, y1 = k * 0.28 * h, k * 0.28 * h + 0.1 * h
+            fill("polygon", [(0.5 * w - (0.08 + 0.35 * y0 / h) * w, y0), (0.5 * w + (0.08 + 0.35 * y0 / h) * w, y0),
+                             (0.5 * w + (0.08 + 0.35 * y1 / h) * w, y1), (0.5 * w - (0.08 + 0.35 * y1 / h) * w, y1)],
+                 (235, 235, 235))
+        fill("rectangle", [0, h - 1 - foot, w - 1, h - 1], colour * 0.5)
+    elif kind == "sack":  # a lumpy bag with folds
+        mask = _blob_mask(rng, h, w, wobble=0.45)
+        base = np.array([(200, 180, 130), (90, 110, 70), (230, 230, 225), (60, 60, 70)][int(rng.integers(4))], float)
+        folds = ndimage.gaussian_filter(rng.standard_normal((h, w)), max(1.0, h / 12))
+        rgb = base * (1.0 + 2.5 * folds / (np.abs(folds).max() + 1e-6) * 0.2)[..., None]
+        return _finish(rgb, mask, rng)
     else:
         raise KeyError(kind)
     return _finish(np.asarray(rgb_img, dtype=np.float64), np.asarray(mask_img) > 0, rng)
@@ -209,7 +259,7 @@ def _finish(rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tupl
 
 
 def make_sprite(source: str, height: int, rng: np.random.Generator) -> Sprite:
-    """A cut-out of ``source`` (``"photo:NAME"`` or ``"novel_a:KIND"``/``"novel_b:KIND"``) about ``height`` px tall.
+    """A cut-out of ``source`` (``"photo:NAME"`` or ``"novel_{a,b,c}:KIND"``) about ``height`` px tall.
 
     Pixels outside the mask are black; the mask has at least one pixel.
     """
