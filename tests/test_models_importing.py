@@ -1,0 +1,199 @@
+"""``oodseg import``: the seed papers' checkpoint files, written as each source's saving code writes them.
+
+Format tests use small stand-ins with each architecture's key pattern (``seed_fixtures.STANDINS``);
+the imported state dict is compared with the one written into the file, and the recorded sha256
+with ``hashlib`` on the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import seed_fixtures as sf
+from oodseg.classes import CITYSCAPES_CLASSES
+from oodseg.cli import main
+from oodseg.errors import OodsegError
+from oodseg.models import load_checkpoint, registry
+from oodseg.models.importing import FORMATS, import_checkpoint
+
+# format -> (writer, stand-in constructor kwargs)
+SOURCES = {
+    "nvidia-wrn38": (sf.nvidia_checkpoint, {}),
+    "meta-ood": (sf.meta_ood_checkpoint, {}),
+    "smiyc-baseline": (sf.smiyc_checkpoint, {}),
+    "rpl": (sf.rpl_checkpoint, {"corocl": False}),
+    "rpl-corocl": (sf.rpl_checkpoint, {"corocl": True}),
+    "densehybrid-wrn38th": (sf.bare_checkpoint, {}),
+    "densehybrid-ldn121": (sf.bare_checkpoint, {}),
+}
+
+
+@pytest.fixture
+def standins(monkeypatch):
+    """Register the small stand-ins under the real architecture names for this test."""
+    for name, cls in sf.STANDINS.items():
+        monkeypatch.setitem(registry._ARCHITECTURES, name, cls)
+
+
+def _source(fmt: str, num_classes: int = 19, counters: bool = True):
+    """``(object to torch.save, state dict the network holds)`` for ``fmt``'s writer."""
+    writer, kwargs = SOURCES[fmt]
+    model = sf.STANDINS[FORMATS[fmt].architecture](num_classes=num_classes, **kwargs)
+    state = sf.trained_state(model)
+    if not counters:
+        state = sf.without_batch_counters(state)
+        model.load_state_dict(state, strict=False)  # the writers' optimizers only need the parameters
+    return writer(model, state), state
+
+
+def _assert_imported(out: Path, state: OrderedDict, source_file: Path, fmt: str) -> None:
+    model, meta = load_checkpoint(out)
+    assert not model.training
+    imported = model.state_dict()
+    assert set(imported) >= set(state)
+    for key, value in imported.items():
+        expected = state.get(key, torch.zeros((), dtype=torch.int64))  # absent BN counters become 0
+        assert torch.equal(value, expected), key
+    assert set(imported) - set(state) <= {k for k in imported if k.endswith("num_batches_tracked")}
+    source = meta["source"]
+    assert source["sha256"] == hashlib.sha256(source_file.read_bytes()).hexdigest()
+    assert (source["file"], source["format"], source["bytes"]) == (source_file.name, fmt, source_file.stat().st_size)
+    assert meta["classes"] == list(CITYSCAPES_CLASSES)
+    assert meta["run_as"]["upsampling"] == {"mode": "bilinear", "align_corners": fmt != "densehybrid-ldn121"}
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+@pytest.mark.parametrize("counters", [True, False], ids=["with-nbt", "without-nbt"])
+@pytest.mark.parametrize("fmt", sorted(SOURCES))
+def test_each_source_layout_imports_exactly(fmt, counters, legacy, standins, tmp_path):
+    obj, state = _source(fmt, counters=counters)
+    source_file = sf.write(obj, tmp_path / "published.pth", legacy=legacy)
+    summary = import_checkpoint(source_file, tmp_path / "ckpt", fmt=fmt, progress=False)
+    assert summary["format"] == fmt
+    assert summary["dropped_keys"] == (["module.criterion.nll_loss.weight"] if fmt == "nvidia-wrn38" else [])
+    _assert_imported(tmp_path / "ckpt", state, source_file, fmt)
+
+
+@pytest.mark.parametrize("fmt", sorted(set(SOURCES) - {"smiyc-baseline"}))
+def test_auto_detects_the_format(fmt, standins, tmp_path):
+    obj, _ = _source(fmt)
+    source_file = sf.write(obj, tmp_path / "published.pth", legacy=False)
+    assert import_checkpoint(source_file, tmp_path / "ckpt", progress=False)["format"] == fmt
+
+
+def test_auto_names_the_ambiguous_keys(standins, tmp_path):
+    obj, _ = _source("smiyc-baseline")
+    source_file = sf.write(obj, tmp_path / "baseline.pth", legacy=False)
+    with pytest.raises(OodsegError, match="ambiguous.*nvidia-wrn38, meta-ood, smiyc-baseline.*'state_dict'.*--format"):
+        import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_numpy1_global_name_is_read(standins, tmp_path):
+    """A file pickled under numpy 1 names ``numpy.core.multiarray.scalar`` (numpy 2: ``numpy._core``)."""
+    obj, state = _source("nvidia-wrn38")
+    source_file = sf.write(obj, tmp_path / "cityscapes_best.pth", legacy=True)
+    data = source_file.read_bytes()
+    new_name, old_name = b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n"
+    assert data.count(new_name) >= 1  # protocol-2 GLOBAL opcode of numpy.float64 'mean_iu' and the momentum
+    source_file.write_bytes(data.replace(new_name, old_name))
+    import_checkpoint(source_file, tmp_path / "ckpt", fmt="nvidia-wrn38", progress=False)
+    _assert_imported(tmp_path / "ckpt", state, source_file, "nvidia-wrn38")
+
+
+def _renamed(state: OrderedDict) -> OrderedDict:
+    return OrderedDict(("final.6.kernel" if k == "final.6.weight" else k, v) for k, v in state.items())
+
+
+def _missing(state: OrderedDict) -> OrderedDict:
+    return OrderedDict((k, v) for k, v in state.items() if k != "mod2.block1.proj_conv.weight")
+
+
+@pytest.mark.parametrize("change, message", [
+    (_renamed, r"1 missing keys \(e\.g\. final\.6\.weight\); 1 unexpected keys \(e\.g\. final\.6\.kernel\)"),
+    (_missing, r"1 missing keys \(e\.g\. mod2\.block1\.proj_conv\.weight\)$"),
+])
+def test_key_mismatch_is_one_line_and_writes_nothing(change, message, standins, tmp_path):
+    model = sf.TinyWV3()
+    bad = change(sf.trained_state(model))
+    source_file = sf.write(sf.smiyc_checkpoint(model, bad), tmp_path / "bad.pth", legacy=False)
+    with pytest.raises(OodsegError, match=message) as info:
+        import_checkpoint(source_file, tmp_path / "ckpt", fmt="smiyc-baseline", progress=False)
+    assert "\n" not in str(info.value)
+    assert sorted(os.listdir(tmp_path)) == ["bad.pth"]
+
+
+def test_other_class_count_is_named(standins, tmp_path):
+    obj, _ = _source("nvidia-wrn38", num_classes=20)
+    source_file = sf.write(obj, tmp_path / "c20.pth", legacy=True)
+    with pytest.raises(OodsegError, match=r"checkpoint has 20 classes \(final\.6\.weight \(20, 4, 1, 1\)\), "
+                                          r"--num-classes says 19"):
+        import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["c20.pth"]
+    import_checkpoint(source_file, tmp_path / "ckpt", num_classes=20, progress=False)
+    assert load_checkpoint(tmp_path / "ckpt")[1]["classes"] == [f"class_{i}" for i in range(20)]
+
+
+def test_shape_mismatch_is_named(standins, tmp_path):
+    state = sf.trained_state(sf.TinyLDN())
+    state["logits_ood.conv.weight"] = torch.zeros(3, 4, 1, 1)
+    source_file = sf.write(dict(state), tmp_path / "ldn.pth", legacy=False)
+    with pytest.raises(OodsegError, match=r"1 shape mismatches \(e\.g\. logits_ood\.conv\.weight \(3, 4, 1, 1\) "
+                                          r"vs \(2, 4, 1, 1\)\)"):
+        import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+
+
+class _MakesDirectory:
+    """Unpickling this calls ``os.mkdir(path)`` (a REDUCE of an arbitrary global)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+def test_unexpected_global_is_refused_without_running(legacy, standins, tmp_path):
+    marker = tmp_path / "marker"
+    obj, _ = _source("densehybrid-ldn121")
+    source_file = sf.write({"model": obj, "extra": _MakesDirectory(marker)}, tmp_path / "evil.pth", legacy=legacy)
+    torch.load(source_file, weights_only=False)  # control: an unrestricted load does run it
+    assert marker.is_dir()
+    marker.rmdir()
+    with pytest.raises(OodsegError, match=r"evil\.pth: refused to unpickle: it needs global posix\.mkdir"):
+        import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    assert not marker.exists() and not (tmp_path / "ckpt").exists()
+
+
+def test_existing_output_needs_overwrite(standins, tmp_path):
+    obj, state = _source("rpl")
+    source_file = sf.write(obj, tmp_path / "res.pth", legacy=False)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "keep.txt").write_text("x")
+    with pytest.raises(OodsegError, match="already exists; pass --overwrite"):
+        import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    assert (tmp_path / "ckpt" / "keep.txt").exists()
+    import_checkpoint(source_file, tmp_path / "ckpt", overwrite=True, progress=False)
+    assert not (tmp_path / "ckpt" / "keep.txt").exists()
+    _assert_imported(tmp_path / "ckpt", state, source_file, "rpl")
+
+
+def test_cli_import_json_and_one_line_errors(standins, tmp_path):
+    obj, state = _source("meta-ood")
+    source_file = sf.write(obj, tmp_path / "epoch_4.pth", legacy=True)
+    runner = CliRunner()
+    result = runner.invoke(main, ["import", str(source_file), "--out", str(tmp_path / "ckpt"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"format": "meta-ood"' in result.stdout
+    _assert_imported(tmp_path / "ckpt", state, source_file, "meta-ood")
+    again = runner.invoke(main, ["import", "--format", "rpl", str(source_file), "--out", str(tmp_path / "other")])
+    assert again.exit_code == 2
+    assert again.stderr.count("\n") == 1 and again.stderr.startswith("error: ")
+    assert not (tmp_path / "other").exists()
