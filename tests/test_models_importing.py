@@ -107,6 +107,19 @@ def test_numpy1_global_name_is_read(standins, tmp_path):
     _assert_imported(tmp_path / "ckpt", state, source_file, "nvidia-wrn38")
 
 
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
+def test_cuda_saved_tensors_load_on_cpu(legacy, standins, monkeypatch, tmp_path):
+    """NVIDIA and RPL saved CUDA tensors; the file tags each storage 'cuda:0' (no GPU is needed to read it)."""
+    obj, state = _source("rpl-corocl")
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        source_file = sf.write(obj, tmp_path / "rev3.pth", legacy=legacy)
+    with pytest.raises(RuntimeError, match="CUDA"):  # control: the tag is really in the file
+        torch.load(source_file, weights_only=False)
+    import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    _assert_imported(tmp_path / "ckpt", state, source_file, "rpl-corocl")
+
+
 def _renamed(state: OrderedDict) -> OrderedDict:
     return OrderedDict(("final.6.kernel" if k == "final.6.weight" else k, v) for k, v in state.items())
 
@@ -170,6 +183,15 @@ def test_unexpected_global_is_refused_without_running(legacy, standins, tmp_path
     with pytest.raises(OodsegError, match=r"evil\.pth: refused to unpickle: it needs global posix\.mkdir"):
         import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
     assert not marker.exists() and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"PK\x03\x04truncated zip"], ids=["text", "zip"])
+def test_unreadable_file_is_one_line(content, tmp_path):
+    source_file = tmp_path / "broken.pth"
+    source_file.write_bytes(content)
+    with pytest.raises(OodsegError, match=r"broken\.pth: not a readable torch checkpoint[^\n]* \(\w") as info:
+        import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "ckpt").exists()
 
 
 def test_existing_output_needs_overwrite(standins, tmp_path):

@@ -154,12 +154,20 @@ def read_torch_file(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f"global {found.group(1)}" if found else "an object"
-        raise OodsegError(f"{path}: refused to unpickle: it needs {what}, which the weights-only loader does not "
-                          f"allow (the published checkpoints need only tensors and numpy scalars)") from exc
+        if found:
+            raise OodsegError(f"{path}: refused to unpickle: it needs global {found.group(1)}, which the weights-only "
+                              f"loader does not allow (the published checkpoints need only tensors and numpy "
+                              f"scalars)") from exc
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(exc))
+        raise OodsegError(f"{path}: not a readable torch checkpoint, or one holding objects the weights-only loader "
+                          f"refuses ({detail.group(1).strip() if detail else _first_line(exc)})") from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OodsegError(f"{path}: not a readable torch checkpoint ({first})") from exc
+        raise OodsegError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def unwrap_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
