@@ -199,3 +199,76 @@ def test_adapter_keeps_each_modules_own_train_mode():
     assert not model.training
     assert all(m.training for m in dropouts)
     assert not any(m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+class AlignedWithOodHead(nn.Module):
+    """Upsamples its logits with ``align_corners=True`` and declares a second 1×1 head ``ood`` (2 channels)."""
+
+    align_corners = True
+    extra_heads = {"ood_logits": "ood"}
+
+    def __init__(self, classes=4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.cls = nn.Conv2d(8, classes, 1)
+        self.ood = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        z = self.body(x)
+        size = x.shape[-2:]
+        return {"out": F.interpolate(self.cls(z), size=size, mode="bilinear", align_corners=True),
+                "ood_logits": F.interpolate(self.ood(z), size=size, mode="bilinear", align_corners=True)}
+
+
+def test_align_corners_of_the_model_is_honoured_when_upsampling():
+    model = AlignedWithOodHead().eval()
+    images = torch.rand(2, 3, 13, 18)
+    with ModelAdapter(model, probe_size=(13, 18)) as adapter, torch.no_grad():
+        out = adapter(images)
+        output = model(images)
+    assert adapter.head_name == "cls" and adapter.align_corners and out.align_corners
+    score = out.logits[:, 0] * 3.0 - out.logits[:, 1]
+    expected = F.interpolate(score[:, None], size=(13, 18), mode="bilinear", align_corners=True)[:, 0]
+    torch.testing.assert_close(out.upsample(score), expected, rtol=0, atol=0)
+    torch.testing.assert_close(out.upsampled_logits(), output["out"], rtol=0, atol=0)
+    # the extra head is captured at the head's resolution and is what the model upsampled
+    assert list(out.extras) == ["ood_logits"] and out.extras["ood_logits"].shape == (2, 2, 7, 9)
+    torch.testing.assert_close(F.interpolate(out.extras["ood_logits"], size=(13, 18), mode="bilinear",
+                                             align_corners=True), output["ood_logits"], rtol=0, atol=0)
+
+
+def test_models_without_the_attribute_keep_align_corners_false():
+    model = SmallSegNet(num_classes=6, widths=(8, 16, 24), aspp_channels=16, low_channels=8,
+                        decoder_channels=16).eval()
+    images = torch.rand(1, 3, 32, 48)
+    with ModelAdapter(model, probe_size=(32, 48)) as adapter, torch.no_grad():
+        out = adapter(images)
+        output = model(images)
+    assert not adapter.align_corners and not out.align_corners and out.extras == {}
+    score = out.logits[:, 2]
+    expected = F.interpolate(score[:, None], size=(32, 48), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(out.upsample(score), expected, rtol=0, atol=0)
+    torch.testing.assert_close(out.upsampled_logits(), output, rtol=0, atol=0)
+
+
+def test_score_runner_upsamples_with_the_models_align_corners():
+    from oodseg import scores
+    from oodseg.scores.runner import _score_batch
+
+    model = AlignedWithOodHead().eval()
+    images = torch.rand(1, 3, 13, 18)
+    with ModelAdapter(model, probe_size=(13, 18)) as adapter:
+        maps, prediction = _score_batch(adapter, [scores.get("energy")], images)
+        with torch.no_grad():
+            out = adapter(images)
+    energy = -torch.logsumexp(out.logits, dim=1)
+    expected = F.interpolate(energy[:, None], size=(13, 18), mode="bilinear", align_corners=True)[:, 0]
+    torch.testing.assert_close(maps["energy"], expected)
+    assert torch.equal(prediction, model(images)["out"].argmax(1).to(torch.uint8))
+
+
+def test_extra_head_must_name_a_module():
+    model = AlignedWithOodHead()
+    model.extra_heads = {"ood_logits": "missing"}
+    with pytest.raises(OodsegError, match="extra head 'ood_logits' names 'missing'"):
+        ModelAdapter(model, probe_size=(13, 18))

@@ -7,7 +7,7 @@ scoring method has to know a network's internals.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +16,12 @@ from torch import nn
 from oodseg.errors import OodsegError
 
 
-def upsample_score(score: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w) anomaly map → (B, H, W), bilinear with ``align_corners=False`` (SPEC §0)."""
+def upsample_score(score: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
+    """(B, h, w) anomaly map → (B, H, W), bilinear; ``align_corners=False`` (SPEC §0) unless the model
+    upsamples its own logits with ``align_corners=True`` (SPEC §8)."""
     if tuple(score.shape[-2:]) == tuple(size):
         return score
-    return F.interpolate(score[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(score[:, None], size=tuple(size), mode="bilinear", align_corners=align_corners)[:, 0]
 
 
 @dataclass
@@ -56,6 +57,9 @@ class SegOutput:
         bias: (C,) the head's bias, or None (also None when the head has no bias).
         image_size: (H, W) of the input images, or None when unknown.
         block: the ``conv → BN → ReLU`` block feeding the head, when present and captured.
+        align_corners: how the model upsamples its logits (bilinear); scores are upsampled the same way.
+        extras: outputs of the model's further heads at the head's resolution, by name (the model's
+            ``extra_heads``), e.g. ``"ood_logits"`` (B, 2, h, w) of DenseHybrid's networks.
     """
 
     logits: torch.Tensor
@@ -64,18 +68,20 @@ class SegOutput:
     bias: torch.Tensor | None = None
     image_size: tuple[int, int] | None = None
     block: HeadBlock | None = None
+    align_corners: bool = False
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def upsample(self, score: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """A (B, h, w) score at the head's resolution, bilinearly upsampled to ``size`` or the image size."""
         size = size or self.image_size
-        return score if size is None else upsample_score(score, size)
+        return score if size is None else upsample_score(score, size, self.align_corners)
 
     def upsampled_logits(self, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """(B, C, H, W) logits bilinearly upsampled (``align_corners=False``) to ``size`` or the image size."""
+        """(B, C, H, W) logits bilinearly upsampled (the model's ``align_corners``) to ``size`` or the image size."""
         size = size or self.image_size
         if size is None or tuple(size) == tuple(self.logits.shape[-2:]):
             return self.logits
-        return F.interpolate(self.logits, size=tuple(size), mode="bilinear", align_corners=False)
+        return F.interpolate(self.logits, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
 
 
 def model_logits(output: object) -> torch.Tensor:
@@ -129,6 +135,11 @@ class ModelAdapter:
     ``Conv2d(k×k) → BatchNorm2d → ReLU`` (Dropout allowed in between), ``SegOutput.block`` is
     filled too. Works under ``torch.no_grad`` and with gradients (tensors keep their graph).
     Hooks are removed by :meth:`close` or on leaving a ``with`` block.
+
+    The model may declare ``align_corners`` (how it upsamples its logits; default False) and
+    ``extra_heads`` (``{name: module name}``, see :class:`oodseg.models.conventions.SourceConventions`):
+    the outputs of those modules are returned in ``SegOutput.extras``. When the head runs more than
+    once per forward (RPL's shared ``final``), its last call is the one captured.
     """
 
     def __init__(self, model: nn.Module, head: str | None = None, capture_block: bool = False,
@@ -147,6 +158,12 @@ class ModelAdapter:
         self.head_name, self._block = self._probe(head, probe_size)
         self.head: nn.Conv2d = self._modules[self.head_name]
         self.num_classes = int(self.head.out_channels)
+        self.align_corners = bool(getattr(model, "align_corners", False))
+        self.extra_heads = dict(getattr(model, "extra_heads", None) or {})
+        for name, module_name in self.extra_heads.items():
+            if not isinstance(self._modules.get(module_name), nn.Module):
+                raise OodsegError(f"model {type(model).__name__}: extra head {name!r} names {module_name!r}, "
+                                  f"which is not one of its modules")
         self._captured: dict[str, torch.Tensor] = {}
         self._handles: list = []
         self._attach()
@@ -230,6 +247,11 @@ class ModelAdapter:
             self._captured["logits"] = output
 
         self._handles.append(self.head.register_forward_hook(on_head))
+        for name, module_name in self.extra_heads.items():
+            def on_extra(module, inputs, output, key=f"extra:{name}"):
+                self._captured[key] = output
+
+            self._handles.append(self._modules[module_name].register_forward_hook(on_extra))
         if self.capture_block and self._block is not None:
             def on_conv(module, inputs, output):
                 self._captured["block_input"] = inputs[0]
@@ -279,8 +301,13 @@ class ModelAdapter:
             block = HeadBlock(input=captured["block_input"], conv_weight=conv.weight,
                               stride=tuple(conv.stride), padding=tuple(conv.padding), dilation=tuple(conv.dilation),
                               bn_scale=gamma / torch.sqrt(bn.running_var + bn.eps), pre_relu=captured["pre_relu"])
+        missing = [name for name in self.extra_heads if f"extra:{name}" not in captured]
+        if missing:
+            raise OodsegError(f"extra head {missing[0]!r} ({self.extra_heads[missing[0]]}): did not run in this forward pass")
+        extras = {name: captured[f"extra:{name}"] for name in self.extra_heads}
         return SegOutput(logits=captured["logits"], features=captured["z"], weight=self.head.weight.flatten(1),
-                         bias=self.head.bias, image_size=(int(images.shape[-2]), int(images.shape[-1])), block=block)
+                         bias=self.head.bias, image_size=(int(images.shape[-2]), int(images.shape[-1])), block=block,
+                         align_corners=self.align_corners, extras=extras)
 
 
 def _check_images(images: object) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oodseg.adapter import upsample_score
 from oodseg.atomic import atomic_path
 from oodseg.errors import OodsegError
 from oodseg.models.checkpoint import META_FILE
@@ -124,7 +123,7 @@ class CheckpointProbabilities:
             if self.scorers:
                 raw = compute(self.scorers, out)
                 for name, scorer in zip(gradient_map_names(), self.scorers):
-                    maps[name] = upsample_score(raw[scorer.key].float(), size)[0].cpu().numpy()
+                    maps[name] = out.upsample(raw[scorer.key].float(), size)[0].cpu().numpy()
         return probs.cpu().numpy(), maps
 
     def close(self) -> None:

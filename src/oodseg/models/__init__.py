@@ -2,6 +2,8 @@
 
 >>> from oodseg.models import build_model, save_checkpoint, load_checkpoint
 >>> model = build_model("small", num_classes=19)          # or "deeplabv3plus", backbone="resnet50"
+>>> wv3 = build_model("deepwv3plus", num_classes=19)      # the seeds' networks: also "deepwv3plus-rpl",
+...                                                        # "deepwv3plus-th", "ldn121"
 >>> save_checkpoint(model, "ckpt", "small", {"num_classes": 19})
 >>> model, meta = load_checkpoint("ckpt")
 """
@@ -9,12 +11,14 @@ from oodseg.classes import CITYSCAPES_CLASSES
 from oodseg.models.blocks import ASPP, Decoder, EncoderDecoderSegNet, ImageNormalize
 from oodseg.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from oodseg.models.deeplab import DeepLabV3Plus
+from oodseg.models.deepwv3 import DeepWV3Plus, DeepWV3PlusRPL, DeepWV3PlusTH
+from oodseg.models.ldn import LDN121
 from oodseg.models.registry import available_architectures, build_model, register_architecture
 from oodseg.models.resnet import ResNetBackbone
 from oodseg.models.small import SmallSegNet
 
 __all__ = [
-    "ASPP", "CITYSCAPES_CLASSES", "Decoder", "DeepLabV3Plus", "EncoderDecoderSegNet", "ImageNormalize",
-    "ResNetBackbone", "SmallSegNet", "available_architectures", "build_model", "load_checkpoint",
+    "ASPP", "CITYSCAPES_CLASSES", "Decoder", "DeepLabV3Plus", "DeepWV3Plus", "DeepWV3PlusRPL", "DeepWV3PlusTH",
+    "EncoderDecoderSegNet", "ImageNormalize", "LDN121", "ResNetBackbone", "SmallSegNet", "available_architectures", "build_model", "load_checkpoint",
     "read_checkpoint_meta", "register_architecture", "save_checkpoint",
 ]

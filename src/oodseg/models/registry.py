@@ -17,6 +17,10 @@ Factory = Callable[..., nn.Module]
 
 _ARCHITECTURES: dict[str, Union[Factory, str]] = {
     "deeplabv3plus": "oodseg.models.deeplab:DeepLabV3Plus",
+    "deepwv3plus": "oodseg.models.deepwv3:DeepWV3Plus",
+    "deepwv3plus-rpl": "oodseg.models.deepwv3:DeepWV3PlusRPL",
+    "deepwv3plus-th": "oodseg.models.deepwv3:DeepWV3PlusTH",
+    "ldn121": "oodseg.models.ldn:LDN121",
     "small": "oodseg.models.small:SmallSegNet",
     "rpl": "oodseg.training.rpl",
 }

@@ -14,14 +14,16 @@ from __future__ import annotations
 import inspect
 
 from oodseg.errors import OodsegError
-from oodseg.scores import density, divergence, gradient, logits, normalized, perturbation, sampling, softmax
+from oodseg.scores import (density, divergence, gradient, hybrid, logits, normalized, perturbation, sampling,
+                           softmax)
 from oodseg.scores.base import FittedScorer, ModelScorer, Scorer, compute
 
-#: SPEC §1 order.
+#: SPEC §1 order, then the head-specific scores of SPEC §8.
 _ORDER = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "sml", "energy", "jsd", "feature_norm",
-          "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble", "odin", "mahalanobis")
+          "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble", "odin", "mahalanobis",
+          "densehybrid")
 _CLASSES = {cls.name: cls for module in (softmax, logits, density, divergence, normalized, gradient, sampling,
-                                         perturbation) for cls in module.SCORERS}
+                                         perturbation, hybrid) for cls in module.SCORERS}
 _REGISTRY: dict[str, type[Scorer]] = {name: _CLASSES[name] for name in _ORDER}
 
 

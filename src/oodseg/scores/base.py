@@ -192,7 +192,8 @@ def _tile(out: SegOutput, top: int, bottom: int) -> SegOutput:
         return None if tensor is None else tensor[:, :, top:bottom]
 
     return SegOutput(logits=rows(out.logits), features=rows(out.features), weight=out.weight, bias=out.bias,
-                     image_size=out.image_size, block=None)
+                     image_size=out.image_size, block=None, align_corners=out.align_corners,
+                     extras={name: rows(value) for name, value in out.extras.items()})
 
 
 def _device(out: SegOutput) -> torch.device:

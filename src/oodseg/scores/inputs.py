@@ -136,6 +136,24 @@ class ScoreInputs:
                               "block feeding the head (ModelAdapter captures it when present)")
         return self.out.block
 
+    def extra(self, name: str) -> torch.Tensor:
+        """(B, K, h, w) float32 output of the model's extra head ``name`` (``SegOutput.extras``), checked
+        finite and pixel-aligned with the logits."""
+        cache = self.__dict__.setdefault("_extras", {})
+        if name not in cache:
+            tensor = self.out.extras.get(name)
+            if tensor is None:
+                raise OodsegError(f"SegOutput.extras[{name!r}]: missing; this score needs a model with that head "
+                                  f"(e.g. DenseHybrid's deepwv3plus-th or ldn121, seen through ModelAdapter)")
+            tensor = as_float(name, tensor, 4, "(B, K, h, w)")
+            logits = self.logits
+            if tensor.shape[0] != logits.shape[0] or tensor.shape[2:] != logits.shape[2:]:
+                raise OodsegError(f"{name}: shape {tuple(tensor.shape)} does not match logits {tuple(logits.shape)} "
+                                  f"in batch or spatial size")
+            self._check_finite(name, tensor)
+            cache[name] = tensor
+        return cache[name]
+
     def memo(self, key: tuple, make) -> torch.Tensor:
         """``make()`` computed once per ``key`` for these inputs (lets scorers share derived maps)."""
         cache = self.__dict__.setdefault("_memo", {})

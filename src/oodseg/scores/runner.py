@@ -347,7 +347,7 @@ def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor) -> tuple[
         if scorer.model_based:
             maps[scorer.key] = scorer(adapter, images).detach()
     with torch.no_grad():
-        maps = {key: upsample_score(value.float(), size) for key, value in maps.items()}
+        maps = {key: upsample_score(value.float(), size, adapter.align_corners) for key, value in maps.items()}
     return maps, prediction
 
 
