@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from oodseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD
+from oodseg.models.conventions import SourceConventions
+
 NVIDIA_CRITERION_KEY = "module.criterion.nll_loss.weight"
 
 
@@ -35,10 +38,13 @@ class _Block(nn.Module):
         self.proj_conv = nn.Conv2d(cin, cout, 1, bias=False)
 
 
-class TinyWV3(nn.Module):
+class TinyWV3(SourceConventions, nn.Module):
     """DeepWV3Plus key pattern: ``mod1.conv1``, ``mod2.block1.*``, ``bot_fine``, ``final.{0,1,3,4,6}``."""
 
     align_corners = True
+    normalization = (IMAGENET_MEAN, IMAGENET_STD)
+    output_stride = 2
+    head_name = "final.6"
 
     def __init__(self, num_classes: int = 19, width: int = 4):
         super().__init__()
@@ -57,13 +63,13 @@ class TinyWV3(nn.Module):
 class TinyRPL(TinyWV3):
     """RPL key pattern: the DeepWV3Plus keys plus ``residual_block.*`` (CoroCL: ``residual_block.proj_head``)."""
 
-    def __init__(self, num_classes: int = 19, corocl: bool = False, width: int = 4):
+    def __init__(self, num_classes: int = 19, projector: bool = False, width: int = 4):
         super().__init__(num_classes, width)
         self.residual_block = nn.Module()
         self.residual_block.atten_aspp = nn.Sequential(nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width))
         self.residual_block.bot_atten_aspp = nn.Conv2d(width, width, 1, bias=False)
         self.residual_block.atten_aspp_final = nn.Conv2d(width, width, 1, bias=False)
-        if corocl:
+        if projector:
             self.residual_block.proj_head = nn.Module()
             self.residual_block.proj_head.proj = nn.Sequential(nn.Conv2d(width, width, 1))
 
@@ -83,10 +89,11 @@ class TinyWV3TH(TinyWV3):
         self.logits_ood = _BNReluConv(width, 2)
 
 
-class TinyLDN(nn.Module):
+class TinyLDN(SourceConventions, nn.Module):
     """LDN-121 key pattern: ``backbone.features.conv0``/``norm0``, ``logits.conv`` (with bias), ``logits_ood``."""
 
-    align_corners = False
+    output_stride = 4
+    head_name = "logits.conv"
 
     def __init__(self, num_classes: int = 19, width: int = 4):
         super().__init__()

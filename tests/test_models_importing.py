@@ -27,8 +27,8 @@ SOURCES = {
     "nvidia-wrn38": (sf.nvidia_checkpoint, {}),
     "meta-ood": (sf.meta_ood_checkpoint, {}),
     "smiyc-baseline": (sf.smiyc_checkpoint, {}),
-    "rpl": (sf.rpl_checkpoint, {"corocl": False}),
-    "rpl-corocl": (sf.rpl_checkpoint, {"corocl": True}),
+    "rpl": (sf.rpl_checkpoint, {"projector": False}),
+    "rpl-corocl": (sf.rpl_checkpoint, {"projector": True}),
     "densehybrid-wrn38th": (sf.bare_checkpoint, {}),
     "densehybrid-ldn121": (sf.bare_checkpoint, {}),
 }
@@ -65,7 +65,11 @@ def _assert_imported(out: Path, state: OrderedDict, source_file: Path, fmt: str)
     assert source["sha256"] == hashlib.sha256(source_file.read_bytes()).hexdigest()
     assert (source["file"], source["format"], source["bytes"]) == (source_file.name, fmt, source_file.stat().st_size)
     assert meta["classes"] == list(CITYSCAPES_CLASSES)
-    assert meta["run_as"]["upsampling"] == {"mode": "bilinear", "align_corners": fmt != "densehybrid-ldn121"}
+    ldn = fmt == "densehybrid-ldn121"  # seed-networks.md: LDN-121 stride 4, align_corners=False, no normalisation
+    expected = (not ldn, 4 if ldn else 2, "logits.conv" if ldn else "final.6", None if ldn else [0.485, 0.456, 0.406])
+    conventions = meta["conventions"]
+    normalization = conventions["normalization"] and conventions["normalization"]["mean"]
+    assert (conventions["align_corners"], conventions["output_stride"], conventions["head"], normalization) == expected
 
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
@@ -219,3 +223,93 @@ def test_cli_import_json_and_one_line_errors(standins, tmp_path):
     assert again.exit_code == 2
     assert again.stderr.count("\n") == 1 and again.stderr.startswith("error: ")
     assert not (tmp_path / "other").exists()
+
+
+# --- the real architectures (no stand-ins) ---
+def _real_state(architecture: str, **params) -> OrderedDict:
+    with torch.device("meta"):
+        model = registry.build_model(architecture, num_classes=19, **params)
+    return sf.trained_state(model)  # reads only key names, shapes and dtypes
+
+
+def _assert_weights_equal(out: Path, state: OrderedDict) -> None:
+    from safetensors.torch import load_file
+
+    written = load_file(str(out / "model.safetensors"))
+    assert set(written) == set(state)
+    for key, value in state.items():
+        assert torch.equal(written[key], value), key
+
+
+@pytest.fixture
+def ldn121_source(tmp_path):
+    """``(source LDN-121 in eval mode, its state dict, DenseHybrid's bare file of it)``."""
+    source_model = registry.build_model("ldn121", num_classes=19).eval()
+    for name, buffer in source_model.named_buffers():  # BN statistics as after training (finite outputs)
+        buffer.copy_(torch.randint(1, 9, buffer.shape) if buffer.dtype == torch.int64 else torch.rand(buffer.shape) + 0.5)
+    state = OrderedDict((k, v.clone()) for k, v in source_model.state_dict().items())
+    return source_model, state, sf.write(sf.bare_checkpoint(source_model, state), tmp_path / "ldn121.pt", legacy=False)
+
+
+def test_ldn121_file_imports(ldn121_source, tmp_path):
+    """DenseHybrid's bare LDN-121 state dict: 827 keys, 11,067,928 parameters, detected from its keys."""
+    _, state, source_file = ldn121_source
+    summary = import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    assert (summary["format"], summary["parameters"], summary["keys"]) == ("densehybrid-ldn121", 11_067_928, 827)
+    _assert_weights_equal(tmp_path / "ckpt", state)
+
+
+@pytest.mark.slow  # an LDN-121 forward takes seconds on a busy CPU
+def test_ldn121_imported_network_runs_like_the_source(ldn121_source, tmp_path):
+    source_model, _, source_file = ldn121_source
+    import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    model, _ = load_checkpoint(tmp_path / "ckpt")
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, got = source_model(images), model(images)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert expected[key].isfinite().all()
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+
+
+@pytest.fixture(scope="session")
+def nvidia_full_size(tmp_path_factory):
+    """A full-size DeepWV3Plus in NVIDIA's legacy-serialised layout (548 MB; the SGD has not stepped)."""
+    state = _real_state("deepwv3plus")
+    checkpoint = {"state_dict": OrderedDict((f"module.{k}", v) for k, v in state.items()),
+                  "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "momentum": 0.9, "params": [0, 1]}]},
+                  "epoch": 174, "mean_iu": sf.np.float64(0.81), "command": "python train.py"}
+    checkpoint["state_dict"][sf.NVIDIA_CRITERION_KEY] = torch.ones(19)
+    path = sf.write(checkpoint, tmp_path_factory.mktemp("nvidia") / "cityscapes_best.pth", legacy=True)
+    return path, state
+
+
+def test_full_size_nvidia_file_imports(nvidia_full_size, tmp_path):
+    source_file, state = nvidia_full_size
+    summary = import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    assert (summary["format"], summary["parameters"], summary["keys"]) == ("nvidia-wrn38", 137_103_936, 268)
+    _assert_weights_equal(tmp_path / "ckpt", state)
+
+
+@pytest.mark.slow
+def test_full_size_nvidia_checkpoint_loads_in_eval_mode(nvidia_full_size, tmp_path):
+    source_file, state = nvidia_full_size
+    import_checkpoint(source_file, tmp_path / "ckpt", progress=False)
+    model, meta = load_checkpoint(tmp_path / "ckpt")
+    assert not model.training and meta["source"]["format"] == "nvidia-wrn38"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, architecture, params", [
+    ("rpl-corocl", "deepwv3plus-rpl", {"projector": True}),
+    ("densehybrid-wrn38th", "deepwv3plus-th", {}),
+])
+def test_full_size_rpl_and_densehybrid_files_import(fmt, architecture, params, tmp_path):
+    state = _real_state(architecture, **params)
+    obj = ({"model": OrderedDict((f"branch1.{k}", v) for k, v in state.items()), "epoch": 40, "iteration": 1}
+           if fmt.startswith("rpl") else dict(state))
+    source_file = sf.write(obj, tmp_path / "published.pth", legacy=False)
+    assert import_checkpoint(source_file, tmp_path / "ckpt", progress=False)["format"] == fmt
+    _assert_weights_equal(tmp_path / "ckpt", state)

@@ -32,7 +32,6 @@ from torch import nn
 
 from oodseg.atomic import atomic_directory
 from oodseg.errors import OodsegError
-from oodseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD
 from oodseg.models.checkpoint import _check_state, save_checkpoint
 from oodseg.models.registry import build_model
 from oodseg.progress import track
@@ -58,27 +57,24 @@ STATE_KEYS = ("state_dict", "model", "model_state")
 DROPPED_KEYS = frozenset({"module.criterion.nll_loss.weight", "criterion.nll_loss.weight"})
 _DATA_PARALLEL = "module."
 _HASH_CHUNK = 16 << 20
-_IMAGENET = {"range": "RGB in [0, 1]", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
 
 @dataclass(frozen=True)
 class SeedFormat:
     """How one family of published files maps onto an oodseg architecture, and how its source ran it.
 
-    ``prefix``: stripped from every key after an optional ``module.``; ``classifier``: the key
-    (after stripping) whose first dimension is the class count; ``normalisation``: where the
-    source applied ImageNet mean/std (``"data pipeline"``, ``"inside the model"``, ``"none"``);
-    ``classifier_stride``: output stride of the classifier before the final upsampling.
+    ``prefix``: stripped from every key after an optional ``module.``; ``normalised_by``: where the
+    source applied the ImageNet mean/std (``"data pipeline"``, ``"the model"``, ``"nothing"``; the
+    oodseg network applies its own ``conventions()["normalization"]`` inside ``forward``);
+    ``score``: the paper's test-time score on this network.
     """
 
     name: str
     architecture: str
     published_file: str
-    source: str
+    paper: str
     url: str
-    classifier: str
-    classifier_stride: int
-    normalisation: str
+    normalised_by: str
     score: str
     params: Mapping[str, Any] = field(default_factory=dict)
     prefix: str = ""
@@ -86,41 +82,33 @@ class SeedFormat:
 
 _NVIDIA = "NVIDIA semantic-segmentation, sdcnet branch (Zhu et al., CVPR 2019)"
 _RPL = "RPL: Residual Pattern Learning (Liu et al., ICCV 2023)"
-_DENSEHYBRID = "DenseHybrid (Grcić, Bevandić, Šegvić, ECCV 2022)"
-_WRN38 = dict(architecture="deepwv3plus", classifier="final.6.weight", classifier_stride=2,
-              normalisation="data pipeline")
+_DENSEHYBRID = "DenseHybrid (Grcic, Bevandic, Segvic, ECCV 2022)"
+_RPL_SCORE = "energy of the residual logits, then a 7x7 Gaussian blur (sigma 1, reflect padding)"
+_DENSEHYBRID_SCORE = "-logsumexp(logits) + log softmax(logits_ood)[1]"
 
 FORMATS: dict[str, SeedFormat] = {f.name: f for f in (
-    SeedFormat("nvidia-wrn38", published_file="cityscapes_best.pth (cv2 split, SDC aug) or "
-               "cityscapes_cv0_wideresnet38_nosdcaug.pth", source=_NVIDIA,
-               url="https://github.com/NVIDIA/semantic-segmentation/tree/sdcnet",
-               score="none (segmentation network; PGN and the post-hoc scores run on it)", **_WRN38),
-    SeedFormat("meta-ood", published_file="DeepLabV3+_WideResNet38_epoch_4_alpha_0.9.pth",
-               source="Meta-OoD: entropy maximisation (Chan, Rottmann, Gottschalk, ICCV 2021)",
-               url="https://github.com/robin-chan/meta-ood",
-               score="normalised entropy of the full-resolution softmax", **_WRN38),
-    SeedFormat("smiyc-baseline", published_file="DeepLabV3+_WideResNet38_baseline.pth",
-               source="SegmentMeIfYouCan baselines (Chan et al., NeurIPS 2021 Datasets and Benchmarks)",
-               url="https://github.com/SegmentMeIfYouCan/road-anomaly-benchmark",
-               score="MSP, ODIN (T=3, eps=1e-4), Mahalanobis on the input of final.6", **_WRN38),
-    SeedFormat("rpl", architecture="deepwv3plus-rpl", params={"corocl": False}, prefix="branch1.",
-               published_file="res.pth", source=_RPL, url="https://github.com/yyliu01/RPL",
-               classifier="final.6.weight", classifier_stride=2, normalisation="data pipeline",
-               score="energy of the residual logits, then a 7x7 Gaussian blur (sigma 1, reflect)"),
-    SeedFormat("rpl-corocl", architecture="deepwv3plus-rpl", params={"corocl": True}, prefix="branch1.",
-               published_file="rev3.pth", source=_RPL + " with CoroCL", url="https://github.com/yyliu01/RPL",
-               classifier="final.6.weight", classifier_stride=2, normalisation="data pipeline",
-               score="energy of the residual logits, then a 7x7 Gaussian blur (sigma 1, reflect)"),
-    SeedFormat("densehybrid-wrn38th", architecture="deepwv3plus-th", published_file="Fishyscapes fine-tuned "
-               "DeepLabV3+ (Drive id 1MZhINlNrXQlEyByUxypBebZQECqWAhlL)", source=_DENSEHYBRID,
-               url="https://github.com/matejgrcic/DenseHybrid", classifier="final.6.weight",
-               classifier_stride=2, normalisation="inside the model",
-               score="-logsumexp(logits) + log softmax(logits_ood)[1]"),
-    SeedFormat("densehybrid-ldn121", architecture="ldn121", published_file="LDN-121 SMIYC submission "
-               "(Drive id 1bXzZ5B6YGqVKEKcFgcDbMHj5sHYSsjss)", source=_DENSEHYBRID,
-               url="https://github.com/matejgrcic/DenseHybrid", classifier="logits.conv.weight",
-               classifier_stride=4, normalisation="none",
-               score="-logsumexp(logits) + log softmax(logits_ood)[1]"),
+    SeedFormat("nvidia-wrn38", "deepwv3plus", "cityscapes_best.pth (cv2 split, SDC augmentation) or "
+               "cityscapes_cv0_wideresnet38_nosdcaug.pth", _NVIDIA,
+               "https://github.com/NVIDIA/semantic-segmentation/tree/sdcnet", "data pipeline",
+               "none (a segmentation network; PGN and the post-hoc scores run on it)"),
+    SeedFormat("meta-ood", "deepwv3plus", "DeepLabV3+_WideResNet38_epoch_4_alpha_0.9.pth",
+               "Meta-OoD: entropy maximisation (Chan, Rottmann, Gottschalk, ICCV 2021)",
+               "https://github.com/robin-chan/meta-ood", "data pipeline",
+               "entropy of the full-resolution softmax / log(C)"),
+    SeedFormat("smiyc-baseline", "deepwv3plus", "DeepLabV3+_WideResNet38_baseline.pth",
+               "SegmentMeIfYouCan baselines (Chan et al., NeurIPS 2021 Datasets and Benchmarks)",
+               "https://github.com/SegmentMeIfYouCan/road-anomaly-benchmark", "data pipeline",
+               "MSP; ODIN (T=3, eps=1e-4); Mahalanobis on the input of final.6"),
+    SeedFormat("rpl", "deepwv3plus-rpl", "res.pth", _RPL, "https://github.com/yyliu01/RPL", "data pipeline",
+               _RPL_SCORE, params={"projector": False}, prefix="branch1."),
+    SeedFormat("rpl-corocl", "deepwv3plus-rpl", "rev3.pth", _RPL + " with CoroCL", "https://github.com/yyliu01/RPL",
+               "data pipeline", _RPL_SCORE, params={"projector": True}, prefix="branch1."),
+    SeedFormat("densehybrid-wrn38th", "deepwv3plus-th", "DeepLabV3+ fine-tuned for Fishyscapes "
+               "(Drive id 1MZhINlNrXQlEyByUxypBebZQECqWAhlL)", _DENSEHYBRID,
+               "https://github.com/matejgrcic/DenseHybrid", "the model", _DENSEHYBRID_SCORE),
+    SeedFormat("densehybrid-ldn121", "ldn121", "LDN-121 SMIYC submission (Drive id "
+               "1bXzZ5B6YGqVKEKcFgcDbMHj5sHYSsjss)", _DENSEHYBRID, "https://github.com/matejgrcic/DenseHybrid",
+               "nothing", _DENSEHYBRID_SCORE),
 )}
 #: The formats whose files hold the plain DeepWV3Plus; they differ only in their source.
 _WRN38_FORMATS = ("nvidia-wrn38", "meta-ood", "smiyc-baseline")
@@ -226,21 +214,16 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], fmt: SeedFormat) -> tupl
     return {_strip(k, fmt.prefix): v for k, v in kept.items()}, dropped
 
 
-def checkpoint_num_classes(state: Mapping[str, torch.Tensor], fmt: SeedFormat) -> int | None:
-    """Class count of the classifier weight ``fmt.classifier`` (None when the key is absent)."""
-    weight = state.get(fmt.classifier)
-    return None if weight is None or weight.dim() == 0 else int(weight.shape[0])
-
-
 def load_strict(fmt: SeedFormat, state: dict[str, torch.Tensor], num_classes: int, path: Path) -> tuple[nn.Module, int]:
     """``(model, number of num_batches_tracked filled)``: the architecture built on the meta device with
     ``state`` assigned as its parameters and buffers (strict; absent BatchNorm counters become 0)."""
-    found = checkpoint_num_classes(state, fmt)
-    if found is not None and found != num_classes:
-        raise OodsegError(f"{path}: checkpoint has {found} classes ({fmt.classifier} "
-                          f"{tuple(state[fmt.classifier].shape)}), --num-classes says {num_classes}")
     with torch.device("meta"):
         model = build_model(fmt.architecture, num_classes=num_classes, **fmt.params)
+    classifier = f"{model.head_name}.weight"
+    weight = state.get(classifier)
+    if weight is not None and weight.dim() > 0 and weight.shape[0] != num_classes:
+        raise OodsegError(f"{path}: checkpoint has {weight.shape[0]} classes ({classifier} {tuple(weight.shape)}), "
+                          f"--num-classes says {num_classes}")
     expected = model.state_dict()
     absent = [k for k in expected if k.endswith("num_batches_tracked") and k not in state]
     for key in absent:
@@ -255,10 +238,10 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, fmt: str 
                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Import the published file ``path`` in format ``fmt`` (or ``"auto"``) into the oodseg checkpoint ``out``.
 
-    ``model.json`` records the source file (name, bytes, sha256, format, paper, URL) and how the
-    source ran the network (input normalisation, upsampling ``align_corners``, classifier stride,
-    test-time score). Nothing is written on error; an existing ``out`` is replaced only with
-    ``overwrite``. Returns a JSON-ready summary.
+    ``model.json`` records ``source`` (the file's name, bytes, sha256 and format, the paper and URL,
+    where the source normalised its input, the paper's score) and the network's ``conventions()``
+    (normalisation, upsampling ``align_corners``, output stride, classifier head). Nothing is written
+    on error; an existing ``out`` is replaced only with ``overwrite``. Returns a JSON-ready summary.
     """
     path, out = Path(path), Path(out)
     log = log or (lambda message: None)
@@ -280,21 +263,14 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, fmt: str 
     state, dropped = remap_state_dict(raw, spec)
     del raw
     model, filled = load_strict(spec, state, num_classes, path)
-    align_corners = getattr(model, "align_corners", None)
-    if not isinstance(align_corners, bool):
-        raise OodsegError(f"architecture {spec.architecture!r}: has no boolean 'align_corners' attribute")
     source = {"file": path.name, "bytes": size, "sha256": digest, "format": name, "published_as": spec.published_file,
-              "paper": spec.source, "url": spec.url}
-    run_as = {"input": {**_IMAGENET, "normalised": spec.normalisation} if spec.normalisation != "none"
-              else {"range": "RGB in [0, 1]", "normalised": "none"},
-              "upsampling": {"mode": "bilinear", "align_corners": align_corners},
-              "classifier": spec.classifier.rsplit(".", 1)[0], "classifier_stride": spec.classifier_stride,
-              "score": spec.score}
+              "paper": spec.paper, "url": spec.url, "normalised_by": spec.normalised_by, "score": spec.score}
     params = {"num_classes": num_classes, **spec.params}
     log(f"writing {out}")
     with atomic_directory(out) as tmp:
-        save_checkpoint(model, tmp, spec.architecture, params, source=source, run_as=run_as)
+        save_checkpoint(model, tmp, spec.architecture, params, source=source, conventions=model.conventions())
     return {"out": str(out), "format": name, "architecture": spec.architecture, "params": params, "source": source,
-            "run_as": run_as, "keys": len(state), "parameters": sum(p.numel() for p in model.parameters()),
-            "dropped_keys": dropped, "filled_num_batches_tracked": filled,
+            "conventions": model.conventions(), "keys": len(state),
+            "parameters": sum(p.numel() for p in model.parameters()), "dropped_keys": dropped,
+            "filled_num_batches_tracked": filled,
             "seconds": round(time.perf_counter() - started, 3)}
