@@ -4,9 +4,10 @@ Writes a synthetic file shaped like NVIDIA's ``cityscapes_best.pth`` into a temp
 ``{'state_dict': 'module.' + DeepWV3Plus keys (random values) + the criterion weight, 'optimizer':
 SGD state with one momentum buffer per parameter, 'epoch', 'mean_iu': numpy.float64, 'command'}``
 (137 M parameters x 2 x 4 bytes = 1.1 GB), once in the legacy and once in the zip serialization.
-Each is imported by ``oodseg import`` in its own subprocess; its peak resident set size comes from
-``os.wait4`` (``ru_maxrss`` of that child) and is reported with the ratio to the file size. The
-resident size of a process that only imports torch and oodseg is reported for reference.
+Each is imported by ``oodseg import`` in its own subprocess, whose peak resident set size (``VmHWM``
+of ``/proc/self/status``, read as it exits) is reported with the ratio to the file size. (A child's
+``ru_maxrss`` is not used: Linux carries the parent's resident size over the fork into it.) The
+peak of a process that only imports torch and oodseg is reported for reference.
 
 ``--quick`` uses LDN-121's keys (11 M parameters, an 88 MB file, ``--format densehybrid-ldn121``)
 in the same NVIDIA layout.
@@ -54,19 +55,36 @@ def nvidia_style(architecture: str) -> dict:
             "command": "python train.py --dataset cityscapes --arch network.deepv3.DeepWV3Plus"}
 
 
-def peak_rss_bytes(command: list[str]) -> tuple[int, float]:
-    """``(peak RSS in bytes, wall seconds)`` of ``command`` run as a child process (must exit 0)."""
+#: Runs ``oodseg`` with argv[1:] and writes its peak resident set size (kB) to $OODSEG_PEAK_FILE at exit.
+_MEASURED_OODSEG = """
+import atexit, os, sys
+def _write_peak():
+    with open("/proc/self/status") as status:
+        kilobytes = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["OODSEG_PEAK_FILE"], "w") as out:
+        out.write(kilobytes)
+atexit.register(_write_peak)
+if sys.argv[1:]:
+    from oodseg.cli import main
+    main(sys.argv[1:], prog_name="oodseg")
+else:
+    import torch, oodseg.models.importing
+"""
+
+
+def peak_rss_bytes(oodseg_args: list[str], folder: Path) -> tuple[int, float]:
+    """``(peak RSS in bytes, wall seconds)`` of ``oodseg *oodseg_args`` in a child process (must exit 0);
+    no arguments: a process that only imports torch and the importer."""
+    peak_file = folder / "peak_kb.txt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OODSEG_QUIET": "1"}
+           "OODSEG_QUIET": "1", "OODSEG_PEAK_FILE": str(peak_file)}
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    process = subprocess.run([sys.executable, "-c", _MEASURED_OODSEG, *oodseg_args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
     if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
-    process.stderr.close()
-    return usage.ru_maxrss * 1024, seconds  # ru_maxrss is in KiB on Linux
+        raise SystemExit(f"oodseg {' '.join(oodseg_args)} failed: {process.stderr[-2000:]}")
+    return int(peak_file.read_text()) * 1024, seconds
 
 
 def main() -> None:
@@ -77,7 +95,7 @@ def main() -> None:
     architecture, fmt = ("ldn121", "densehybrid-ldn121") if args.quick else ("deepwv3plus", "nvidia-wrn38")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="oodseg-import-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    baseline, _ = peak_rss_bytes([sys.executable, "-c", "import torch, oodseg.models.importing"])
+    baseline, _ = peak_rss_bytes([], folder)
     print(f"{architecture} in NVIDIA's checkpoint layout; a process importing torch + oodseg peaks at "
           f"{baseline / 1e6:.0f} MB")
     print(f"{'serialization':<14}{'file MB':>9}{'peak RSS MB':>13}{'ratio':>7}{'seconds':>9}")
@@ -87,8 +105,8 @@ def main() -> None:
         torch.save(checkpoint, source, _use_new_zipfile_serialization=not legacy)
         del checkpoint
         size = source.stat().st_size
-        peak, seconds = peak_rss_bytes([sys.executable, "-m", "oodseg", "import", "--format", fmt, str(source),
-                                        "--out", str(folder / f"ckpt_{source.stem}"), "--overwrite"])
+        peak, seconds = peak_rss_bytes(["import", "--format", fmt, str(source), "--out",
+                                        str(folder / f"ckpt_{source.stem}"), "--overwrite"], folder)
         print(f"{'legacy' if legacy else 'zip (mmap)':<14}{size / 1e6:>9.0f}{peak / 1e6:>13.0f}{peak / size:>7.2f}"
               f"{seconds:>9.1f}", flush=True)
         if args.keep is None:

@@ -225,6 +225,12 @@ def test_cli_import_json_and_one_line_errors(standins, tmp_path):
     assert not (tmp_path / "other").exists()
 
 
+def test_help_lists_every_format():
+    result = CliRunner().invoke(main, ["import", "--help"])
+    assert result.exit_code == 0
+    assert all(name in "".join(result.stdout.split()) for name in FORMATS)  # help wraps at hyphens
+
+
 # --- the real architectures (no stand-ins) ---
 def _real_state(architecture: str, **params) -> OrderedDict:
     with torch.device("meta"):
