@@ -124,6 +124,28 @@ def test_cuda_saved_tensors_load_on_cpu(legacy, standins, monkeypatch, tmp_path)
     _assert_imported(tmp_path / "ckpt", state, source_file, "rpl-corocl")
 
 
+def test_allow_list_is_minimal(standins, monkeypatch, tmp_path):
+    """Each SAFE_GLOBALS entry is needed by an NVIDIA file written under numpy 2 or numpy 1."""
+    from oodseg.models import importing
+
+    obj, _ = _source("nvidia-wrn38")
+    numpy2 = sf.write(obj, tmp_path / "numpy2.pth", legacy=True)
+    numpy1 = tmp_path / "numpy1.pth"
+    numpy1.write_bytes(numpy2.read_bytes().replace(b"cnumpy._core.multiarray\nscalar\n",
+                                                   b"cnumpy.core.multiarray\nscalar\n"))
+    for left_out in range(len(importing.SAFE_GLOBALS)):
+        reduced = importing.SAFE_GLOBALS[:left_out] + importing.SAFE_GLOBALS[left_out + 1:]
+        failures = 0
+        with monkeypatch.context() as patch:
+            patch.setattr(importing, "SAFE_GLOBALS", reduced)
+            for source_file in (numpy2, numpy1):
+                try:
+                    importing.read_torch_file(source_file)
+                except OodsegError:
+                    failures += 1
+        assert failures >= 1, f"SAFE_GLOBALS[{left_out}] is not needed"
+
+
 def _renamed(state: OrderedDict) -> OrderedDict:
     return OrderedDict(("final.6.kernel" if k == "final.6.weight" else k, v) for k, v in state.items())
 
