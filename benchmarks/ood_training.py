@@ -39,10 +39,11 @@ from oodseg.atomic import write_json, write_text
 from oodseg.data import open_dataset
 from oodseg.data.synthetic import MANIFEST_NAME, generate
 from oodseg.errors import OodsegError
-from oodseg.evaluation import evaluate_dataset
-from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
-from oodseg.scores.runner import score_dataset
-from oodseg.training import make_config, train
+from oodseg.workflows.evaluate import evaluate_dataset
+from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
+from oodseg.workflows.score import score_dataset
+from oodseg.training import make_config
+from oodseg.workflows.train import train
 
 #: recipe -> the anomaly score it is meant to be read with (SPEC §2)
 RECIPE_SCORES = {"entropy-max": "entropy", "nflowjs": "jsd", "rpl": "energy"}

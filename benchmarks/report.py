@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "fixtures
 from synthetic import write_results  # noqa: E402
 
 from oodseg.data import find_score, open_dataset, read_score  # noqa: E402
-from oodseg.report import build_report, load_results  # noqa: E402
+from oodseg.report import load_results  # noqa: E402
+from oodseg.workflows.report import build_report  # noqa: E402
 from _timing import median_time  # noqa: E402
 
 BUDGET_S = 30.0

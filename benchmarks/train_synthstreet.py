@@ -20,9 +20,10 @@ import torch
 from sklearn.metrics import average_precision_score, roc_curve
 
 from oodseg.data import open_dataset
-from oodseg.data.transforms import image_to_tensor
+from oodseg.conventions import image_to_tensor
 from oodseg.models import load_checkpoint
-from oodseg.training import make_config, train
+from oodseg.training import make_config
+from oodseg.workflows.train import train
 
 
 def cpu_seconds() -> float:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oodseg.adapter import ModelAdapter, SegOutput, model_logits
+from oodseg.adapter import ModelAdapter, SegOutput
+from oodseg.conventions import model_logits
 from oodseg.errors import OodsegError
 from oodseg.models import DeepLabV3Plus, SmallSegNet
 
@@ -216,7 +217,7 @@ class AlignedWithOodHead(nn.Module):
     def forward(self, x):
         z = self.body(x)
         size = x.shape[-2:]
-        return {"out": F.interpolate(self.cls(z), size=size, mode="bilinear", align_corners=True),
+        return {"logits": F.interpolate(self.cls(z), size=size, mode="bilinear", align_corners=True),
                 "ood_logits": F.interpolate(self.ood(z), size=size, mode="bilinear", align_corners=True)}
 
 
@@ -230,7 +231,7 @@ def test_align_corners_of_the_model_is_honoured_when_upsampling():
     score = out.logits[:, 0] * 3.0 - out.logits[:, 1]
     expected = F.interpolate(score[:, None], size=(13, 18), mode="bilinear", align_corners=True)[:, 0]
     torch.testing.assert_close(out.upsample(score), expected, rtol=0, atol=0)
-    torch.testing.assert_close(out.upsampled_logits(), output["out"], rtol=0, atol=0)
+    torch.testing.assert_close(out.upsampled_logits(), output["logits"], rtol=0, atol=0)
     # the extra head is captured at the head's resolution and is what the model upsampled
     assert list(out.extras) == ["ood_logits"] and out.extras["ood_logits"].shape == (2, 2, 7, 9)
     torch.testing.assert_close(F.interpolate(out.extras["ood_logits"], size=(13, 18), mode="bilinear",
@@ -253,7 +254,7 @@ def test_models_without_the_attribute_keep_align_corners_false():
 
 def test_score_runner_upsamples_with_the_models_align_corners():
     from oodseg import scores
-    from oodseg.scores.runner import _score_batch
+    from oodseg.workflows.score import _score_batch
 
     model = AlignedWithOodHead().eval()
     images = torch.rand(1, 3, 13, 18)
@@ -264,7 +265,7 @@ def test_score_runner_upsamples_with_the_models_align_corners():
     energy = -torch.logsumexp(out.logits, dim=1)
     expected = F.interpolate(energy[:, None], size=(13, 18), mode="bilinear", align_corners=True)[:, 0]
     torch.testing.assert_close(maps["energy"], expected)
-    assert torch.equal(prediction, model(images)["out"].argmax(1).to(torch.uint8))
+    assert torch.equal(prediction, model(images)["logits"].argmax(1).to(torch.uint8))
 
 
 def test_extra_head_must_name_a_module():

@@ -10,18 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from oodseg.conventions import model_logits, resize_logits, resize_map
 from oodseg.errors import OodsegError
-
-
-def upsample_score(score: torch.Tensor, size: tuple[int, int], align_corners: bool = False) -> torch.Tensor:
-    """(B, h, w) anomaly map → (B, H, W), bilinear; ``align_corners=False`` (SPEC §0) unless the model
-    upsamples its own logits with ``align_corners=True`` (SPEC §8)."""
-    if tuple(score.shape[-2:]) == tuple(size):
-        return score
-    return F.interpolate(score[:, None], size=tuple(size), mode="bilinear", align_corners=align_corners)[:, 0]
 
 
 @dataclass
@@ -74,26 +66,12 @@ class SegOutput:
     def upsample(self, score: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """A (B, h, w) score at the head's resolution, bilinearly upsampled to ``size`` or the image size."""
         size = size or self.image_size
-        return score if size is None else upsample_score(score, size, self.align_corners)
+        return score if size is None else resize_map(score, size, self.align_corners)
 
     def upsampled_logits(self, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(B, C, H, W) logits bilinearly upsampled (the model's ``align_corners``) to ``size`` or the image size."""
         size = size or self.image_size
-        if size is None or tuple(size) == tuple(self.logits.shape[-2:]):
-            return self.logits
-        return F.interpolate(self.logits, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
-
-
-def model_logits(output: object) -> torch.Tensor:
-    """The logits tensor of a model's output: the tensor itself, ``output["out"]`` of a dict
-    (else its first value), or the first element of a tuple/list."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict) and output:
-        return model_logits(output["out"] if "out" in output else next(iter(output.values())))
-    if isinstance(output, (tuple, list)) and output:
-        return model_logits(output[0])
-    raise OodsegError(f"model output: expected logits, a dict with 'out' or a tuple, got {type(output).__name__}")
+        return self.logits if size is None else resize_logits(self.logits, size, self.align_corners)
 
 
 def _is_classifier_conv(module: nn.Module) -> bool:
@@ -109,9 +87,7 @@ def _mismatch(candidate: torch.Tensor, logits: torch.Tensor) -> float:
     """
     if candidate.shape[:2] != logits.shape[:2]:
         return float("inf")
-    if candidate.shape[-2:] != logits.shape[-2:]:
-        candidate = F.interpolate(candidate, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-    candidate = torch.nan_to_num(candidate, posinf=1e30, neginf=-1e30)
+    candidate = torch.nan_to_num(resize_logits(candidate, logits.shape[-2:]), posinf=1e30, neginf=-1e30)
     logits = torch.nan_to_num(logits, posinf=1e30, neginf=-1e30)
     scale = logits.abs().max().clamp_min(1e-12)
     return float((candidate - logits).abs().max() / scale)
@@ -137,7 +113,7 @@ class ModelAdapter:
     Hooks are removed by :meth:`close` or on leaving a ``with`` block.
 
     The model may declare ``align_corners`` (how it upsamples its logits; default False) and
-    ``extra_heads`` (``{name: module name}``, see :class:`oodseg.models.conventions.SourceConventions`):
+    ``extra_heads`` (``{name: module name}``, see :class:`oodseg.models.source.SourceConventions`):
     the outputs of those modules are returned in ``SegOutput.extras``. When the head runs more than
     once per forward (RPL's shared ``final``), its last call is the one captured.
     """

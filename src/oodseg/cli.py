@@ -158,7 +158,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
     from oodseg import distributed
     from oodseg.atomic import write_json
     from oodseg.data import detect_kind, open_dataset
-    from oodseg.evaluation import evaluate_dataset
+    from oodseg.workflows.evaluate import evaluate_dataset
 
     if json_out not in (None, "-") and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: already exists; pass --overwrite to replace it")
@@ -173,7 +173,7 @@ def evaluate(kind, root, scores_dir, track, mode, threshold, resize, roi, aggreg
             result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
                                       roi=roi, aggregate=aggregate, method=method)
         if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":
-            from oodseg.evaluation_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
+            from oodseg.workflows.evaluate_semantic import evaluate_semantic, open_semantic_dataset, with_semantic
 
             semantic = evaluate_semantic(open_semantic_dataset(kind, root, **dataset_options), scores_dir, probs,
                                          method=method, mode=mode, ood_thresholds=ood_thresholds,
@@ -237,7 +237,7 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
           --images data/synth/anomaly --method msp --method odin --out scores
     """
     from oodseg import distributed
-    from oodseg.scores.runner import parse_params, score_dataset
+    from oodseg.workflows.score import parse_params, score_dataset
 
     try:
         summary = score_dataset(checkpoint, images, list(methods), out, params=parse_params(params),
@@ -281,7 +281,7 @@ def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_
       oodseg report results --out report
       oodseg report results --out report --frames 8 --overwrite --json
     """
-    from oodseg.report import build_report
+    from oodseg.workflows.report import build_report
 
     summary = build_report(results_dir, out, frames=frames, overwrite=overwrite)
     if as_json:
@@ -293,6 +293,25 @@ def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_
 
 
 # --- train ---
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
+    """A library error that names fields of ``config_type`` (``steps: …``, ``resume=True``), worded
+    with the CLI flags instead (``--steps: …``, ``--resume``); any other error unchanged."""
+    import dataclasses
+    import re
+
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    head, sep, rest = str(exc).partition(": ")
+    names = head.split("/")
+    if not sep or not all(name in fields for name in names):
+        return exc
+    rest = re.sub(r"\b(\w+)=True\b", lambda m: _flag(m.group(1)) if m.group(1) in fields else m.group(0), rest)
+    return OodsegError("/".join(map(_flag, names)) + sep + rest)
+
+
 def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
     """``("lam=0.5", "mode=mix", "widths=[8,16,32]")`` -> dict; values parsed as JSON when they are JSON."""
     params = {}
@@ -372,21 +391,24 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
       torchrun --nproc_per_node=2 "$(which oodseg)" train --data data/synth --out ckpt/ddp --bn sync
     """
     from oodseg import distributed
-    from oodseg.training import make_config, train
+    from oodseg.training import TrainConfig, make_config
+    from oodseg.workflows.train import train
 
-    config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
-                         outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
-                         batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
-                         optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps,
-                         class_uniform=class_uniform, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
-                         log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
-                         channels_last=channels_last, validate=False if no_validate else None, resume=resume or None,
-                         overwrite=overwrite or None,
-                         arch_params=_parse_params(arch_params, "--arch-param") or None,
-                         recipe_params=_parse_params(recipe_params, "--param") or None)
     try:
+        config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
+                             outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
+                             batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
+                             optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps,
+                             class_uniform=class_uniform, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
+                             log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
+                             channels_last=channels_last, validate=False if no_validate else None, resume=resume or None,
+                             overwrite=overwrite or None,
+                             arch_params=_parse_params(arch_params, "--arch-param") or None,
+                             recipe_params=_parse_params(recipe_params, "--param") or None)
         summary = train(config)
         is_main = distributed.is_main()
+    except OodsegError as exc:
+        raise _flag_error(exc, TrainConfig) from exc
     finally:
         distributed.cleanup()
     if not is_main:
@@ -454,7 +476,7 @@ def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: i
       oodseg demo --out demo-out        # ~10 min on 2 CPU cores the first time, ~1-2 min after
       open demo-out/report/index.html
     """
-    from oodseg.demo import DEMO_METHODS, DemoConfig, run_demo
+    from oodseg.workflows.demo import DEMO_METHODS, DemoConfig, run_demo
 
     log = (lambda message: click.echo(message, err=True))
     config = DemoConfig(out=out, seed=seed, methods=methods or DEMO_METHODS, report_frames=report_frames,
@@ -590,7 +612,7 @@ def meta_command(kind, root, options, scores_dir, probs, segments, features, mod
 
     from oodseg.atomic import write_json
     from oodseg.data import detect_kind, open_dataset
-    from oodseg.meta import run_meta
+    from oodseg.workflows.meta import run_meta
 
     if json_out and json_out != "-" and Path(json_out).exists() and not overwrite:
         raise OodsegError(f"{json_out}: exists; pass --overwrite to replace it")

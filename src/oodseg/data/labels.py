@@ -123,8 +123,6 @@ OOD_LABELS = _table("0/1/255", {0: 0, 1: 1, 255: 255})
 LOSTANDFOUND = _table("LostAndFound labelIds", {v: (0 if v == 1 else 1 if 2 <= v <= 200 else 255) for v in range(256)})
 #: RoadAnomaly (Lis et al.) original ``labels_semantic.png``: 0 normal, 2 anomaly (255 void).
 ROAD_ANOMALY_ORIGINAL = _table("RoadAnomaly labels_semantic", {0: 0, 2: 1, 255: 255})
-#: RoadAnomaly preprocessed copy: 0/1 (255 void).
-ROAD_ANOMALY_PREPROCESSED = OOD_LABELS
 #: StreetHazards annotations store class+1 (1..14); after -1, class 13 is the anomaly and
 #: classes 0..12 are inliers (the original protocol counts "unlabeled" as inlier);
 #: raw 0 becomes -1 = 255 in uint8 arithmetic, i.e. void.

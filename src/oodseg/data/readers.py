@@ -155,12 +155,6 @@ def _fid_from_relative(rel: Path) -> str:
     return "_".join(rel.with_suffix("").parts)
 
 
-def _strip_suffix(stem: str, suffix: str, path: Path) -> str:
-    if not stem.endswith(suffix):
-        raise OodsegError(f"{path}: file name does not end with {suffix}")
-    return stem[: -len(suffix)]
-
-
 def _index_by_suffix(folder: Path, pattern: str, suffix: str) -> dict[str, Path]:
     """``{fid: path}`` for the images matching ``pattern`` under ``folder``, fid = stem minus ``suffix``."""
     return {p.stem[: -len(suffix)]: p for p in sorted(folder.glob(pattern))

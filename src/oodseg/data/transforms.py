@@ -12,14 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from oodseg.conventions import VOID
 from oodseg.errors import OodsegError
 
-IGNORE = 255
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 ``(H, W, 3)`` RGB -> float32 ``(3, H, W)`` in [0, 1]."""
-    return torch.tensor(image, dtype=torch.float32).permute(2, 0, 1).div_(255.0).contiguous()
 
 
 def label_to_tensor(label: np.ndarray) -> torch.Tensor:
@@ -30,7 +25,7 @@ def label_to_tensor(label: np.ndarray) -> torch.Tensor:
 def check_labels(label: np.ndarray, num_classes: int, where: str) -> None:
     """Raise :class:`OodsegError` unless every value of ``label`` is a trainId < ``num_classes`` or 255."""
     counts = np.bincount(label.ravel(), minlength=256)
-    bad = np.flatnonzero(counts[num_classes:IGNORE])
+    bad = np.flatnonzero(counts[num_classes:VOID])
     if bad.size:
         values = ", ".join(str(int(v) + num_classes) for v in bad[:5])
         raise OodsegError(f"{where}: unknown label value(s) {values} (expected 0..{num_classes - 1} or 255)")
@@ -67,7 +62,7 @@ def scaled_crop(image: torch.Tensor, label: torch.Tensor, crop_size: int, scale:
     pad_h, pad_w = window - img.shape[1], window - img.shape[2]
     if pad_h or pad_w:
         img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)
-        lab = F.pad(lab, (0, pad_w, 0, pad_h), value=IGNORE)
+        lab = F.pad(lab, (0, pad_w, 0, pad_h), value=VOID)
     if window != crop_size:
         img = F.interpolate(img[None], size=(crop_size, crop_size), mode="bilinear", align_corners=False)[0]
         lab = F.interpolate(lab[None, None].float(), size=(crop_size, crop_size), mode="nearest-exact")[0, 0].long()
@@ -89,8 +84,8 @@ def class_uniform_pixel(label: torch.Tensor, rng: np.random.Generator) -> tuple[
     """(row, column) of a random pixel of a class drawn uniformly among the classes in ``label``
     (255 excluded); None when every pixel is 255. Rare classes are picked as often as common ones."""
     flat = label.reshape(-1)
-    counts = torch.bincount(flat, minlength=IGNORE + 1)  # (sorted like torch.unique, ~20× faster)
-    counts[IGNORE] = 0
+    counts = torch.bincount(flat, minlength=VOID + 1)  # (sorted like torch.unique, ~20× faster)
+    counts[VOID] = 0
     classes = torch.nonzero(counts).reshape(-1)
     if classes.numel() == 0:
         return None
@@ -134,7 +129,7 @@ class TrainAugment:
 class SegmentationTrainSet(torch.utils.data.Dataset):
     """Torch view of an :func:`oodseg.data.open_dataset` dataset with augmentation.
 
-    Indexed by ``(index, seed)`` pairs (see ``oodseg.training.trainer``): the seed drives the
+    Indexed by ``(index, seed)`` pairs (see ``oodseg.workflows.train``): the seed drives the
     augmentation. Items are ``{"image": (3,c,c) float32, "label": (c,c) int64, "seed": int}``.
     Decoded, checked frames are kept in memory up to ``cache_mb`` MiB (per process), so small
     datasets are read from disk once.

@@ -3,7 +3,8 @@
 >>> from oodseg.meta import threshold_segments, segment_features, dispersion_maps
 >>> ids, n = threshold_segments(entropy, 0.3, valid=label != 255)     # (H, W) int32, count
 >>> feats = segment_features(ids, n, dispersion_maps(probs), probs)    # (n, 75) for 19 classes
->>> result = run_meta(open_dataset("smiyc-anomaly", root), probs=ckpt, scores_dir=scores)  # oodseg.meta JSON
+
+The ``oodseg meta`` engine that reads datasets and checkpoints is :mod:`oodseg.workflows.meta`.
 """
 import importlib
 
@@ -12,8 +13,6 @@ _EXPORTS = {
     "features": ["SegmentFeatures", "dispersion_maps", "feature_names", "metaood_feature_names", "segment_features",
                  "segment_means"],
     "models": ["classification_scores", "cross_val_predict", "cv_splits", "make_model", "regression_score"],
-    "pipeline": ["parse_features", "parse_segments", "run_meta", "suppress_segments"],
-    "probabilities": ["open_probabilities", "read_probabilities", "write_probabilities"],
     "segments": ["class_segments", "interior_mask", "threshold_segments"],
     "targets": ["segment_iou"],
 }

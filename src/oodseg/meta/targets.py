@@ -13,7 +13,7 @@ import numpy as np
 
 from oodseg.errors import OodsegError
 from oodseg.metrics.component import label_components
-from oodseg.metrics.inputs import VOID
+from oodseg.conventions import VOID
 
 
 def segment_iou(ids: np.ndarray, n: int, segment_class: np.ndarray, gt: np.ndarray) -> np.ndarray:

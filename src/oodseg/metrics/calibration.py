@@ -26,7 +26,8 @@ import numpy as np
 
 from oodseg import distributed
 from oodseg.errors import OodsegError
-from oodseg.metrics.inputs import VOID, as_batch, check_scores, to_numpy
+from oodseg.conventions import VOID
+from oodseg.metrics.checks import as_batch, check_scores, to_numpy
 from oodseg.metrics.tally import ScoreTally
 
 CONFIDENCE_MAPS = ("normalised", "complement", "minmax")

@@ -27,7 +27,8 @@ from scipy import ndimage
 
 from oodseg import distributed
 from oodseg.errors import OodsegError
-from oodseg.metrics.inputs import VOID, check_ood_label, check_scores
+from oodseg.conventions import VOID
+from oodseg.metrics.checks import check_ood_label, check_scores
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 TRACK_MIN_SIZES = {"anomaly": (500, 100), "obstacle": (50, 10)}  # (min_pred, min_gt) in pixels

@@ -24,7 +24,8 @@ import torch
 from oodseg import distributed
 from oodseg.errors import OodsegError
 from oodseg.metrics.component import label_components
-from oodseg.metrics.inputs import VOID, check_mask, check_ood_label, check_scores
+from oodseg.conventions import VOID
+from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
 
 META_OOD_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 _COUNT_KEYS = ("TP", "FP", "FN", "road_pixels", "road_missed")

@@ -26,7 +26,8 @@ import numpy as np
 
 from oodseg import distributed
 from oodseg.errors import OodsegError
-from oodseg.metrics.inputs import VOID, check_mask, check_ood_label, check_scores
+from oodseg.conventions import VOID
+from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
 from oodseg.metrics.tally import ScoreTally
 
 AGGREGATES = ("pooled", "per_image")

@@ -24,7 +24,8 @@ import torch
 
 from oodseg import distributed
 from oodseg.errors import OodsegError
-from oodseg.metrics.inputs import VOID, as_batch, check_scores
+from oodseg.conventions import VOID
+from oodseg.metrics.checks import as_batch, check_scores
 from oodseg.metrics.tally import ScoreTally
 
 

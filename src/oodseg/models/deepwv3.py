@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oodseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD, ConvBNReLU, ImageNormalize
-from oodseg.models.conventions import SourceConventions
+from oodseg.models.source import SourceConventions
 from oodseg.models.ldn import BNReLUConv
 from oodseg.models.wideresnet import wider_resnet38_modules
 
@@ -181,7 +181,7 @@ class DeepWV3PlusTH(DeepWV3Plus):
     """DenseHybrid's DeepWV3Plus with an OoD head (architecture ``"deepwv3plus-th"``): ``logits_ood``
     = BN(304, momentum 0.01) → ReLU → conv 1×1 304→2 with bias, on the decoder features ``dec0``.
 
-    ``forward(images)`` returns ``{"out": logits (B, C, H, W), "ood_logits": (B, 2, H, W)}``, both
+    ``forward(images)`` returns ``{"logits": (B, C, H, W), "ood_logits": (B, 2, H, W)}``, both
     upsampled with ``align_corners=True``; channel 1 of the OoD head is the "outlier" logit.
     """
 
@@ -196,4 +196,4 @@ class DeepWV3PlusTH(DeepWV3Plus):
         fine, high = self.trunk(images)
         decoder = self.decoder_features(fine, high)
         size = images.shape[-2:]
-        return OrderedDict(out=upsample(self.final(decoder), size), ood_logits=upsample(self.logits_ood(decoder), size))
+        return OrderedDict(logits=upsample(self.final(decoder), size), ood_logits=upsample(self.logits_ood(decoder), size))

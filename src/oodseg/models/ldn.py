@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oodseg.models.conventions import SourceConventions
+from oodseg.models.source import SourceConventions
 
 BN_MOMENTUM = 0.01
 BLOCK_CONFIG = (6, 12, 24, 16)
@@ -186,7 +186,7 @@ class LDN121(SourceConventions, nn.Module):
     ``logits`` (BN-ReLU-conv 1×1 128→C with bias; the classifier is ``logits.conv``) and
     ``logits_ood`` (BN-ReLU-conv 1×1 128→2 with bias), both at stride 4.
 
-    Input (B, 3, H, W) RGB in [0, 1], not normalised; output ``{"out": (B, C, H, W), "ood_logits":
+    Input (B, 3, H, W) RGB in [0, 1], not normalised; output ``{"logits": (B, C, H, W), "ood_logits":
     (B, 2, H, W)}``, bilinear with ``align_corners=False``.
     """
 
@@ -211,4 +211,4 @@ class LDN121(SourceConventions, nn.Module):
         x, skips = self.backbone(images)
         x = self.upsample(self.spp["spp"](x), skips)
         size = images.shape[-2:]
-        return OrderedDict(out=_resize(self.logits(x), size), ood_logits=_resize(self.logits_ood(x), size))
+        return OrderedDict(logits=_resize(self.logits(x), size), ood_logits=_resize(self.logits_ood(x), size))

@@ -14,29 +14,29 @@ from __future__ import annotations
 import inspect
 
 from oodseg.errors import OodsegError
-from oodseg.scores import (density, divergence, gradient, hybrid, logits, normalized, perturbation, sampling,
-                           softmax)
-from oodseg.scores.base import FittedScorer, ModelScorer, Scorer, compute
+# importing the family modules declares (and so registers) their scorers
+from oodseg.scores import (divergence, fitted, gradient, hybrid, logits, normalized, perturbation,  # noqa: F401
+                           sampling, softmax)
+from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer, compute
 
-#: SPEC §1 order, then the head-specific scores of SPEC §8.
-_ORDER = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "sml", "energy", "jsd", "feature_norm",
-          "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble", "odin", "mahalanobis",
-          "densehybrid")
-_CLASSES = {cls.name: cls for module in (softmax, logits, density, divergence, normalized, gradient, sampling,
-                                         perturbation, hybrid) for cls in module.SCORERS}
-_REGISTRY: dict[str, type[Scorer]] = {name: _CLASSES[name] for name in _ORDER}
+#: SPEC §1 order of :func:`available`, then the head-specific scores of SPEC §8; a registered score not
+#: named here is listed after these, never left out
+SPEC_ORDER = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "sml", "energy", "jsd", "feature_norm",
+              "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble", "odin", "mahalanobis",
+              "densehybrid")
 
 
 def available() -> list[str]:
-    """Names of every registered score, in SPEC order."""
-    return list(_REGISTRY)
+    """Names of every registered score: SPEC order first, then any other in the order declared."""
+    rank = {name: i for i, name in enumerate(SPEC_ORDER)}
+    return sorted(REGISTRY, key=lambda name: rank.get(name, len(rank)))
 
 
 def get(name: str, **params) -> Scorer:
     """A new scorer ``name`` with ``params`` (the rest at their defaults); OodsegError on unknown names/params."""
-    if name not in _REGISTRY:
-        raise OodsegError(f"score {name!r}: unknown; available: {', '.join(_REGISTRY)}")
-    cls = _REGISTRY[name]
+    if name not in REGISTRY:
+        raise OodsegError(f"score {name!r}: unknown; available: {', '.join(available())}")
+    cls = REGISTRY[name]
     accepted = [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY]
     unknown = sorted(set(params) - set(accepted))
     if unknown:

@@ -3,7 +3,7 @@
 Three kinds of scorer share one interface (``name``, ``params``, ``needs``, ``key``):
 
 - output-based: ``scorer(out: SegOutput) -> (B, h, w)``; the maths lives in ``score(inputs)``
-  on a :class:`~oodseg.scores.inputs.ScoreInputs`, so :func:`compute` can share work;
+  on a :class:`~oodseg.scores.shared.ScoreInputs`, so :func:`compute` can share work;
 - fitted (``"fit"`` in ``needs``): output-based after ``fit(outputs, labels)``;
 - model-based: ``scorer(adapter, images (B, 3, H, W)) -> (B, h, w)``.
 
@@ -19,10 +19,13 @@ import torch
 
 from oodseg.adapter import SegOutput
 from oodseg.errors import OodsegError
-from oodseg.scores.inputs import ScoreInputs, check_finite
+from oodseg.scores.shared import ScoreInputs, check_finite
 
 #: Pixels per tile for pixel-wise scores (rows are grouped until a tile holds about this many).
 TILE_PIXELS = 1 << 15
+
+#: every scorer class by ``name``, filled when a class declaring a ``name`` is defined
+REGISTRY: dict[str, type["Scorer"]] = {}
 
 
 class Scorer:
@@ -30,16 +33,34 @@ class Scorer:
     ``score(inputs) -> (B, h, w)`` (output-based) or ``__call__(adapter, images)`` (model-based).
 
     Constructor keyword arguments are the score's parameters; :attr:`params` holds them all.
+    A subclass that declares a ``name`` is registered under it (:data:`REGISTRY`).
     """
 
     name: str = ""
     needs: frozenset[str] = frozenset({"logits"})
     #: True when each output pixel depends only on the same pixel of the inputs (safe to tile).
     pixelwise: bool = True
-    model_based: bool = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name:
+            if name in REGISTRY and REGISTRY[name].__qualname__ != cls.__qualname__:
+                raise TypeError(f"score {name!r}: declared by {REGISTRY[name].__qualname__} and {cls.__qualname__}")
+            REGISTRY[name] = cls
 
     def __init__(self, **params: Any):
         self.params = params
+
+    @property
+    def needs_fit(self) -> bool:
+        """True when the score must be fitted (``fit`` or ``load_state_dict``) before use."""
+        return "fit" in self.needs
+
+    @property
+    def runs_model(self) -> bool:
+        """True when the score runs the model itself: ``scorer(adapter, images)``."""
+        return "model" in self.needs
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -92,7 +113,6 @@ class FittedScorer(Scorer):
 class ModelScorer(Scorer):
     """A score that runs the model itself: ``scorer(adapter, images) -> (B, h, w)``."""
 
-    model_based = True
     needs = frozenset({"model"})
 
     def __call__(self, adapter: Any, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -155,9 +175,9 @@ def compute(scorers: Sequence[Scorer | str] | Scorer | str, out: SegOutput) -> d
     for scorer in resolved:
         if not isinstance(scorer, Scorer):
             raise OodsegError(f"scores: expected a scorer or a name, got {type(scorer).__name__}")
-        if scorer.model_based:
+        if scorer.runs_model:
             raise OodsegError(f"{scorer.name}: runs the model; call it as scorer(adapter, images)")
-        if isinstance(scorer, FittedScorer):
+        if scorer.needs_fit:
             scorer.require_fitted()
     # NaN/Inf: each tile checks its own rows (while they are in the cache) unless a score needs the whole map
     tiles_check = all(s.pixelwise for s in resolved)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from oodseg.scores.base import Scorer, check_positive
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 
 
 class JensenShannon(Scorer):
@@ -32,6 +32,3 @@ class JensenShannon(Scorer):
         mixture_entropy = inputs.mixture_entropy(temperature)  # first: the kernel then gives both in one pass
         js = 0.5 * (-math.log(num_classes) - inputs.softmax_entropy(temperature)) + mixture_entropy
         return -js.clamp_(0.0, math.log(2.0))
-
-
-SCORERS = (JensenShannon,)

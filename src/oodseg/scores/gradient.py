@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import Scorer, check_choice, check_positive
-from oodseg.scores.inputs import ScoreInputs, as_float, channel_logsumexp, log_pnorm
+from oodseg.scores.shared import ScoreInputs, as_float, channel_logsumexp, log_pnorm
 
 VARIANTS = ("paper", "exact")
 LABELS = ("onehot", "uniform")
@@ -145,6 +145,3 @@ class PixelGradientNorm(Scorer):
         if bool(torch.isinf(norm).any()):
             raise OodsegError(f"pgn: p={p} gradient norm exceeds the float32 range; use log_scale=True")
         return norm
-
-
-SCORERS = (PixelGradientNorm,)

@@ -5,7 +5,7 @@ import torch
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import Scorer
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 
 
 class DenseHybrid(Scorer):
@@ -30,5 +30,3 @@ class DenseHybrid(Scorer):
             raise OodsegError(f"ood_logits: the DenseHybrid head has 2 channels, got shape {tuple(ood.shape)}")
         return torch.log_softmax(ood, dim=1)[:, 1] - inputs.logsumexp()
 
-
-SCORERS = (DenseHybrid,)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from oodseg.scores.base import Scorer, check_positive
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 
 
 class MaxLogit(Scorer):
@@ -30,6 +30,3 @@ class Energy(Scorer):
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         temperature = self.params["temperature"]
         return -temperature * inputs.logsumexp(temperature)
-
-
-SCORERS = (MaxLogit, Energy)

@@ -1,7 +1,7 @@
 """The optional C kernel ``_summary.c``: every per-pixel softmax quantity of a logit map in one pass.
 
 ``pip install -e .`` compiles it (``setup.py``; skipped without a C compiler). When it is built,
-:class:`~oodseg.scores.inputs.ScoreInputs` uses it for float32 CPU logits, and the torch code
+:class:`~oodseg.scores.shared.ScoreInputs` uses it for float32 CPU logits, and the torch code
 (the path for CUDA and for logits that need gradients) for everything else; both give the same
 maps to float32 rounding. The kernel runs on one thread.
 """

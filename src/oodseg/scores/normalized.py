@@ -12,7 +12,7 @@ import torch
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import Scorer, check_positive
-from oodseg.scores.inputs import NORM_FLOOR, ScoreInputs, channel_logsumexp
+from oodseg.scores.shared import NORM_FLOOR, ScoreInputs, channel_logsumexp
 
 
 def normalized_class_scores(inputs: ScoreInputs, *, include_bias: bool, delta: float, eta: float = 1.0) -> torch.Tensor:
@@ -94,6 +94,3 @@ class ClassWeightedNormalizedEnergy(Scorer):
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         return -channel_logsumexp(normalized_class_scores(inputs, **self.params))
-
-
-SCORERS = (FeatureNorm, NormalizedMaxLogit, NormalizedEnergy, ClassWeightedNormalizedEnergy)

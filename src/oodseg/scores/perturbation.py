@@ -12,7 +12,7 @@ import torch
 
 from oodseg.errors import OodsegError
 from oodseg.scores.base import ModelScorer, as_adapter, check_images, check_positive
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 from oodseg.scores.softmax import max_softmax_complement
 
 
@@ -42,6 +42,3 @@ class ODIN(ModelScorer):
         perturbed = self.perturb(adapter, images) if self.params["epsilon"] > 0 else images
         with torch.no_grad():
             return max_softmax_complement(ScoreInputs(adapter(perturbed)), self.params["temperature"])
-
-
-SCORERS = (ODIN,)

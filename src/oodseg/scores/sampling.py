@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from oodseg.conventions import resize_logits
 from oodseg.errors import OodsegError
 from oodseg.scores.base import ModelScorer, as_adapter, check_images
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 from oodseg.scores.softmax import normalized_entropy
 
 #: Module types that MC dropout switches to training mode.
@@ -105,14 +105,11 @@ class Ensemble(ModelScorer):
                 logits = ScoreInputs(member(images)).logits
                 if size is None:
                     size = logits.shape[2:]
-                elif logits.shape[2:] != size:
-                    logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+                else:
+                    logits = resize_logits(logits, size)
                 if total is not None and logits.shape[1] != total.shape[1]:
                     raise OodsegError(f"ensemble: member {index} has {logits.shape[1]} classes, "
                                       f"member 0 has {total.shape[1]}")
                 probs = torch.softmax(logits, dim=1)
                 total = probs if total is None else total + probs
         return normalized_entropy(total / len(self.members))
-
-
-SCORERS = (MCDropout, Ensemble)

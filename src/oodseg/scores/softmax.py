@@ -10,7 +10,7 @@ import math
 import torch
 
 from oodseg.scores.base import Scorer
-from oodseg.scores.inputs import ScoreInputs
+from oodseg.scores.shared import ScoreInputs
 
 
 def max_softmax_complement(inputs: ScoreInputs, temperature: float = 1.0) -> torch.Tensor:
@@ -71,6 +71,3 @@ class Margin(Scorer):
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         first, second = inputs.top2
         return 1.0 - (1.0 - torch.exp(second - first)) / inputs.exp_sum(1.0)
-
-
-SCORERS = (MaxSoftmax, Entropy, VariationRatio, Margin)

@@ -1,8 +1,11 @@
-"""OoD-aware training: one loop (:mod:`.trainer`) and recipes (a loss + a data recipe each).
+"""OoD-aware training as a library: recipes (a loss + a data recipe each) and their settings.
 
-``train(config)`` runs a recipe registered in :data:`RECIPES` (``baseline``, ``entropy-max``,
-``nflowjs``, ``rpl``); losses live in :mod:`.losses`, outlier pasting/mixing in :mod:`.outliers`.
+:func:`make_config` assembles a :class:`TrainConfig` for a recipe registered in :data:`RECIPES`
+(``baseline``, ``entropy-max``, ``nflowjs``, ``rpl``); the loop that runs it is
+:func:`oodseg.workflows.train.train`. Losses live in :mod:`.losses`, outlier pasting/mixing in
+:mod:`.outliers`.
 """
-from oodseg.training.trainer import RECIPES, Recipe, TrainConfig, get_recipe, make_config, train
+from oodseg.training.config import TrainConfig, make_config
+from oodseg.training.recipe import RECIPES, Recipe, get_recipe
 
-__all__ = ["RECIPES", "Recipe", "TrainConfig", "get_recipe", "make_config", "train"]
+__all__ = ["RECIPES", "Recipe", "TrainConfig", "get_recipe", "make_config"]

@@ -18,7 +18,7 @@ from typing import Any
 from oodseg.errors import OodsegError
 from oodseg.training.losses import entropy_max_loss
 from oodseg.training.outliers import OutlierPool, add_outliers
-from oodseg.training.trainer import Recipe, segmentation_logits
+from oodseg.training.recipe import Recipe, segmentation_logits
 
 
 class EntropyMaxRecipe(Recipe):

@@ -11,7 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-OUTLIER = 254
+from oodseg.conventions import OUTLIER
+
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer=None) -> torch.Tensor:

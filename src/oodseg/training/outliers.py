@@ -15,11 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from oodseg.data.transforms import image_to_tensor
+from oodseg.conventions import OUTLIER, VOID, image_to_tensor
 from oodseg.errors import OodsegError
 
-OUTLIER = 254
-IGNORE = 255
 #: mask value -> label for the folder reader: 0 background, 1 or 255 object
 MASK_VALUES = "0:0,1:1,255:1"
 
@@ -100,7 +98,7 @@ def outlier_scene(obj_image: torch.Tensor, obj_mask: torch.Tensor, size: tuple[i
     image, mask = _resize(obj_image[:, y:y + win_h, x:x + win_w], obj_mask[y:y + win_h, x:x + win_w], size)
     if rng.random() < 0.5:
         image, mask = image.flip(-1), mask.flip(-1)
-    label = torch.full(mask.shape, IGNORE, dtype=torch.long)
+    label = torch.full(mask.shape, VOID, dtype=torch.long)
     label[mask] = OUTLIER
     return image, label
 

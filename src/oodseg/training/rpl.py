@@ -33,12 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oodseg.adapter import ModelAdapter
+from oodseg.conventions import OUTLIER, resize_logits
 from oodseg.errors import OodsegError
 from oodseg.models import ASPP, build_model, register_architecture
 from oodseg.training.losses import (inlier_mask, rpl_inlier_energy_loss, rpl_inlier_loss, rpl_outlier_loss,
                                     supervised_infonce)
-from oodseg.training.outliers import OUTLIER, OutlierPool, add_outliers, outlier_scene
-from oodseg.training.trainer import Recipe, TrainConfig, labels_at, unwrap
+from oodseg.training.outliers import OutlierPool, add_outliers, outlier_scene
+from oodseg.training.config import TrainConfig
+from oodseg.training.recipe import Recipe, labels_at, unwrap
 
 DEFAULT_RATES = (6, 12, 18)
 
@@ -252,9 +254,7 @@ def coro_contrastive_loss(scene_projection: Tensor, scene_labels: Tensor, contex
 
 
 def _upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits.float()
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return resize_logits(logits.float(), size)
 
 
 class RPLRecipe(Recipe):

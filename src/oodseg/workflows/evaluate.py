@@ -1,0 +1,146 @@
+"""Dataset-level OoD evaluation: score files + labels -> the ``oodseg.evaluate`` result object.
+
+Two passes over the frames (SPEC §4): pass 1 accumulates the pooled pixel metrics (AP,
+AUROC, FPR95, best F1) and picks the best-F1 threshold θ; pass 2 computes the SMIYC
+component metrics (sIoU, PPV, mean F1) at θ. With a given threshold both run in one pass.
+Under ``torchrun`` each rank reads its shard of the frames (rank-strided), the metric
+states are all-reduced, and every rank returns the same result (rank 0 should write it).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oodseg import distributed
+from oodseg.conventions import VOID, resize_map
+from oodseg.data.imagefiles import read_raw_label
+from oodseg.data.io import find_score, read_score
+from oodseg.data.readers import Dataset
+from oodseg.errors import OodsegError
+from oodseg.metrics.component import TRACK_MIN_SIZES, ComponentMetrics
+from oodseg.metrics.pixel import PixelMetrics
+from oodseg.metrics.tally import MODES
+from oodseg.progress import track as progress
+
+SCHEMA, VERSION = "oodseg.evaluate", 1
+
+
+def resize_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (``align_corners=False``, SPEC §0) of a float32 ``(h, w)`` map to ``size`` ``(H, W)``."""
+    if score.shape == tuple(size):
+        return score
+    return resize_map(torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None], size)[0].numpy()
+
+
+def load_roi(roi) -> np.ndarray | None:
+    """A region of interest as bool ``(H, W)``: an array, or an image file whose non-zero pixels are inside."""
+    if roi is None:
+        return None
+    if isinstance(roi, (str, Path)):
+        return read_raw_label(roi) != 0
+    roi = np.asarray(roi)
+    if roi.ndim != 2:
+        raise OodsegError(f"roi: expected a 2-D mask, got shape {roi.shape}")
+    return roi.astype(bool)
+
+
+class FrameReader:
+    """Reads (score, label) pairs of a dataset frame: label decoded, ROI applied, score sized to the label."""
+
+    def __init__(self, dataset: Dataset, scores_dir: Path, resize: bool, roi: np.ndarray | None):
+        self.dataset, self.scores_dir, self.resize, self.roi = dataset, scores_dir, resize, roi
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        frame = self.dataset.frame(index)
+        label = self.dataset.read_label(index)
+        path = find_score(self.scores_dir, frame.fid)
+        score = read_score(path)
+        if self.roi is not None:
+            if self.roi.shape != label.shape:
+                raise OodsegError(f"roi: size {self.roi.shape} differs from label size {label.shape} of {frame.label_path}")
+            label = np.where(self.roi, label, VOID).astype(np.uint8)
+        if score.shape != label.shape:
+            if not self.resize:
+                raise OodsegError(f"{path}: score size {score.shape} differs from label size {label.shape} "
+                                  f"of {frame.label_path} (use resize to upsample bilinearly)")
+            score = resize_score(score, label.shape)
+        return score, label
+
+
+def _finite_or_none(value):
+    """JSON-safe number: NaN/Inf become None (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "anomaly", mode: str = "exact",
+                     threshold: float | None = None, resize: bool = False, roi=None, aggregate: str = "pooled",
+                     method: str | None = None, max_curve_points: int = 512) -> dict:
+    """Evaluate the score files in ``scores_dir`` (``{fid}.hdf5|.h5|.npy|.npz``) against ``dataset``'s labels.
+
+    ``track``: component size filters (``anomaly`` 500/100 px, ``obstacle`` 50/10 px).
+    ``mode``: pixel metrics ``exact`` or ``streaming``. ``threshold``: θ of the component
+    metrics (default: the best-F1 pixel threshold). ``resize``: bilinearly resize scores to
+    the label size (otherwise a size mismatch is an error). ``roi``: bool ``(H, W)`` mask or
+    image file; pixels outside become void. ``aggregate``: ``pooled`` or ``per_image``
+    (StreetHazards). ``method``: name stored in the result (default: the parent folder of
+    ``scores_dir``, i.e. ``{out}/{method}/{dataset}``).
+
+    Returns the ``oodseg.evaluate`` result object (docs/results-schema.md).
+    """
+    if dataset.label_type != "ood":
+        what = "semantic (trainId)" if dataset.label_type == "semantic" else "no"
+        raise OodsegError(f"{dataset.root}: dataset kind {dataset.kind} has {what} labels; "
+                          "evaluation needs OoD labels 0/1/255")
+    if track not in TRACK_MIN_SIZES:
+        raise OodsegError(f"track: expected one of {sorted(TRACK_MIN_SIZES)}, got {track!r}")
+    if mode not in MODES:
+        raise OodsegError(f"mode: expected one of {MODES}, got {mode!r}")
+    if threshold is not None and not math.isfinite(threshold):
+        raise OodsegError(f"threshold: must be finite, got {threshold}")
+    scores_dir = Path(scores_dir).expanduser().resolve()
+    if not scores_dir.is_dir():
+        raise OodsegError(f"{scores_dir}: scores folder not found")
+    read = FrameReader(dataset, scores_dir, resize, load_roi(roi))
+    mine = distributed.shard(range(len(dataset)))
+
+    pixel = PixelMetrics(mode=mode, aggregate=aggregate)
+    components = ComponentMetrics(track=track)
+    for i in progress(mine, f"{dataset.name}: pixel metrics" + ("" if threshold is None else " + components")):
+        score, label = read(i)
+        pixel.update(score, label)
+        if threshold is not None:
+            components.update(score, label, threshold)
+    pixel.all_reduce()
+    px = pixel.compute()
+    if px["n_anomaly"] == 0 or px["n_anomaly"] == px["n_pixels"]:
+        missing = "anomaly (1)" if px["n_anomaly"] == 0 else "inlier (0)"
+        raise OodsegError(f"{dataset.root}: no {missing} pixels in the {px['n_frames']} evaluated frames; "
+                          "pixel metrics are undefined")
+    theta = px["best_F1_threshold"] if threshold is None else float(threshold)
+    if threshold is None:
+        for i in progress(mine, f"{dataset.name}: component metrics"):
+            score, label = read(i)
+            components.update(score, label, theta)
+    components.all_reduce()
+    comp = components.compute()
+
+    result = {
+        "schema": SCHEMA, "version": VERSION,
+        "dataset": dataset.name, "dataset_kind": dataset.kind,
+        "method": method or scores_dir.parent.name,
+        "track": track, "mode": mode, "aggregate": aggregate,
+        "root": str(dataset.root), "scores": str(scores_dir),
+        "AP": px["AP"], "AUROC": px["AUROC"], "FPR95": px["FPR95"],
+        "best_F1": px["best_F1"], "best_F1_threshold": px["best_F1_threshold"],
+        "sIoU": comp["sIoU"], "PPV": comp["PPV"], "mean_F1": comp["mean_F1"],
+        "component_threshold": theta,
+        "n_frames": px["n_frames"], "n_pixels": px["n_pixels"], "n_anomaly_pixels": px["n_anomaly"],
+        "n_gt_components": comp["n_gt_components"], "n_pred_components": comp["n_pred_components"],
+        "curves": pixel.curves(max_points=max_curve_points),
+    }
+    return {k: _finite_or_none(v) for k, v in result.items()}

@@ -1,0 +1,368 @@
+"""Score a dataset into files: ``{out}/{method}/{dataset}/{fid}.hdf5`` for every requested method.
+
+Per batch of frames the model runs once through the :class:`~oodseg.adapter.ModelAdapter`;
+all output-based scores are computed together (:func:`oodseg.scores.compute` shares the
+work), model-based ones (MC dropout, ODIN, ensembles) run the model themselves. Every map is
+upsampled bilinearly (``align_corners=False``) to the image size and written as SMIYC hdf5
+(float16, gzip); the argmax prediction goes to ``{out}/_prediction/{dataset}/{fid}.png`` and
+the run's description to ``{out}/_manifest/{dataset}.json`` (schema ``oodseg.score``).
+
+A run is resumable: a file exists under its final name only when complete (atomic writes),
+so a rerun with the same checkpoint, data and methods scores only what is missing. A
+finished or different run in ``out`` is replaced only with ``overwrite=True``. Under
+``torchrun`` every rank scores its share of the frames (rank-strided).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from oodseg import distributed
+from oodseg.adapter import ModelAdapter
+from oodseg.conventions import image_to_tensor, resize_map
+from oodseg.atomic import atomic_path, write_json
+from oodseg.data import detect_kind, open_dataset, score_path, write_score
+from oodseg.data.transforms import label_to_tensor
+from oodseg.errors import OodsegError
+from oodseg.models import load_checkpoint
+from oodseg.progress import track
+
+MANIFEST_SCHEMA = "oodseg.score"
+MANIFEST_VERSION = 1
+PREDICTION_DIR = "_prediction"
+MANIFEST_DIR = "_manifest"
+#: Manifest fields that must agree for a rerun to count as resuming the same run.
+RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ensemble", "fit_data", "fit_frames")
+
+T = TypeVar("T")
+
+
+def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["odin.epsilon=0.002", "pgn.label=uniform"]`` → ``{"odin": {"epsilon": 0.002}, "pgn": {"label": "uniform"}}``.
+
+    Values are read as JSON (numbers, booleans, lists) and otherwise kept as strings.
+    """
+    params: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, raw = item.partition("=")
+        method, dot, key = target.partition(".")
+        if not sep or not dot or not method or not key:
+            raise OodsegError(f"--param {item!r}: expected METHOD.KEY=VALUE, e.g. odin.epsilon=0.002")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        params.setdefault(method, {})[key] = value
+    return params
+
+
+def prediction_path(out: str | Path, dataset: str, fid: str) -> Path:
+    """``{out}/_prediction/{dataset}/{fid}.png`` (argmax trainIds, uint8)."""
+    return Path(out) / PREDICTION_DIR / dataset / f"{fid}.png"
+
+
+def manifest_path(out: str | Path, dataset: str) -> Path:
+    """``{out}/_manifest/{dataset}.json``."""
+    return Path(out) / MANIFEST_DIR / f"{dataset}.json"
+
+
+def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[str], out: str | Path, *,
+                  params: dict[str, dict[str, Any]] | None = None, dataset_kind: str | None = None,
+                  dataset_name: str | None = None, dataset_options: dict[str, Any] | None = None,
+                  fit_data: str | Path | None = None, fit_frames: int = 20,
+                  ensemble: Sequence[str | Path] = (), overwrite: bool = False, device: str = "cpu",
+                  batch_size: int = 1) -> dict[str, Any]:
+    """Score every frame of the dataset at ``images`` with ``methods`` and write the files into ``out``.
+
+    Args:
+        checkpoint: oodseg checkpoint directory of the segmentation model.
+        images: dataset root; ``dataset_kind`` defaults to :func:`oodseg.data.detect_kind`.
+        methods: score names (``oodseg.scores.available()``); ``params`` gives per-method keywords.
+        out: output root. ``dataset_name`` overrides the dataset's folder name below it;
+            ``dataset_options`` are layout options of :func:`oodseg.data.open_dataset` (e.g. ``split``).
+        fit_data: Cityscapes-layout root whose train split (``fit_frames`` frames, evenly spaced)
+            fits the fitted scores (``sml``, ``mahalanobis``).
+        ensemble: further checkpoints; with ``checkpoint`` they form the members of ``ensemble``.
+        overwrite: replace a finished or different run's files.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
+        batch_size: frames per forward pass (frames of equal size only).
+    Returns:
+        The manifest dict plus ``written`` / ``skipped`` frame counts of this process and ``seconds``.
+    """
+    from oodseg import scores as score_registry
+
+    started = time.perf_counter()
+    if not methods:
+        raise OodsegError("--method: give at least one score method")
+    if batch_size < 1:
+        raise OodsegError(f"--batch-size: must be >= 1, got {batch_size}")
+    if fit_frames < 1:
+        raise OodsegError(f"fit_frames: must be >= 1, got {fit_frames}")
+    distributed.init()
+    device = _resolve_device(device)
+    params = params or {}
+    unknown = sorted(set(params) - set(methods))
+    if unknown:
+        raise OodsegError(f"--param {unknown[0]}.*: method {unknown[0]!r} is not among --method {', '.join(methods)}")
+
+    model, meta = load_checkpoint(checkpoint, map_location=device)
+    members = [model] + [_load_member(path, meta, device) for path in ensemble]
+    scorers = [_build_scorer(score_registry, name, params.get(name, {}), members) for name in methods]
+    keys = [s.key for s in scorers]
+    duplicate = next((k for k in keys if keys.count(k) > 1), None)
+    if duplicate:
+        raise OodsegError(f"--method: {duplicate!r} requested twice")
+    if ensemble and not any(s.name == "ensemble" for s in scorers):
+        raise OodsegError("--ensemble: given but method 'ensemble' is not requested")
+    if any(s.needs_fit for s in scorers) and fit_data is None:
+        names = ", ".join(s.name for s in scorers if s.needs_fit)
+        raise OodsegError(f"--fit-data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
+
+    kind = dataset_kind or detect_kind(images)
+    options = {**(dataset_options or {}), **({"name": dataset_name} if dataset_name else {})}
+    dataset = open_dataset(kind, images, labels="none", **options)
+    manifest = {"schema": MANIFEST_SCHEMA, "version": MANIFEST_VERSION,
+                "checkpoint": str(Path(checkpoint).resolve()), "dataset": dataset.name, "dataset_kind": kind,
+                "root": str(dataset.root), "methods": keys, "n_frames": len(dataset),
+                "ensemble": [str(Path(p).resolve()) for p in ensemble],
+                "fit_data": str(Path(fit_data).resolve()) if fit_data and _needs_fit(scorers) else None,
+                "fit_frames": fit_frames if _needs_fit(scorers) else None,
+                "params": {s.key: {k: v for k, v in s.params.items() if k != "models"} for s in scorers},
+                "classes": meta["classes"], "complete": False}
+    out = Path(out)
+    _check_previous_run(out, dataset, keys, manifest, overwrite)
+    distributed.barrier()
+    if distributed.is_main():
+        if overwrite:
+            _remove_outputs(out, dataset, keys)
+        _remove_partials(out, dataset.name, keys)
+        write_json(manifest_path(out, dataset.name), manifest)
+    distributed.barrier()
+
+    adapter = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+    try:
+        fitted = [s for s in scorers if s.needs_fit]
+        if fitted:
+            _fit_on_main(fitted, adapter, Path(fit_data), fit_frames, device)
+        written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size))
+    finally:
+        adapter.close()
+    distributed.barrier()
+    manifest["complete"] = _missing_outputs(out, dataset.name, dataset.fids, keys) == 0
+    if distributed.is_main():
+        write_json(manifest_path(out, dataset.name), manifest)
+    distributed.barrier()
+    return {**manifest, "out": str(out.resolve()), "written": written, "skipped": skipped,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+# -- set-up ------------------------------------------------------------------------------------
+def _resolve_device(device: str) -> torch.device:
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise OodsegError(f"--device: {device!r} is not a torch device") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OodsegError(f"--device: {device!r} requested but CUDA is not available")
+        if resolved.index is None and distributed.world_size() > 1:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
+
+
+def _load_member(path: str | Path, meta: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    member, member_meta = load_checkpoint(path, map_location=device, num_classes=meta["num_classes"])
+    if member_meta["classes"] != meta["classes"]:
+        raise OodsegError(f"{path}: ensemble member's class names differ from the main checkpoint's")
+    return member
+
+
+def _build_scorer(registry, name: str, params: dict[str, Any], members: list[torch.nn.Module]):
+    """The scorer for ``name``; ``ensemble`` receives all member networks (the main one first) as ``models``."""
+    if name == "ensemble":
+        if len(members) < 2:
+            raise OodsegError("--method ensemble: needs --ensemble CKPT (at least one further checkpoint)")
+        params = {**params, "models": members}
+    return registry.get(name, **params)
+
+
+def _needs_fit(scorers) -> bool:
+    return any(s.needs_fit for s in scorers)
+
+
+def _check_previous_run(out: Path, dataset, keys: list[str], manifest: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to touch a finished or different run's outputs unless ``overwrite``; allow resuming."""
+    if overwrite:
+        return
+    path = manifest_path(out, dataset.name)
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OodsegError(f"{path}: corrupt manifest ({exc}); pass --overwrite to start afresh") from exc
+        differing = [k for k in RUN_IDENTITY if previous.get(k) != manifest.get(k)]
+        if previous.get("schema") != MANIFEST_SCHEMA or differing:
+            raise OodsegError(f"{path}: outputs of a different run ({', '.join(differing) or 'schema'} differ); "
+                              "pass --overwrite to replace them")
+        if _missing_outputs(out, dataset.name, dataset.fids, keys) == 0:
+            raise OodsegError(f"{out}: this run is already complete for dataset {dataset.name!r}; "
+                              "pass --overwrite to redo it")
+        return
+    existing = next(_existing_outputs(out, dataset.name, dataset.fids, keys), None)
+    if existing is not None:
+        raise OodsegError(f"{existing}: exists but no manifest describes it; pass --overwrite to replace it")
+
+
+def _output_paths(out: Path, dataset: str, fid: str, keys: Sequence[str]) -> list[Path]:
+    return [score_path(out, key, dataset, fid) for key in keys] + [prediction_path(out, dataset, fid)]
+
+
+def _existing_outputs(out: Path, dataset: str, fids: Sequence[str], keys: Sequence[str]) -> Iterator[Path]:
+    return (p for fid in fids for p in _output_paths(out, dataset, fid, keys) if p.is_file())
+
+
+def _missing_outputs(out: Path, dataset: str, fids: Sequence[str], keys: Sequence[str]) -> int:
+    return sum(not p.is_file() for fid in fids for p in _output_paths(out, dataset, fid, keys))
+
+
+def _remove_outputs(out: Path, dataset, keys: Sequence[str]) -> None:
+    """Delete the files this run would write (an overwrite must not be resumed onto old files)."""
+    for path in list(_existing_outputs(out, dataset.name, dataset.fids, keys)):
+        path.unlink()
+
+
+def _remove_partials(out: Path, dataset: str, keys: Sequence[str]) -> None:
+    """Delete temporary ``.partial`` files left by an interrupted run."""
+    for folder in [out / key / dataset for key in keys] + [out / PREDICTION_DIR / dataset]:
+        if folder.is_dir():
+            for path in folder.glob(".*.partial*"):
+                path.unlink(missing_ok=True)
+
+
+# -- distributed helpers -------------------------------------------------------------------------
+def _on_every_rank(work: Callable[[], T]) -> T:
+    """Run ``work`` on every rank; when any rank fails, every rank raises (none waits forever)."""
+    failure, result = None, None
+    try:
+        result = work()
+    except Exception as exc:  # re-raised below, after telling the other ranks
+        failure = exc
+    messages = distributed.all_gather_objects(None if failure is None else _one_line(failure))
+    if failure is not None:
+        raise failure
+    reported = next(((r, m) for r, m in enumerate(messages) if m), None)
+    if reported:
+        raise OodsegError(f"rank {reported[0]}: {reported[1]}")
+    return result
+
+
+def _fit_on_main(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.device) -> None:
+    """Fit on rank 0 and copy the fitted statistics to the other ranks."""
+    def fit_and_export():
+        if not distributed.is_main():
+            return None
+        _fit(fitted, adapter, root, frames, device)
+        return [{k: v.cpu() for k, v in s.state_dict().items()} for s in fitted]
+
+    states = _on_every_rank(fit_and_export)
+    states = distributed.all_gather_objects(states)[0]
+    if not distributed.is_main():
+        for scorer, state in zip(fitted, states):
+            scorer.load_state_dict(state)
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, OodsegError) else f"{type(exc).__name__}: {text}"
+
+
+# -- fitting --------------------------------------------------------------------------------------
+def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.device) -> None:
+    """Fit each fitted scorer on ``frames`` evenly spaced Cityscapes train frames (outputs + trainId labels)."""
+    data = open_dataset("cityscapes", root, split="train", labels="auto")
+    picks = np.unique(np.linspace(0, len(data) - 1, min(frames, len(data))).round().astype(int))
+
+    def pairs() -> Iterator[tuple]:
+        for index in track(picks.tolist(), "fitting on Cityscapes train"):
+            sample = data[index]
+            images = image_to_tensor(sample.image)[None].to(device)
+            with torch.no_grad():
+                out = adapter(images)
+            label = None if sample.label is None else label_to_tensor(sample.label)[None].to(device)
+            yield out, label
+
+    for scorer in fitted:
+        outputs, labels = (itertools.tee(pairs()))
+        scorer.fit((o for o, _ in outputs), (lab for _, lab in labels))
+
+
+# -- scoring --------------------------------------------------------------------------------------
+def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: torch.device,
+                  batch_size: int) -> tuple[int, int]:
+    """Score this rank's frames that have missing outputs; returns (frames written, frames skipped)."""
+    mine = distributed.shard(dataset.fids)
+    todo = {fid: [s for s in scorers if not score_path(out, s.key, dataset.name, fid).is_file()] for fid in mine}
+    pending = [fid for fid in mine if todo[fid] or not prediction_path(out, dataset.name, fid).is_file()]
+    written = 0
+    for chunk in _chunks(track(pending, f"scoring {dataset.name}", total=len(pending)), batch_size):
+        samples = [dataset[fid] for fid in chunk]
+        for group in _same_size_groups(samples):
+            images = torch.stack([image_to_tensor(s.image) for s in group]).to(device)
+            needed = [s for s in scorers if any(s in todo[x.fid] for x in group)]
+            try:
+                maps, prediction = _score_batch(adapter, needed, images)
+            except OodsegError as exc:
+                names = ", ".join(s.key for s in needed)
+                raise OodsegError(f"frame {', '.join(x.fid for x in group)} (methods {names}): {exc}") from exc
+            for i, sample in enumerate(group):
+                frame_maps = {s.key: maps[s.key][i] for s in todo[sample.fid]}
+                for key, value in frame_maps.items():
+                    if not bool(torch.isfinite(value).all()):
+                        raise OodsegError(f"frame {sample.fid}, method {key}: score contains NaN or Inf; "
+                                          "nothing written for this frame")
+                for key, value in frame_maps.items():
+                    write_score(score_path(out, key, dataset.name, sample.fid), value.cpu().numpy())
+                _write_prediction(prediction_path(out, dataset.name, sample.fid), prediction[i])
+                written += 1
+    return written, len(mine) - len(pending)
+
+
+def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """All ``scorers`` on one batch: ``({key: (B, H, W) float32 at image size}, (B, H, W) uint8 argmax)``."""
+    from oodseg.scores import compute
+
+    size = tuple(images.shape[-2:])
+    output_based = [s for s in scorers if not s.runs_model]
+    with torch.no_grad():
+        out = adapter(images)
+        maps = compute(output_based, out) if output_based else {}
+        prediction = out.upsampled_logits().argmax(dim=1).to(torch.uint8)
+    for scorer in scorers:
+        if scorer.runs_model:
+            maps[scorer.key] = scorer(adapter, images).detach()
+    with torch.no_grad():
+        maps = {key: resize_map(value.float(), size, adapter.align_corners) for key, value in maps.items()}
+    return maps, prediction
+
+
+def _write_prediction(path: Path, prediction: torch.Tensor) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(prediction.cpu().numpy()).save(tmp, format="PNG")
+
+
+def _chunks(items, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _same_size_groups(samples) -> list[list]:
+    """Consecutive runs of samples with equal image shape (one forward pass each)."""
+    return [list(group) for _, group in itertools.groupby(samples, key=lambda s: s.image.shape)]

@@ -1,0 +1,325 @@
+"""`oodseg evaluate` and evaluation.evaluate_dataset on a small SMIYC tree with hdf5 scores.
+
+References are independent: scikit-learn on the pooled valid pixels (scores as stored,
+float16) and a brute-force loop over connected components written here from SPEC §4.2.
+"""
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+from oodseg.cli import main
+from oodseg.data import open_dataset, write_score
+from oodseg.errors import OodsegError
+from oodseg.workflows.evaluate import evaluate_dataset
+
+H, W, N = 48, 64, 5
+KEYS = ("AP", "AUROC", "FPR95", "best_F1", "best_F1_threshold", "sIoU", "PPV", "mean_F1", "n_frames", "n_pixels")
+
+
+def make_smiyc(root: Path, rng, n=N, score_shape=(H, W)):
+    """SMIYC obstacle-like tree: road (0) band, off-road void (255), 1-3 obstacles (1) per frame,
+    plus hdf5 scores under root/../scores/energy/<root name>. Returns (scores dir, labels, scores)."""
+    scores_dir = root.parent / "scores" / "energy" / root.name
+    labels, scores = {}, {}
+    for i in range(n):
+        fid = f"scene_{i:02d}"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(root / "images" / f"{fid}.webp", lossless=True)
+        label = np.full((H, W), 255, np.uint8)
+        label[H // 4:, :] = 0
+        for _ in range(rng.integers(1, 4)):
+            h, w = rng.integers(3, 12, size=2)
+            y, x = rng.integers(H // 4, H - h), rng.integers(0, W - w)
+            label[y:y + h, x:x + w] = 1
+        label[H - 3:, :5] = 1      # a tiny component (< min_gt = 10 px for the obstacle track)
+        (root / "labels_masks").mkdir(exist_ok=True)
+        Image.fromarray(label).save(root / "labels_masks" / f"{fid}_labels_semantic.png")
+        yy, xx = np.mgrid[0:score_shape[0], 0:score_shape[1]]
+        up = label if score_shape == (H, W) else label[::2, ::2]
+        score = (up == 1) * 2.0 + rng.normal(0, 0.8, score_shape) + 0.01 * (yy + xx)
+        write_score(scores_dir / f"{fid}.hdf5", score.astype(np.float32))
+        labels[fid] = label
+        with h5py.File(scores_dir / f"{fid}.hdf5", "r") as f:
+            scores[fid] = f["value"][:].astype(np.float32)
+    return scores_dir, labels, scores
+
+
+def sklearn_pixel_reference(labels, scores):
+    y = np.concatenate([labels[f][labels[f] != 255] for f in sorted(labels)])
+    s = np.concatenate([scores[f][labels[f] != 255] for f in sorted(labels)]).astype(np.float64)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-300)
+    best = int(np.argmax(f1))
+    return {"AP": average_precision_score(y, s), "AUROC": roc_auc_score(y, s),
+            "FPR95": float(fpr[np.argmax(tpr >= 0.95)]), "best_F1": float(f1[best]),
+            "best_F1_threshold": float(thresholds[best]), "n_pixels": int(y.size)}
+
+
+def brute_force_components(labels, scores, theta, min_pred, min_gt):
+    """SPEC §4.2 step by step with explicit loops over components."""
+    eight = np.ones((3, 3), bool)
+    sious, ppvs = [], []
+    taus = np.linspace(0.25, 0.75, 11)
+    tp = np.zeros(11)
+    fn = np.zeros(11)
+    fp = np.zeros(11)
+    for fid in sorted(labels):
+        label, score = labels[fid], scores[fid]
+        void = label == 255
+        pred_ids, n_pred = ndimage.label((score > theta) & ~void, structure=eight)
+        gt_ids, n_gt = ndimage.label(label == 1, structure=eight)
+        for k in range(1, n_pred + 1):
+            if (pred_ids == k).sum() < min_pred:
+                pred_ids[pred_ids == k] = 0
+        for k in range(1, n_gt + 1):
+            if (gt_ids == k).sum() < min_gt:
+                void |= gt_ids == k
+                gt_ids[gt_ids == k] = 0
+        gt_ids[void] = 0
+        pred_ids[void] = 0
+        frame_siou, frame_ppv = [], []
+        for k in range(1, n_gt + 1):
+            gk = gt_ids == k
+            if not gk.any():
+                continue
+            touching = [j for j in np.unique(pred_ids[gk]) if j]
+            p_hat = np.isin(pred_ids, touching)
+            others = (gt_ids > 0) & ~gk
+            frame_siou.append((gk & p_hat).sum() / ((gk | p_hat) & ~others).sum())
+        for j in range(1, n_pred + 1):
+            pj = pred_ids == j
+            if not pj.any():
+                continue
+            touching = [k for k in np.unique(gt_ids[pj]) if k]
+            frame_ppv.append((pj & np.isin(gt_ids, touching)).sum() / pj.sum())
+        for t, tau in enumerate(taus):
+            tp[t] += sum(v >= tau for v in frame_siou)
+            fn[t] += sum(v < tau for v in frame_siou)
+            fp[t] += sum(v < tau for v in frame_ppv)
+        sious += frame_siou
+        ppvs += frame_ppv
+    f1 = 2 * tp / (2 * tp + fn + fp)
+    mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
+    return {"sIoU": mean(sious), "PPV": mean(ppvs), "mean_F1": float(f1.mean())}
+
+
+@pytest.fixture
+def smiyc(tmp_path, rng):
+    root = tmp_path / "obstacle"
+    scores_dir, labels, scores = make_smiyc(root, rng)
+    return root, scores_dir, labels, scores
+
+
+def assert_matches_reference(result, labels, scores, theta=None, min_sizes=(50, 10), atol=1e-6):
+    pixel = sklearn_pixel_reference(labels, scores)
+    for key in ("AP", "AUROC", "FPR95", "best_F1"):
+        assert result[key] == pytest.approx(pixel[key], abs=atol), key
+    assert result["best_F1_threshold"] == pytest.approx(pixel["best_F1_threshold"], abs=max(atol, 1e-6))
+    assert result["n_pixels"] == pixel["n_pixels"] and result["n_frames"] == len(labels)
+    theta = pixel["best_F1_threshold"] if theta is None else theta
+    comp = brute_force_components(labels, scores, theta, *min_sizes)
+    for key in ("sIoU", "PPV", "mean_F1"):
+        if np.isnan(comp[key]):   # no components: undefined, stored as JSON null
+            assert result[key] is None, key
+        else:
+            assert result[key] == pytest.approx(comp[key], abs=1e-9), key
+
+
+def test_evaluate_dataset_matches_sklearn_and_brute_force(smiyc):
+    root, scores_dir, labels, scores = smiyc
+    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle")
+    assert result["schema"] == "oodseg.evaluate" and result["version"] == 1
+    assert (result["dataset"], result["dataset_kind"], result["method"]) == ("obstacle", "smiyc-obstacle", "energy")
+    assert result["root"] == str(root.resolve()) and result["scores"] == str(scores_dir.resolve())
+    assert_matches_reference(result, labels, scores)
+    assert all(result[k] is not None for k in KEYS)
+    curves = result["curves"]
+    assert len(curves["pr"]["recall"]) <= 512 and len(curves["roc"]["fpr"]) <= 512
+    assert curves["roc"]["fpr"][0] == 0 and curves["roc"]["tpr"][-1] == pytest.approx(1.0)
+
+
+def test_anomaly_track_sizes_and_given_threshold(smiyc):
+    root, scores_dir, labels, scores = smiyc
+    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="anomaly", threshold=0.8)
+    assert result["component_threshold"] == 0.8
+    assert_matches_reference(result, labels, scores, theta=0.8, min_sizes=(500, 100))
+
+
+def test_streaming_mode_close_to_exact(smiyc):
+    root, scores_dir, labels, scores = smiyc
+    ds = open_dataset("smiyc-obstacle", root)
+    exact = evaluate_dataset(ds, scores_dir, track="obstacle", mode="exact")
+    streaming = evaluate_dataset(ds, scores_dir, track="obstacle", mode="streaming")
+    assert streaming["mode"] == "streaming"
+    for key in ("AP", "AUROC", "FPR95"):
+        assert streaming[key] == pytest.approx(exact[key], abs=1e-3)
+
+
+def _bilinear_half_pixel(img, out_h, out_w):
+    """Independent numpy bilinear resize with align_corners=False (half-pixel centres, edge clamp)."""
+    in_h, in_w = img.shape
+    ys = np.maximum((np.arange(out_h) + 0.5) * in_h / out_h - 0.5, 0)
+    xs = np.maximum((np.arange(out_w) + 0.5) * in_w / out_w - 0.5, 0)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, in_h - 1), np.minimum(x0 + 1, in_w - 1)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx
+    bottom = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
+    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+
+
+def test_resize_low_resolution_scores(tmp_path, rng):
+    root = tmp_path / "obstacle"
+    scores_dir, labels, low = make_smiyc(root, rng, n=3, score_shape=(H // 2, W // 2))
+    ds = open_dataset("smiyc-obstacle", root)
+    with pytest.raises(OodsegError, match=r"scene_00\.hdf5: score size \(24, 32\) differs from label size \(48, 64\)"):
+        evaluate_dataset(ds, scores_dir, track="obstacle")
+    result = evaluate_dataset(ds, scores_dir, track="obstacle", resize=True)
+    upsampled = {f: _bilinear_half_pixel(s.astype(np.float64), H, W) for f, s in low.items()}
+    assert_matches_reference(result, labels, upsampled, atol=1e-5)
+
+
+def test_roi_makes_outside_void(smiyc):
+    root, scores_dir, labels, scores = smiyc
+    roi = np.zeros((H, W), bool)
+    roi[:, : W // 2] = True
+    result = evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir, track="obstacle", roi=roi)
+    cut = {f: np.where(roi, l, 255).astype(np.uint8) for f, l in labels.items()}
+    assert_matches_reference(result, cut, scores)
+    assert result["n_pixels"] < evaluate_dataset(open_dataset("smiyc-obstacle", root), scores_dir)["n_pixels"]
+
+
+def test_semantic_and_unlabelled_datasets_refused(tmp_path, rng):
+    cs = tmp_path / "cs"
+    (cs / "leftImg8bit" / "val" / "c").mkdir(parents=True)
+    (cs / "gtFine" / "val" / "c").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(cs / "leftImg8bit" / "val" / "c" / "c_0_0_leftImg8bit.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(cs / "gtFine" / "val" / "c" / "c_0_0_gtFine_labelTrainIds.png")
+    with pytest.raises(OodsegError, match="semantic"):
+        evaluate_dataset(open_dataset("cityscapes", cs), tmp_path)
+    with pytest.raises(OodsegError, match="has no labels"):
+        evaluate_dataset(open_dataset("images", cs), tmp_path)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def run_cli(*args):
+    return CliRunner().invoke(main, ["evaluate", *map(str, args)])
+
+
+def test_cli_end_to_end_json_and_table(smiyc, tmp_path):
+    root, scores_dir, labels, scores = smiyc
+    out = tmp_path / "results" / "eval.json"
+    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--json", out)
+    assert res.exit_code == 0, res.output
+    assert "sIoU" in res.stdout and "mean F1" in res.stdout
+    result = json.loads(out.read_text())
+    assert all(k in result for k in KEYS) and result["track"] == "obstacle"
+    assert_matches_reference(result, labels, scores)
+    # refuses to overwrite, then overwrites with --overwrite
+    before = out.read_text()
+    res = run_cli("--root", root, "--scores", scores_dir, "--json", out)
+    assert res.exit_code == 2 and "already exists" in res.stderr and out.read_text() == before
+    res = run_cli("--root", root, "--scores", scores_dir, "--json", out, "--overwrite", "--mode", "streaming")
+    assert res.exit_code == 0 and json.loads(out.read_text())["mode"] == "streaming"
+    res = run_cli("--root", root, "--scores", scores_dir, "--json", "-")
+    assert res.exit_code == 0 and json.loads(res.stdout)["AP"] == pytest.approx(result["AP"])
+
+
+def _corrupt_label(root, scores_dir):
+    path = root / "labels_masks" / "scene_01_labels_semantic.png"
+    label = np.asarray(Image.open(path)).copy()
+    label[0, 0] = 3
+    Image.fromarray(label).save(path)
+    return "scene_01_labels_semantic.png: label value 3"
+
+
+def _small_score(root, scores_dir):
+    write_score(scores_dir / "scene_02.hdf5", np.zeros((H - 1, W), np.float32))
+    return "scene_02.hdf5: score size (47, 64) differs from label size (48, 64)"
+
+
+def _nan_score(root, scores_dir):
+    with h5py.File(scores_dir / "scene_03.hdf5", "w") as f:
+        f["value"] = np.full((H, W), np.nan, np.float16)
+    return "scene_03.hdf5: score map contains NaN or Inf"
+
+
+def _missing_score(root, scores_dir):
+    (scores_dir / "scene_04.hdf5").unlink()
+    return "scene_04.hdf5: missing score file for frame scene_04"
+
+
+def _corrupt_score(root, scores_dir):
+    (scores_dir / "scene_00.hdf5").write_bytes(b"\x89HDF\r\n garbage")
+    return "scene_00.hdf5: unreadable score file"
+
+
+def _empty_dataset(root, scores_dir):
+    shutil.rmtree(root / "images")
+    (root / "images").mkdir()
+    return "no frames found for dataset kind smiyc-obstacle"
+
+
+def _missing_label(root, scores_dir):
+    (root / "labels_masks" / "scene_02_labels_semantic.png").unlink()
+    return "scene_02_labels_semantic.png: missing label for image"
+
+
+@pytest.mark.parametrize("break_input", [_corrupt_label, _small_score, _nan_score, _missing_score, _corrupt_score,
+                                         _empty_dataset, _missing_label])
+def test_cli_bad_input_one_line_error_nothing_written(smiyc, tmp_path, break_input):
+    root, scores_dir, _, _ = smiyc
+    expected = break_input(root, scores_dir)
+    out = tmp_path / "eval.json"
+    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--json", out)
+    assert res.exit_code != 0
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ") and expected in res.stderr
+    assert not out.exists() and not list(tmp_path.glob(".eval.json*"))
+
+
+def test_cli_dataset_options_and_bad_option(tmp_path, rng):
+    root = tmp_path / "fs"
+    make_smiyc(tmp_path / "obstacle", rng, n=2)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for p in (tmp_path / "obstacle" / "images").iterdir():
+        shutil.copy(p, root / "images" / p.name)
+        label = np.asarray(Image.open(tmp_path / "obstacle" / "labels_masks" / f"{p.stem}_labels_semantic.png"))
+        Image.fromarray(np.select([label == 0, label == 1], [10, 20], 99).astype(np.uint8)).save(root / "masks" / f"{p.stem}.png")
+    scores = tmp_path / "scores" / "energy" / "obstacle"
+    res = run_cli("--dataset", "folder", "--root", root, "--scores", scores, "-o", "mapping=10:0,20:1,99:255",
+                  "--track", "obstacle", "--json", "-")
+    assert res.exit_code == 0, res.output
+    ref = run_cli("--root", tmp_path / "obstacle", "--scores", scores, "--json", "-")
+    folder_result, smiyc_result = json.loads(res.stdout), json.loads(ref.stdout)
+    for key in KEYS:
+        assert folder_result[key] == smiyc_result[key], key
+    res = run_cli("--dataset", "folder", "--root", root, "--scores", scores, "-o", "mapping")
+    assert res.exit_code == 2 and "expected KEY=VALUE" in res.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(smiyc, tmp_path, run_oodseg):
+    """2 gloo processes (frames sharded by rank, states all-reduced) give the single-process numbers."""
+    root, scores_dir, _, _ = smiyc
+    results = {}
+    for mode in ("exact", "streaming"):
+        one = tmp_path / f"one_{mode}.json"
+        two = tmp_path / f"two_{mode}.json"
+        base = ["evaluate", "--root", root, "--scores", scores_dir, "--mode", mode]
+        run_oodseg(*base, "--json", one)
+        run_oodseg(*base, "--json", two, nproc=2)
+        results[mode] = json.loads(one.read_text()), json.loads(two.read_text())
+    for one, two in results.values():
+        for key in KEYS:
+            assert two[key] == pytest.approx(one[key], abs=1e-12), key
