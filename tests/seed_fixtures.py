@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from oodseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD
-from oodseg.models.conventions import SourceConventions
+from oodseg.models.source import SourceConventions
 
 NVIDIA_CRITERION_KEY = "module.criterion.nll_loss.weight"
 

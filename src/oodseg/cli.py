@@ -1,4 +1,4 @@
-"""The ``oodseg`` command: demo, synth, train, score, evaluate, meta, report, bench.
+"""The ``oodseg`` command: demo, synth, train, score, evaluate, meta, report, bench, import.
 
 Each command is a thin wrapper: it parses options, calls the library function that does
 the work (imported lazily so ``oodseg --help`` stays fast), prints a table or JSON, and
