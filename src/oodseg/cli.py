@@ -1,4 +1,4 @@
-"""The ``oodseg`` command: demo, synth, train, score, evaluate, meta, report, bench.
+"""The ``oodseg`` command: demo, synth, train, score, evaluate, meta, report, bench, import.
 
 Each command is a thin wrapper: it parses options, calls the library function that does
 the work (imported lazily so ``oodseg --help`` stays fast), prints a table or JSON, and
@@ -691,3 +691,46 @@ def meta_command(kind, root, options, scores_dir, probs, segments, threshold_fro
     if json_out:
         write_json(json_out, result)
     _print_meta_table(result)
+
+
+# --- import ---
+@main.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help="Source format: auto (from the keys), nvidia-wrn38, meta-ood, smiyc-baseline, rpl, rpl-corocl, "
+                   "densehybrid-wrn38th, densehybrid-ldn121.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="oodseg checkpoint directory to write.")
+@click.option("--num-classes", type=int, default=19, show_default=True,
+              help="Classes of the classifier; a file with another count is refused.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the import summary as JSON.")
+def import_command(file: str, fmt: str, out: str, num_classes: int, overwrite: bool, as_json: bool) -> None:
+    """Import a seed paper's published PyTorch checkpoint FILE as an oodseg checkpoint.
+
+    Reads FILE with torch.load(weights_only=True) (only tensors and numpy scalars are allowed;
+    zip files are memory-mapped), strips the DataParallel/RPL key prefixes, drops NVIDIA's
+    criterion weight and loads it strictly into the matching architecture. Writes
+    OUT/model.safetensors and OUT/model.json, which records the source file's name, sha256 and
+    format and how the source ran it (normalisation, align_corners, classifier stride).
+    Nothing is written on error. See docs/reproduce.md for where each file is published.
+
+    \b
+    Examples:
+      oodseg import cityscapes_best.pth --out ckpt/nvidia-wrn38
+      oodseg import --format meta-ood DeepLabV3+_WideResNet38_epoch_4_alpha_0.9.pth --out ckpt/meta-ood
+      oodseg import --format smiyc-baseline DeepLabV3+_WideResNet38_baseline.pth --out ckpt/smiyc-baseline
+      oodseg import --format rpl-corocl rev3.pth --out ckpt/rpl-corocl --json
+      oodseg score --checkpoint ckpt/nvidia-wrn38 --images data/synth/anomaly --method entropy --out scores
+    """
+    from oodseg import progress
+    from oodseg.models.importing import import_checkpoint
+
+    log = (lambda message: click.echo(message, err=True)) if progress.enabled() else None
+    summary = import_checkpoint(file, out, fmt=fmt, num_classes=num_classes, overwrite=overwrite, log=log)
+    if as_json:
+        echo_json(summary)
+        return
+    source = summary["source"]
+    click.echo(f"{source['file']} ({source['format']}, sha256 {source['sha256'][:12]}…): {summary['keys']} tensors, "
+               f"{summary['parameters']:,} parameters → {summary['out']} ({summary['architecture']}) "
+               f"in {summary['seconds']:.1f} s")

@@ -6,12 +6,14 @@
 ...                                                        # "deepwv3plus-th", "ldn121"
 >>> save_checkpoint(model, "ckpt", "small", {"num_classes": 19})
 >>> model, meta = load_checkpoint("ckpt")
+>>> import_checkpoint("cityscapes_best.pth", "ckpt/nvidia")  # a seed paper's published file (oodseg import)
 """
 from oodseg.classes import CITYSCAPES_CLASSES
 from oodseg.models.blocks import ASPP, Decoder, EncoderDecoderSegNet, ImageNormalize
 from oodseg.models.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from oodseg.models.deeplab import DeepLabV3Plus
 from oodseg.models.deepwv3 import DeepWV3Plus, DeepWV3PlusRPL, DeepWV3PlusTH
+from oodseg.models.importing import import_checkpoint
 from oodseg.models.ldn import LDN121
 from oodseg.models.registry import available_architectures, build_model, register_architecture
 from oodseg.models.resnet import ResNetBackbone
@@ -19,6 +21,7 @@ from oodseg.models.small import SmallSegNet
 
 __all__ = [
     "ASPP", "CITYSCAPES_CLASSES", "Decoder", "DeepLabV3Plus", "DeepWV3Plus", "DeepWV3PlusRPL", "DeepWV3PlusTH",
-    "EncoderDecoderSegNet", "ImageNormalize", "LDN121", "ResNetBackbone", "SmallSegNet", "available_architectures", "build_model", "load_checkpoint",
+    "EncoderDecoderSegNet", "ImageNormalize", "LDN121", "ResNetBackbone", "SmallSegNet", "available_architectures", "build_model", "import_checkpoint",
+    "load_checkpoint",
     "read_checkpoint_meta", "register_architecture", "save_checkpoint",
 ]

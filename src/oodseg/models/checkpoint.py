@@ -50,7 +50,7 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, architecture
     clash = _RESERVED.intersection(extra)
     if clash:
         raise OodsegError(f"{directory}: extra metadata may not use reserved keys {sorted(clash)}")
-    state = {name: tensor.detach().to("cpu").clone().contiguous() for name, tensor in model.state_dict().items()}
+    state = _tensors_for_saving(model)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp))
@@ -60,6 +60,24 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, architecture
             "weights_sha256": digest, **_jsonable(extra, "extra metadata")}
     write_json(directory / META_FILE, meta)
     return directory
+
+
+def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as detached, contiguous CPU tensors, copied only where needed.
+
+    safetensors refuses tensors sharing memory, so a tensor whose storage an earlier one uses is
+    cloned; the others are written in place (an imported 550 MB network is not duplicated).
+    """
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        pointer = tensor.untyped_storage().data_ptr()
+        if pointer in seen:
+            tensor = tensor.clone()
+        elif pointer:
+            seen.add(pointer)
+        state[name] = tensor
+    return state
 
 
 def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
