@@ -61,7 +61,7 @@ def test_hand_computed_case():
     assert got == {"TP": 1, "FP": 1, "FN": 1, "road_pixels": 100 - 8 - 1, "road_missed": 2}
     m = DetectionMetrics(thresholds=(0.5, 0.95))
     m.update(entropy, label)
-    rows = m.compute()
+    rows = m.compute()["per_threshold"]
     assert rows[0]["F1"] == pytest.approx(2 / 4) and rows[0]["miss_rate"] == pytest.approx(2 / 91)
     assert rows[1]["TP"] == 0 and rows[1]["FN"] == 2 and rows[1]["miss_rate"] == 0
 

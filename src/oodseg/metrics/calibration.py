@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg import distributed
 from oodseg.errors import OodsegError
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import as_batch, check_scores, to_numpy
+from oodseg.metrics.state import MetricState
 from oodseg.metrics.tally import ScoreTally
 
 CONFIDENCE_MAPS = ("normalised", "complement", "minmax")
@@ -60,17 +60,21 @@ def brier_scores(probs: np.ndarray, label: np.ndarray) -> np.ndarray:
     return (p * p).sum(axis=1) - 2 * np.take_along_axis(p, label[:, None].astype(np.int64), 1)[:, 0] + 1
 
 
-class CalibrationMetrics:
+class CalibrationMetrics(MetricState):
     """ECE and AuSE accumulated over frames (update/compute/merge/all_reduce)."""
+
+    SETTINGS = ("mode", "n_bins", "confidence", "n_fractions")
 
     def __init__(self, mode: str = "exact", n_bins: int = 15, confidence: str = "normalised",
                  n_fractions: int = 100, bits: int = 20):
         if confidence not in CONFIDENCE_MAPS:
             raise OodsegError(f"confidence: expected one of {CONFIDENCE_MAPS}, got {confidence!r}")
         self.mode, self.n_bins, self.confidence, self.n_fractions = mode, n_bins, confidence, n_fractions
-        self.by_uncertainty = ScoreTally(channels=2, mode=mode, weighted=True, bits=bits)  # wrong/right, Σ Brier
-        self.by_brier = ScoreTally(channels=1, mode=mode, weighted=True, bits=bits)
-        self.u_min, self.u_max = np.inf, -np.inf
+        self.add_state("by_uncertainty", ScoreTally(channels=2, mode=mode, weighted=True, bits=bits),
+                       "merge")  # wrong/right, Σ Brier
+        self.add_state("by_brier", ScoreTally(channels=1, mode=mode, weighted=True, bits=bits), "merge")
+        self.add_state("u_min", np.inf, "min")
+        self.add_state("u_max", -np.inf, "max")
 
     def update(self, uncertainty, probs, label) -> None:
         """Add frames: ``uncertainty`` (B,H,W), softmax ``probs`` (B,C,H,W), ``label`` trainIds (B,H,W), 255 ignored."""
@@ -100,25 +104,6 @@ class CalibrationMetrics:
         self.by_uncertainty.add(u_valid, correct, brier)
         self.by_brier.add(brier, np.zeros(brier.size, np.uint8), brier)
         self.u_min, self.u_max = min(self.u_min, float(u_valid.min())), max(self.u_max, float(u_valid.max()))
-
-    def merge(self, other: "CalibrationMetrics") -> "CalibrationMetrics":
-        """Add ``other``'s pixels (same settings); returns self."""
-        if (other.mode, other.n_bins, other.confidence, other.n_fractions) != (
-                self.mode, self.n_bins, self.confidence, self.n_fractions):
-            raise OodsegError("merge: CalibrationMetrics differ in settings")
-        self.by_uncertainty.merge(other.by_uncertainty)
-        self.by_brier.merge(other.by_brier)
-        self.u_min, self.u_max = min(self.u_min, other.u_min), max(self.u_max, other.u_max)
-        return self
-
-    def all_reduce(self) -> None:
-        """Combine the states of all ranks (exact mode gathers every pixel on every rank)."""
-        if distributed.world_size() == 1:
-            return
-        self.by_uncertainty.all_reduce()
-        self.by_brier.all_reduce()
-        extremes = distributed.all_gather_objects((self.u_min, self.u_max))
-        self.u_min, self.u_max = min(e[0] for e in extremes), max(e[1] for e in extremes)
 
     def _confidence(self, u: np.ndarray) -> np.ndarray:
         if self.confidence == "complement":

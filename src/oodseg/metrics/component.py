@@ -22,13 +22,12 @@ the precision ``prec_pred``). Everything is vectorised: one ``bincount`` over
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from oodseg import distributed
 from oodseg.errors import OodsegError
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import check_ood_label, check_scores
+from oodseg.metrics.state import MetricState
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 TRACK_MIN_SIZES = {"anomaly": (500, 100), "obstacle": (50, 10)}  # (min_pred, min_gt) in pixels
@@ -86,12 +85,14 @@ def frame_component_scores(score: np.ndarray, label: np.ndarray, threshold: floa
     return intersection[gt_present] / union[gt_present], gt_in_pred[pred_present] / size_p[pred_present]
 
 
-class ComponentMetrics:
+class ComponentMetrics(MetricState):
     """SMIYC component metrics accumulated over frames (update/compute/merge/all_reduce).
 
     ``track``: ``"anomaly"`` (min sizes 500/100) or ``"obstacle"`` (50/10); ``min_pred`` /
     ``min_gt`` override them (0 disables). ``thresholds_tau``: sIoU/PPV thresholds.
     """
+
+    SETTINGS = ("min_pred", "min_gt", "thresholds_tau")
 
     def __init__(self, track: str = "anomaly", min_pred: int | None = None, min_gt: int | None = None,
                  thresholds_tau=np.linspace(0.25, 0.75, 11)):
@@ -105,9 +106,12 @@ class ComponentMetrics:
             raise OodsegError("min_pred/min_gt: must be >= 0")
         self.thresholds_tau = np.asarray(thresholds_tau, dtype=np.float64)
         n = self.thresholds_tau.size
-        self.tp, self.fn, self.fp = (np.zeros(n, np.int64) for _ in range(3))
-        self.sIoU_sum = self.PPV_sum = 0.0
-        self.n_gt = self.n_pred = self.n_frames = 0
+        for name in ("tp", "fn", "fp"):
+            self.add_state(name, np.zeros(n, np.int64), "sum")
+        for name in ("sIoU_sum", "PPV_sum"):
+            self.add_state(name, 0.0, "sum")
+        for name in ("n_gt", "n_pred", "n_frames"):
+            self.add_state(name, 0, "sum")
 
     def update(self, score, label, threshold: float) -> None:
         """Add frames: ``score`` float (H,W)|(B,H,W), ``label`` 0/1/255 same shape, pixel ``threshold`` θ."""
@@ -126,36 +130,6 @@ class ComponentMetrics:
             self.n_gt += siou.size
             self.n_pred += ppv.size
         self.n_frames += scores.shape[0]
-
-    def _check_compatible(self, other: "ComponentMetrics") -> None:
-        if (self.min_pred, self.min_gt) != (other.min_pred, other.min_gt) or not np.array_equal(
-                self.thresholds_tau, other.thresholds_tau):
-            raise OodsegError("merge: ComponentMetrics differ in min sizes or thresholds_tau")
-
-    def merge(self, other: "ComponentMetrics") -> "ComponentMetrics":
-        """Add ``other``'s frames (same settings); returns self."""
-        self._check_compatible(other)
-        self.tp += other.tp
-        self.fn += other.fn
-        self.fp += other.fp
-        self.sIoU_sum += other.sIoU_sum
-        self.PPV_sum += other.PPV_sum
-        self.n_gt += other.n_gt
-        self.n_pred += other.n_pred
-        self.n_frames += other.n_frames
-        return self
-
-    def all_reduce(self) -> None:
-        """Sum the state over all ranks (a vector of 3·len(τ)+5 numbers)."""
-        if distributed.world_size() == 1:
-            return
-        n = self.thresholds_tau.size
-        state = np.concatenate((self.tp, self.fn, self.fp, [self.sIoU_sum, self.PPV_sum, self.n_gt,
-                                                            self.n_pred, self.n_frames])).astype(np.float64)
-        state = distributed.all_reduce_sum(torch.from_numpy(state)).numpy()
-        self.tp, self.fn, self.fp = (state[i * n:(i + 1) * n].round().astype(np.int64) for i in range(3))
-        self.sIoU_sum, self.PPV_sum = float(state[3 * n]), float(state[3 * n + 1])
-        self.n_gt, self.n_pred, self.n_frames = (int(round(v)) for v in state[3 * n + 2:])
 
     def compute(self) -> dict:
         """``sIoU, PPV, mean_F1, F1_per_tau, TP/FN/FP per τ, thresholds_tau, n_gt_components, n_pred_components, n_frames``."""

@@ -19,13 +19,12 @@ whole components leaves the other components unchanged, so they are labelled afr
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from oodseg import distributed
 from oodseg.errors import OodsegError
 from oodseg.metrics.component import label_components
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
+from oodseg.metrics.state import MetricState
 
 META_OOD_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 _COUNT_KEYS = ("TP", "FP", "FN", "road_pixels", "road_missed")
@@ -67,12 +66,14 @@ def meta_ood_errors(entropy, label, threshold: float, removed_mask=None) -> dict
     return counts
 
 
-class DetectionMetrics:
+class DetectionMetrics(MetricState):
     """Meta-OoD detection errors per entropy threshold, accumulated over frames."""
+
+    SETTINGS = ("thresholds",)
 
     def __init__(self, thresholds=META_OOD_THRESHOLDS):
         self.thresholds = [float(t) for t in thresholds]
-        self.counts = np.zeros((len(self.thresholds), len(_COUNT_KEYS)), dtype=np.int64)
+        self.add_state("counts", np.zeros((len(self.thresholds), len(_COUNT_KEYS)), dtype=np.int64), "sum")
 
     def update(self, entropy, label, removed_masks=None) -> None:
         """Add frames; ``removed_masks`` optional: one bool pixel mask per threshold (a sequence or a dict by t)."""
@@ -85,22 +86,11 @@ class DetectionMetrics:
             row = meta_ood_errors(entropy, label, t, removed)
             self.counts[i] += [row[k] for k in _COUNT_KEYS]
 
-    def merge(self, other: "DetectionMetrics") -> "DetectionMetrics":
-        """Add ``other``'s counts (same thresholds); returns self."""
-        if other.thresholds != self.thresholds:
-            raise OodsegError("merge: DetectionMetrics differ in thresholds")
-        self.counts += other.counts
-        return self
-
-    def all_reduce(self) -> None:
-        """Sum the counts over all ranks."""
-        self.counts = distributed.all_reduce_sum(torch.from_numpy(self.counts)).numpy()
-
-    def compute(self) -> list[dict]:
-        """One row per threshold: ``{"t", "TP", "FP", "FN", "F1", "miss_rate"}``."""
+    def compute(self) -> dict:
+        """``{"per_threshold": [{"t", "TP", "FP", "FN", "F1", "miss_rate"}, ...]}``, one row per threshold."""
         rows = []
         for t, c in zip(self.thresholds, self.counts):
             tp, fp, fn, road, missed = (int(v) for v in c)
             rows.append({"t": t, "TP": tp, "FP": fp, "FN": fn, "F1": f1_score(tp, fp, fn),
                          "miss_rate": missed / road if road else float("nan")})
-        return rows
+        return {"per_threshold": rows}

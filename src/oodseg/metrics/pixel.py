@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg import distributed
 from oodseg.errors import OodsegError
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
+from oodseg.metrics.state import MetricState
 from oodseg.metrics.tally import ScoreTally
 
 AGGREGATES = ("pooled", "per_image")
@@ -99,7 +99,7 @@ def _histogram(values: np.ndarray, inlier: np.ndarray, anomaly: np.ndarray, bins
     return out
 
 
-class PixelMetrics:
+class PixelMetrics(MetricState):
     """Pooled (or per-image) pixel metrics with an update/compute/merge state.
 
     ``mode``: ``"exact"`` or ``"streaming"`` (see module doc). ``aggregate``: ``"pooled"``
@@ -108,13 +108,15 @@ class PixelMetrics:
     ``best_F1``, its threshold and :meth:`curves` stay pooled). ``bits``: streaming resolution.
     """
 
+    SETTINGS = ("mode", "aggregate")
+
     def __init__(self, mode: str = "exact", aggregate: str = "pooled", bits: int = 20):
         if aggregate not in AGGREGATES:
             raise OodsegError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
         self.mode, self.aggregate = mode, aggregate
-        self.tally = ScoreTally(channels=2, mode=mode, bits=bits)
-        self.n_frames = 0
-        self.per_image: list[tuple[float, float, float]] = []  # (AP, AUROC, FPR95) of two-class images
+        self.add_state("tally", ScoreTally(channels=2, mode=mode, bits=bits), "merge")
+        self.add_state("n_frames", 0, "sum")
+        self.add_state("per_image", [], "cat")  # (AP, AUROC, FPR95) of two-class images
 
     def update(self, score, label, roi=None) -> None:
         """Add frames: ``score`` float (H,W)|(B,H,W); ``label`` 0/1/255 same shape; ``roi`` optional bool mask."""
@@ -138,24 +140,6 @@ class PixelMetrics:
         m = sweep_metrics(values, counts[:, 0], counts[:, 1])
         if not np.isnan(m["AUROC"]):
             self.per_image.append(tuple(m[k] for k in _PER_IMAGE_KEYS))
-
-    def merge(self, other: "PixelMetrics") -> "PixelMetrics":
-        """Add ``other``'s frames (same mode and aggregate); merging halves equals one pass. Returns self."""
-        if (other.mode, other.aggregate) != (self.mode, self.aggregate):
-            raise OodsegError("merge: PixelMetrics differ in mode or aggregate")
-        self.tally.merge(other.tally)
-        self.n_frames += other.n_frames
-        self.per_image += other.per_image
-        return self
-
-    def all_reduce(self) -> None:
-        """Combine the states of all ranks (streaming: 16 MiB sum; exact: gathers all pixels on every rank)."""
-        if distributed.world_size() == 1:
-            return
-        self.tally.all_reduce()
-        gathered = distributed.all_gather_objects((self.n_frames, self.per_image))
-        self.n_frames = sum(g[0] for g in gathered)
-        self.per_image = [row for g in gathered for row in g[1]]
 
     def compute(self) -> dict:
         """``AP, AUROC, FPR95, best_F1, best_F1_threshold, TPR95_threshold, n_pixels, n_anomaly, n_frames``."""

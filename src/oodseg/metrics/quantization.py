@@ -15,6 +15,7 @@ import numpy as np
 
 from oodseg.metrics.checks import check_ood_label, check_scores
 from oodseg.metrics.pixel import PixelMetrics
+from oodseg.metrics.state import MetricState
 
 _FLOAT16_CODES = 1 << 16
 
@@ -24,21 +25,29 @@ def distinct_count(score) -> int:
     return int(np.unique(np.asarray(score)).size)
 
 
-class Float16Audit:
+class Float16Audit(MetricState):
     """Accumulates, frame by frame, what float16 storage does to one method's float32 maps.
 
     ``update(score, label=None)``: ``score`` float32 ``(H, W)`` as computed; ``label`` 0/1/255
     ``(H, W)`` when the frame is labelled. ``merge`` adds another audit (e.g. another rank's).
     """
 
+    SETTINGS = ("method",)
+
     def __init__(self, method: str) -> None:
         self.method = method
-        self.frames = 0
-        self.merged_frames = 0
-        self.levels: list[tuple[int, int]] = []  # (float32, float16) distinct values per frame
-        self.low = np.full(_FLOAT16_CODES, np.inf, dtype=np.float32)   # per float16 bit pattern
-        self.high = np.full(_FLOAT16_CODES, -np.inf, dtype=np.float32)
-        self.labelled = PixelMetrics(mode="exact"), PixelMetrics(mode="exact")  # float32, float16
+        self.add_state("frames", 0, "sum")
+        self.add_state("merged_frames", 0, "sum")
+        self.add_state("levels", [], "cat")  # (float32, float16) distinct values per frame
+        self.add_state("low", np.full(_FLOAT16_CODES, np.inf, dtype=np.float32), "min")  # per float16 pattern
+        self.add_state("high", np.full(_FLOAT16_CODES, -np.inf, dtype=np.float32), "max")
+        self.add_state("labelled_float32", PixelMetrics(mode="exact"), "merge")
+        self.add_state("labelled_float16", PixelMetrics(mode="exact"), "merge")
+
+    @property
+    def labelled(self) -> tuple[PixelMetrics, PixelMetrics]:
+        """Pixel metrics of the labelled frames: (float32 maps, the same maps rounded to float16)."""
+        return self.labelled_float32, self.labelled_float16
 
     def update(self, score, label=None) -> None:
         """Add frames: ``score`` float (H, W)|(B, H, W); ``label`` 0/1/255 of the same shape, or None."""
@@ -58,17 +67,6 @@ class Float16Audit:
             self.levels.append((int(values.size), int(starts.size)))
             self.merged_frames += int(starts.size < values.size)
             self.frames += 1
-
-    def merge(self, other: "Float16Audit") -> "Float16Audit":
-        """Add ``other``'s frames (same method); returns self."""
-        self.frames += other.frames
-        self.merged_frames += other.merged_frames
-        self.levels += other.levels
-        np.minimum(self.low, other.low, out=self.low)
-        np.maximum(self.high, other.high, out=self.high)
-        for mine, theirs in zip(self.labelled, other.labelled):
-            mine.merge(theirs)
-        return self
 
     @property
     def alters_ranking(self) -> bool:

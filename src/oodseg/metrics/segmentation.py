@@ -20,12 +20,11 @@ streaming (``2**bits · 3K`` int64; 16 bits → 30 MiB for K = 19, thresholds at
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from oodseg import distributed
 from oodseg.errors import OodsegError
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import as_batch, check_scores
+from oodseg.metrics.state import MetricState
 from oodseg.metrics.tally import ScoreTally
 
 
@@ -47,13 +46,15 @@ def _int_map(x, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-class SegmentationMetrics:
+class SegmentationMetrics(MetricState):
     """Confusion-matrix mIoU plus threshold sweeps over an anomaly score (update/compute/merge).
 
     ``num_classes``: K inlier classes. ``ood_label``: label value of GT outliers.
     ``ood_thresholds``: thresholds t for ``mIoU_at`` in :meth:`compute`. ``mode``/``bits``:
     the score tally (see :mod:`oodseg.metrics.tally`).
     """
+
+    SETTINGS = ("num_classes", "ood_label")
 
     def __init__(self, num_classes: int = 19, ood_label: int = 254, ood_thresholds=(), mode: str = "exact",
                  bits: int = 16):
@@ -62,8 +63,8 @@ class SegmentationMetrics:
                               f"got {num_classes}/{ood_label}")
         self.num_classes, self.ood_label = num_classes, ood_label
         self.ood_thresholds = [float(t) for t in ood_thresholds]
-        self.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # rows GT, columns prediction
-        self.tally = ScoreTally(channels=3 * num_classes, mode=mode, bits=bits)
+        self.add_state("confusion", np.zeros((num_classes, num_classes), dtype=np.int64), "sum")  # rows GT
+        self.add_state("tally", ScoreTally(channels=3 * num_classes, mode=mode, bits=bits), "merge")
         self.with_scores: bool | None = None
 
     def update(self, prediction, label, score=None) -> None:
@@ -94,22 +95,12 @@ class SegmentationMetrics:
         self.tally.add(scores[valid], (group * k + pred)[valid])
 
     def merge(self, other: "SegmentationMetrics") -> "SegmentationMetrics":
-        """Add ``other``'s pixels (same settings); returns self."""
-        if (other.num_classes, other.ood_label) != (self.num_classes, self.ood_label):
-            raise OodsegError("merge: SegmentationMetrics differ in classes or ood_label")
+        """Add ``other``'s pixels (same settings, both with scores or both without); returns self."""
         if None not in (self.with_scores, other.with_scores) and self.with_scores != other.with_scores:
             raise OodsegError("merge: one state has scores, the other not")
+        super().merge(other)
         self.with_scores = self.with_scores if self.with_scores is not None else other.with_scores
-        self.confusion += other.confusion
-        self.tally.merge(other.tally)
         return self
-
-    def all_reduce(self) -> None:
-        """Sum the confusion matrix and combine the score tallies over all ranks."""
-        if distributed.world_size() == 1:
-            return
-        self.confusion = distributed.all_reduce_sum(torch.from_numpy(self.confusion)).numpy()
-        self.tally.all_reduce()
 
     def _iou_with_ood(self, kept: np.ndarray) -> np.ndarray:
         """Per-class IoU given the counts (3K,) of pixels *not* predicted OoD per tally channel."""

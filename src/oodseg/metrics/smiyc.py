@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg import distributed
 from oodseg.conventions import ANOMALY, VOID
 from oodseg.errors import OodsegError
 from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
 from oodseg.metrics.legacy_argsort import argsort_last
 from oodseg.metrics.pixel import sweep_metrics
+from oodseg.metrics.state import MetricState
 from oodseg.metrics.tally import MODES
 
 SMIYC_BINS = 768
@@ -115,7 +115,7 @@ def compared_threshold(threshold: float, dtype) -> float:
     return float(np.asarray(threshold, dtype=np.float64).astype(compare))
 
 
-class SmiycPixelMetrics:
+class SmiycPixelMetrics(MetricState):
     """Official SMIYC pixel metrics with an update/compute/merge state (see module doc).
 
     ``mode``: ``"exact"`` (keeps ROI pixels, bins at :meth:`compute`) or ``"streaming"``
@@ -124,6 +124,8 @@ class SmiycPixelMetrics:
     dataset index, so that sharded ranks pool in dataset order), else in the order added.
     """
 
+    SETTINGS = ("mode", "num_bins")
+
     def __init__(self, mode: str = "exact", num_bins: int = SMIYC_BINS):
         if mode not in MODES:
             raise OodsegError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -131,8 +133,8 @@ class SmiycPixelMetrics:
             raise OodsegError(f"num_bins: expected >= 2, got {num_bins}")
         self.mode, self.num_bins = mode, num_bins
         # per frame: (position | None, (values, anomaly mask) in exact mode | rows (3, K) in streaming mode)
-        self.frames: list[tuple[int | None, object]] = []
-        self.n_frames = 0
+        self.add_state("frames", [], "cat")
+        self.add_state("n_frames", 0, "sum")
 
     def update(self, score, label, roi=None, positions=None) -> None:
         """Add frames: ``score`` float (H,W)|(B,H,W) in the file's dtype; ``label`` 0/1/255; ``roi`` optional
@@ -154,22 +156,6 @@ class SmiycPixelMetrics:
         """(3, K) [threshold, anomaly, inlier] of one frame's bins, high to low (empty bins kept, as officially)."""
         lower, n_anomaly, n_inlier = frame_bins(values, anomaly, self.num_bins)
         return np.stack((lower, n_anomaly.astype(np.float64), n_inlier.astype(np.float64)))[:, ::-1]
-
-    def merge(self, other: "SmiycPixelMetrics") -> "SmiycPixelMetrics":
-        """Add ``other``'s frames after this one's (same mode and bins); merging halves equals one pass. Returns self."""
-        if (other.mode, other.num_bins) != (self.mode, self.num_bins):
-            raise OodsegError("merge: SmiycPixelMetrics differ in mode or num_bins")
-        self.frames += other.frames
-        self.n_frames += other.n_frames
-        return self
-
-    def all_reduce(self) -> None:
-        """Gather every rank's frames (exact: pixels, streaming: rows) onto every rank."""
-        if distributed.world_size() == 1:
-            return
-        gathered = distributed.all_gather_objects((self.frames, self.n_frames))
-        self.frames = [f for g in gathered for f in g[0]]
-        self.n_frames = sum(g[1] for g in gathered)
 
     def state_bytes(self) -> int:
         """Bytes held by the state."""

@@ -26,10 +26,9 @@ channel (e.g. inlier/anomaly) have that value, and what is the sum of a per-pixe
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from oodseg import distributed
 from oodseg.errors import OodsegError
+from oodseg.metrics.state import MetricState
 
 MODES = ("exact", "streaming")
 
@@ -56,12 +55,15 @@ def bin_value(bins: np.ndarray, bits: int) -> np.ndarray:
     return raw.view(np.float32).astype(np.float64)
 
 
-class ScoreTally:
+class ScoreTally(MetricState):
     """Pixel counts per (score value, channel) and optional weight sums per score value.
 
     ``channels``: number of channels (e.g. 2 for inlier/anomaly). ``weighted``: also sum a
     per-pixel float weight per value. ``bits``: streaming resolution (see module doc).
+    Streaming state sums; exact state concatenates (see :mod:`oodseg.metrics.state`).
     """
+
+    SETTINGS = ("mode", "channels", "weighted", "bits")
 
     def __init__(self, channels: int, mode: str = "exact", weighted: bool = False, bits: int = 20):
         if mode not in MODES:
@@ -70,12 +72,14 @@ class ScoreTally:
             raise OodsegError(f"bits: expected 10..24, got {bits}")
         self.channels, self.mode, self.weighted, self.bits = channels, mode, weighted, bits
         if mode == "streaming":
-            self.counts = np.zeros((2**bits, channels), dtype=np.int64)
-            self.sums = np.zeros(2**bits, dtype=np.float64) if weighted else None
+            self.add_state("counts", np.zeros((2**bits, channels), dtype=np.int64), "sum")
+            self.sums = None
+            if weighted:
+                self.add_state("sums", np.zeros(2**bits, dtype=np.float64), "sum")
         else:
-            self._values: list[np.ndarray] = []
-            self._channel: list[np.ndarray] = []
-            self._weights: list[np.ndarray] = []
+            self.add_state("_values", [], "cat")
+            self.add_state("_channel", [], "cat")
+            self.add_state("_weights", [], "cat")
 
     # ----------------------------------------------------------------- update
     def add(self, values: np.ndarray, channel: np.ndarray, weights: np.ndarray | None = None) -> None:
@@ -100,36 +104,6 @@ class ScoreTally:
         if weights is not None:
             self.sums += np.bincount(key, weights=np.asarray(weights, dtype=np.float64).reshape(-1),
                                      minlength=self.sums.size)
-
-    def merge(self, other: "ScoreTally") -> "ScoreTally":
-        """Add ``other``'s pixels to this tally (same mode, channels, bits); returns self."""
-        if (other.mode, other.channels, other.weighted, other.bits) != (self.mode, self.channels, self.weighted, self.bits):
-            raise OodsegError("merge: tallies differ in mode, channels, weighting or bits")
-        if self.mode == "exact":
-            self._values += other._values
-            self._channel += other._channel
-            self._weights += other._weights
-        else:
-            self.counts += other.counts
-            if self.sums is not None:
-                self.sums += other.sums
-        return self
-
-    def all_reduce(self) -> None:
-        """Combine the tallies of all ranks (sum for streaming, gather for exact); no-op in one process."""
-        if distributed.world_size() == 1:
-            return
-        if self.mode == "streaming":
-            counts = distributed.all_reduce_sum(torch.from_numpy(self.counts))
-            self.counts = counts.numpy()
-            if self.sums is not None:
-                self.sums = distributed.all_reduce_sum(torch.from_numpy(self.sums)).numpy()
-            return
-        mine = self._concatenated()
-        gathered = distributed.all_gather_objects(mine)
-        self._values = [g[0] for g in gathered]
-        self._channel = [g[1] for g in gathered]
-        self._weights = [g[2] for g in gathered] if self.weighted else []
 
     # ---------------------------------------------------------------- queries
     def total(self) -> np.ndarray:

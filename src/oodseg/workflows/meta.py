@@ -310,7 +310,7 @@ def _detection_table(dataset, reader: _FrameReader, table, collected, decisions,
             if folder is not None:
                 write_score(folder / f"{sample.fid}.hdf5", suppress_segments(score, removed_masks[table.index(main_key)], main_t))
     rows = []
-    for b, a in zip(before.compute(), after.compute()):
+    for b, a in zip(before.compute()["per_threshold"], after.compute()["per_threshold"]):
         rows.append({"t": b["t"], "before": _detection_row(b), "after": _detection_row(a)})
     return rows
 
