@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from oodseg import layout
 from oodseg.atomic import write_json, write_text
 from oodseg.data import open_dataset
 from oodseg.data.synthetic import MANIFEST_NAME, complete, generate
@@ -164,7 +165,7 @@ def score_and_evaluate(name: str, checkpoint: Path, methods: list[str], data: Pa
         dataset = open_dataset(kind, root)
         results[track] = {}
         for method in methods:
-            scores_dir = out / "scores" / name / method / summary["dataset"]
+            scores_dir = layout.scores_dir(out / "scores" / name, method, summary["dataset"])
             json_path = out / "results" / f"{name}__{method}__{track}.json"
             show(f"oodseg evaluate --dataset {kind} --root {root} --scores {scores_dir} --track {component_track} "
                  f"--method {name}:{method} --json {json_path} --overwrite")

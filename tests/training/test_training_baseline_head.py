@@ -14,7 +14,7 @@ from oodseg.errors import OodsegError
 from oodseg.models import build_model, load_checkpoint, register_architecture
 from oodseg.training import make_config
 from oodseg.workflows.train import train
-from oodseg.training.nflowjs import squeeze, unsqueeze
+from oodseg.models.flow import squeeze, unsqueeze
 from oodseg.training.baseline import BaselineRecipe
 from oodseg.training.recipe import head_logits, labels_at
 from training_fixtures import TINY_ARCH, write_tiny_cityscapes

@@ -9,7 +9,8 @@ from scipy.special import logsumexp, softmax
 
 from oodseg.errors import OodsegError
 from oodseg.models import build_model
-from oodseg.training.nflowjs import ActNorm, Flow, NFlowJSRecipe, patch_boxes, random_crops, squeeze, unsqueeze
+from oodseg.models.flow import ActNorm, Flow, random_crops, squeeze, unsqueeze
+from oodseg.training.nflowjs import NFlowJSRecipe, patch_boxes
 from oodseg.training.losses import js_to_uniform
 from oodseg.training import make_config
 

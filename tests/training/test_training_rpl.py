@@ -182,7 +182,7 @@ def test_missing_hooks_fail_before_training(outlier_pool):
     with pytest.raises(OodsegError, match="did not run before the head"):
         RPLModel(LateFeatures())
     config = make_config("rpl", data="unused", out="unused")
-    with pytest.raises(OodsegError, match="--outliers"):
+    with pytest.raises(OodsegError, match="^outliers: the rpl recipe"):
         RPLRecipe().setup(_base("small"), config)
 
 

@@ -25,11 +25,6 @@ STORAGE_DTYPES = ("float32", "float16")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def score_path(out: str | os.PathLike, method: str, dataset: str, fid: str, ext: str = "hdf5") -> Path:
-    """``{out}/{method}/{dataset}/{fid}.{ext}``."""
-    return Path(out) / method / dataset / f"{fid}.{ext.lstrip('.')}"
-
-
 def _as_score_array(array, path: Path, native: bool = False) -> np.ndarray:
     if hasattr(array, "detach"):  # torch tensor, any device
         array = array.detach().cpu().numpy()

@@ -21,6 +21,7 @@ from PIL import Image
 from oodseg.data import find_score, open_dataset, read_score
 from oodseg.data.imagefiles import read_raw_label
 from oodseg.errors import OodsegError
+from oodseg.layout import manifest_path, prediction_path, run_of
 from oodseg.progress import track
 from oodseg.report.loading import Evaluation, read_json
 
@@ -124,7 +125,7 @@ def render_frames(groups: dict[str, list[Evaluation]], n_frames: int, out_dir: P
         row["prediction"] = None
         for ev in groups[dataset]:
             score_dir = Path(ev.data["scores"])
-            prediction = score_dir.parent.parent / "_prediction" / score_dir.name / f"{sample.fid}.png"
+            prediction = prediction_path(*run_of(score_dir), sample.fid)
             if prediction.is_file():
                 labels = read_raw_label(prediction)
                 if labels.shape != sample.image.shape[:2]:
@@ -184,7 +185,7 @@ def _read_frame_score(score_dir: Path, fid: str) -> np.ndarray:
 
 def _checkpoint_of(score_dir: Path) -> str | None:
     """The checkpoint named in ``{scores}/../../_manifest/{dataset}.json``, if that manifest exists."""
-    manifest = score_dir.parent.parent / "_manifest" / f"{score_dir.name}.json"
+    manifest = manifest_path(*run_of(score_dir))
     if not manifest.is_file():
         return None
     obj = read_json(manifest)

@@ -46,7 +46,7 @@ class EntropyMaxRecipe(Recipe):
 
     def setup(self, model, config):
         if not config.outliers:
-            raise OodsegError("--outliers: entropy-max needs an outlier pool (folder with images/ and masks/)")
+            raise OodsegError("outliers: entropy-max needs an outlier pool (folder with images/ and masks/)")
         self.pool = OutlierPool(config.outliers, mask_suffix=config.outlier_mask_suffix)
         return super().setup(model, config)
 

@@ -293,7 +293,7 @@ class RPLRecipe(Recipe):
 
     def setup(self, model: nn.Module, config: TrainConfig) -> nn.Module:
         if not config.outliers:
-            raise OodsegError("--outliers: the rpl recipe needs an outlier pool (images/ + masks/)")
+            raise OodsegError("outliers: the rpl recipe needs an outlier pool (images/ + masks/)")
         self.pool = OutlierPool(config.outliers, mask_suffix=config.outlier_mask_suffix)
         self.base_architecture, self.base_params = config.arch, dict(config.arch_params)
         return RPLModel(model, **self.model_options)

@@ -23,6 +23,7 @@ from typing import Callable
 
 from oodseg.atomic import write_json, write_text
 from oodseg.errors import OodsegError
+from oodseg.layout import manifest_path, result_path, scores_dir
 
 TRACKS = ("anomaly", "obstacle")
 # Every post-hoc score of SPEC §1 (``ensemble`` gets the second baseline as its partner).
@@ -148,7 +149,7 @@ def score_track(config: DemoConfig, data: Path, checkpoint: Path, member: Path |
     The fitted scores (``sml``, ``mahalanobis``) are fitted on frames of the Cityscapes-layout
     *train* split (``score_dataset(fit_data=...)``), never on a test or validation track.
     """
-    from oodseg.workflows.score import manifest_path, score_dataset
+    from oodseg.workflows.score import score_dataset
 
     scores = config.out / "scores"
     previous = manifest_path(scores, track)
@@ -171,13 +172,13 @@ def evaluate_track(config: DemoConfig, data: Path, track: str) -> list[dict]:
     protocol = default_protocol(dataset.kind)  # smiyc: the official SegmentMeIfYouCan numbers
     results = []
     for method in config.methods:
-        path = config.out / "evaluate" / track / f"{method}.json"
+        path = result_path(config.out / "evaluate", track, method)
         if path.is_file():
             cached = json.loads(path.read_text(encoding="utf-8"))
             if cached.get("protocol", "exact") == protocol:  # results from before the protocol are redone
                 results.append(cached)
                 continue
-        result = evaluate_dataset(dataset, config.out / "scores" / method / track, track=track, method=method,
+        result = evaluate_dataset(dataset, scores_dir(config.out / "scores", method, track), track=track, method=method,
                                   protocol=protocol)
         write_json(path, result)
         results.append(result)
@@ -215,7 +216,7 @@ def _meta_run(config: DemoConfig, data: Path, checkpoint: Path, track: str, segm
 
     dataset = open_dataset("smiyc-anomaly", data / track)
     folds = min(5, len(dataset))
-    return run_meta(dataset, probs=checkpoint, scores_dir=config.out / "scores" / "entropy" / track,
+    return run_meta(dataset, probs=checkpoint, scores_dir=scores_dir(config.out / "scores", "entropy", track),
                     segments=segments, cv=f"image-kfold:{folds}", method="entropy")
 
 

@@ -34,6 +34,7 @@ import torch
 from oodseg import distributed
 from oodseg.data.readers import Dataset, Sample, kind_options, open_dataset
 from oodseg.errors import OodsegError
+from oodseg.layout import manifest_path, run_of
 from oodseg.conventions import OUTLIER, VOID
 from oodseg.workflows.evaluate import SCHEMA, VERSION, FrameReader, load_roi
 from oodseg.metrics.calibration import CONFIDENCE_MAPS, CalibrationMetrics
@@ -73,9 +74,7 @@ def label_classes(dataset: Dataset) -> int:
 
 def score_manifest(scores_dir: Path) -> dict | None:
     """The ``oodseg score`` manifest of ``{out}/{method}/{dataset}`` (``{out}/_manifest/{dataset}.json``), if any."""
-    from oodseg.workflows.score import manifest_path
-
-    path = manifest_path(scores_dir.parent.parent, scores_dir.name)
+    path = manifest_path(*run_of(scores_dir))
     if not path.is_file():
         return None
     try:

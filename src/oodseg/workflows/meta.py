@@ -31,7 +31,8 @@ import numpy as np
 
 from oodseg.atomic import atomic_directory
 from oodseg.conventions import VOID
-from oodseg.data import find_score, read_score, score_path, write_score
+from oodseg.data import find_score, read_score, write_score
+from oodseg import layout
 from oodseg.errors import OodsegError
 from oodseg.meta.analysis import lars_ranking
 from oodseg.meta.features import dispersion_maps, segment_features, segment_means
@@ -220,7 +221,7 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
     method = method or (Path(scores_dir).resolve().parent.name if scores_dir is not None else "class")
     target = None
     if filtered_out is not None:
-        target = score_path(filtered_out, f"{method}_meta", dataset.name, "x").parent
+        target = layout.scores_dir(filtered_out, f"{method}_meta", dataset.name)
         if target.exists() and not overwrite:
             raise OodsegError(f"{target}: exists; pass --overwrite to replace the filtered maps")
 

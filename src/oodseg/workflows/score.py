@@ -32,9 +32,10 @@ from oodseg import distributed
 from oodseg.adapter import ModelAdapter
 from oodseg.conventions import image_to_tensor, resize_map
 from oodseg.atomic import atomic_path, write_json
-from oodseg.data import detect_kind, open_dataset, score_path, write_score
+from oodseg.data import detect_kind, open_dataset, write_score
 from oodseg.data.io import STORAGE_DTYPES
 from oodseg.data.transforms import label_to_tensor
+from oodseg.layout import manifest_path, prediction_path, predictions_dir, score_path, scores_dir
 from oodseg.errors import OodsegError, OodsegWarning
 from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
@@ -42,8 +43,6 @@ from oodseg.progress import track
 
 MANIFEST_SCHEMA = "oodseg.score"
 MANIFEST_VERSION = 1
-PREDICTION_DIR = "_prediction"
-MANIFEST_DIR = "_manifest"
 #: Manifest fields that must agree for a rerun to count as resuming the same run.
 RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ensemble", "fit_data", "fit_frames",
                 "dtype")
@@ -68,16 +67,6 @@ def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
             value = raw
         params.setdefault(method, {})[key] = value
     return params
-
-
-def prediction_path(out: str | Path, dataset: str, fid: str) -> Path:
-    """``{out}/_prediction/{dataset}/{fid}.png`` (argmax trainIds, uint8)."""
-    return Path(out) / PREDICTION_DIR / dataset / f"{fid}.png"
-
-
-def manifest_path(out: str | Path, dataset: str) -> Path:
-    """``{out}/_manifest/{dataset}.json``."""
-    return Path(out) / MANIFEST_DIR / f"{dataset}.json"
 
 
 def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[str], out: str | Path, *,
@@ -289,7 +278,7 @@ def _remove_outputs(out: Path, dataset, keys: Sequence[str]) -> None:
 
 def _remove_partials(out: Path, dataset: str, keys: Sequence[str]) -> None:
     """Delete temporary ``.partial`` files left by an interrupted run."""
-    for folder in [out / key / dataset for key in keys] + [out / PREDICTION_DIR / dataset]:
+    for folder in [scores_dir(out, key, dataset) for key in keys] + [predictions_dir(out, dataset)]:
         if folder.is_dir():
             for path in folder.glob(".*.partial*"):
                 path.unlink(missing_ok=True)
