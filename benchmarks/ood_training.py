@@ -57,6 +57,7 @@ from oodseg.data import open_dataset
 from oodseg.data.synthetic import MANIFEST_NAME, complete, generate
 from oodseg.workflows.demo import QUICK_TRAINING, DemoConfig
 from oodseg.errors import OodsegError
+from oodseg.keyvalue import parse_scoped, parse_value
 from oodseg.report.seeds import beats, format_spread, parse_seeds, seeds_better, spread
 from oodseg.training import make_config
 from oodseg.workflows.evaluate import evaluate_dataset
@@ -87,21 +88,11 @@ def show(command: str) -> None:
 
 def parse_recipe_params(items: list[str], recipes: list[str]) -> dict[str, dict]:
     """``["rpl.energy_weight=0.1", ...]`` → ``{"rpl": {"energy_weight": 0.1}}`` (values parsed as JSON when possible)."""
-    params: dict[str, dict] = {name: {} for name in recipes}
-    for item in items:
-        key, sep, value = item.partition("=")
-        recipe, dot, name = key.partition(".")
-        if not sep or not dot or recipe not in params:
-            raise OodsegError(f"-p {item}: expected RECIPE.KEY=VALUE with RECIPE one of {', '.join(recipes)}")
-        params[recipe][name] = _json_value(value)
-    return params
-
-
-def _json_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    scoped = parse_scoped(items, "-p", "RECIPE", "rpl.energy_weight=0.1")
+    unknown = sorted(set(scoped) - set(recipes))
+    if unknown:
+        raise OodsegError(f"-p {unknown[0]}.*: {unknown[0]!r} is not one of the recipes {', '.join(recipes)}")
+    return {name: scoped.get(name, {}) for name in recipes}
 
 
 def parse_sweeps(items: list[str], recipes: list[str]) -> dict[str, list[dict]]:
@@ -111,7 +102,7 @@ def parse_sweeps(items: list[str], recipes: list[str]) -> dict[str, list[dict]]:
     for item in items:
         key, sep, values = item.partition("=")
         recipe, dot, name = key.partition(".")
-        candidates = [_json_value(v) for v in values.split(",") if v.strip()]
+        candidates = [parse_value(v) for v in values.split(",") if v.strip()]
         if not sep or not dot or recipe not in recipes or not candidates:
             raise OodsegError(f"--sweep {item}: expected RECIPE.KEY=V1,V2,... with RECIPE one of {', '.join(recipes)}")
         axes.setdefault(recipe, {})[name] = candidates

@@ -13,6 +13,7 @@ import warnings
 import click
 
 from oodseg.errors import OodsegError, OodsegWarning
+from oodseg.keyvalue import parse_pairs, parse_scoped
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
@@ -49,7 +50,32 @@ def main() -> None:
       oodseg train --recipe baseline --data data/synth --out ckpt/baseline
       oodseg score --checkpoint ckpt/baseline --images data/synth/anomaly --method entropy --out scores
       oodseg evaluate --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly
+
+    Every command takes --json: print its result as JSON on stdout instead of the text.
+    evaluate and meta also write it to a file with --save FILE.
     """
+
+
+class RegistryChoice(click.Choice):
+    """A choice among the names of a library registry (``module:NAME``, a sequence or a mapping), read when
+    first needed — parsing or the command's own ``--help`` — so that ``oodseg --help`` imports no registry."""
+
+    def __init__(self, registry: str, extra: tuple[str, ...] = ()):
+        self._registry, self._extra, self._names = registry, extra, None
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._names is None:
+            import importlib
+
+            module, _, name = self._registry.partition(":")
+            self._names = self._extra + tuple(getattr(importlib.import_module(module), name))
+        return self._names
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns (); the registry is the source
+        pass
 
 
 def echo_json(obj: object) -> None:
@@ -57,19 +83,48 @@ def echo_json(obj: object) -> None:
     click.echo(json.dumps(obj, indent=2))
 
 
+def json_option(what: str):
+    """The one ``--json`` of every command: print ``what`` as JSON on stdout instead of the text."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON on stdout instead of the text.")
+
+
+def json_and_save_options(what: str):
+    """``--json`` (as everywhere) and ``--save FILE`` (write ``what`` to FILE) for commands whose result is a file.
+
+    The older spelling ``--json FILE`` still works: it means ``--save FILE`` and warns; ``--json -`` means ``--json``.
+    """
+    def decorate(command):
+        command = click.option("--save", type=click.Path(dir_okay=False), default=None,
+                               help=f"Write {what} to FILE (JSON, atomically); the text (or --json) is printed too.")(command)
+        return click.option("--json", "json_out", is_flag=False, flag_value="-", default=None, metavar="",
+                            help=f"Print {what} as JSON on stdout instead of the text (--json FILE: old spelling of "
+                                 f"--save FILE).")(command)
+    return decorate
+
+
+def json_target(json_out: str | None, save: str | None, overwrite: bool) -> tuple[bool, str | None]:
+    """``(print JSON?, file to write or None)`` from ``--json``/``--save``; refuses an existing file without --overwrite."""
+    from pathlib import Path
+
+    as_json = json_out is not None
+    if json_out not in (None, "-"):
+        if save is not None:
+            raise OodsegError(f"--json {json_out}: give the file with --save only (--json alone prints the JSON)")
+        warnings.warn(f"--json {json_out}: writing a file with --json is deprecated, use --save {json_out} "
+                      "(--json alone prints the JSON)", OodsegWarning)
+        as_json, save = False, json_out
+    if save is not None and Path(save).exists() and not overwrite:
+        raise OodsegError(f"{save}: already exists; pass --overwrite to replace it")
+    return as_json, save
+
+
 # Commands are added below, one section per command.
 
 
 # --- evaluate ---
 def _parse_dataset_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("split=testNoKnown", "mapping=0:0,1:1")`` -> dict; one-line error on a malformed pair."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise OodsegError(f"--option: expected KEY=VALUE, got {pair!r}")
-        options[key.strip()] = value.strip()
-    return options
+    """``("split=testNoKnown", "mapping=0:0,1:1")`` -> dict of text values (:mod:`oodseg.keyvalue`)."""
+    return parse_pairs(pairs, "--option", value=str.strip)
 
 
 def _print_evaluation_table(result: dict) -> None:
@@ -118,9 +173,9 @@ def _print_semantic_table(result: dict) -> None:
               help="Folder of score files {fid}.hdf5|.h5|.npy|.npz, e.g. OUT/METHOD/DATASET.")
 @click.option("--track", type=click.Choice(["anomaly", "obstacle"]), default=None,
               help="Component size filters: anomaly 500/100 px, obstacle 50/10 px (default: obstacle for smiyc-obstacle).")
-@click.option("--mode", type=click.Choice(["exact", "streaming"]), default="exact", show_default=True,
+@click.option("--mode", type=RegistryChoice("oodseg.metrics.tally:MODES"), default="exact", show_default=True,
               help="Pixel metrics: exact (sort-based) or streaming (bounded memory).")
-@click.option("--protocol", type=click.Choice(["smiyc", "exact"]), default=None,
+@click.option("--protocol", type=RegistryChoice("oodseg.workflows.evaluate:PROTOCOLS"), default=None,
               help="smiyc: the official SegmentMeIfYouCan computation (768 percentile bins per frame, θ from that "
                    "curve); exact: every distinct score value. Default: smiyc on smiyc-anomaly/-obstacle, else exact.")
 @click.option("--threshold", type=float, default=None, help="Pixel threshold θ of the component metrics (default: best-F1 threshold).")
@@ -129,7 +184,7 @@ def _print_semantic_table(result: dict) -> None:
                    "its best-F1 threshold is θ (default: θ is the best-F1 threshold of this dataset, as SMIYC does).")
 @click.option("--resize", is_flag=True, help="Bilinearly resize scores to the label size instead of refusing a size mismatch.")
 @click.option("--roi", type=click.Path(dir_okay=False), default=None, help="Image whose non-zero pixels are the region evaluated.")
-@click.option("--aggregate", type=click.Choice(["pooled", "per_image"]), default="pooled", show_default=True,
+@click.option("--aggregate", type=RegistryChoice("oodseg.metrics.pixel:AGGREGATES"), default="pooled", show_default=True,
               help="Pool pixels over the dataset, or average AP/AUROC/FPR95 per image (StreetHazards protocol).")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option, repeatable: split=testNoKnown, mapping=0:0,1:1,255:255, laf_root=DIR, labels=available, ...")
@@ -142,15 +197,14 @@ def _print_semantic_table(result: dict) -> None:
                    "--segmentation (default: the checkpoint in the scores' manifest).")
 @click.option("--ood-threshold", "ood_thresholds", type=float, multiple=True,
               help="Score threshold t of 'mIoU at t' (pixels with score >= t predicted OoD), repeatable.")
-@click.option("--confidence", type=click.Choice(["auto", "normalised", "complement", "minmax"]), default="auto",
+@click.option("--confidence", type=RegistryChoice("oodseg.metrics.calibration:CONFIDENCE_MAPS", ("auto",)), default="auto",
               show_default=True, help="Score -> confidence for the ECE: 1-u/max u (normalised; auto when u >= 0), "
                                       "1-u (complement, e.g. msp), min-max scaled (minmax; auto when u < 0).")
 @click.option("--device", default="cpu", show_default=True, help="Where the checkpoint runs for --segmentation.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Write the oodseg.evaluate result object here ('-': print it instead of the table).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --json file.")
+@json_and_save_options("the oodseg.evaluate result object")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --save file.")
 def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold_from, resize, roi, aggregate, options,
-             method, segmentation, probs, ood_thresholds, confidence, device, json_out, overwrite):
+             method, segmentation, probs, ood_thresholds, confidence, device, json_out, save, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
     Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. On SMIYC layouts they follow the
@@ -169,14 +223,14 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
       oodseg evaluate --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly
       oodseg evaluate --root data/synth/anomaly --scores scores/entropy/anomaly --protocol exact
       oodseg evaluate --dataset lostandfound --root /data/LostAndFound -o split=testNoKnown \\
-          --scores scores/pgn/LostAndFound-testNoKnown --track obstacle --json results/laf.json
+          --scores scores/pgn/LostAndFound-testNoKnown --track obstacle --save results/laf.json
       torchrun --nproc_per_node=2 "$(which oodseg)" evaluate --root data/synth/obstacle \\
           --scores scores/energy/obstacle --mode streaming
       oodseg evaluate --root data/synth/anomaly --scores scores/msp/anomaly --segmentation \\
-          --probs ckpt/baseline --ood-threshold 0.5 --json results/anomaly-msp.json
+          --probs ckpt/baseline --ood-threshold 0.5 --save results/anomaly-msp.json
       oodseg evaluate --root data/synth/shifted -o city=fog --scores scores/msp/shifted-val \\
-          --confidence complement --json results/fog-msp.json
-      oodseg evaluate --root data/synth/anomaly_val --scores scores/entropy/anomaly_val --json val/entropy.json
+          --confidence complement --json
+      oodseg evaluate --root data/synth/anomaly_val --scores scores/entropy/anomaly_val --save val/entropy.json
       oodseg evaluate --root data/synth/anomaly --scores scores/entropy/anomaly --threshold-from val/entropy.json
     """
     from pathlib import Path
@@ -186,8 +240,7 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
     from oodseg.data import detect_kind, open_dataset
     from oodseg.workflows.evaluate import evaluate_dataset
 
-    if json_out not in (None, "-") and Path(json_out).exists() and not overwrite:
-        raise OodsegError(f"{json_out}: already exists; pass --overwrite to replace it")
+    as_json, save = json_target(json_out, save, overwrite)
     provenance = None
     if threshold_from is not None:
         from oodseg.workflows.selection import component_threshold_from
@@ -220,16 +273,17 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
         distributed.cleanup()
     if not is_main:
         return
-    if json_out == "-":
+    if save is not None:
+        write_json(save, result)
+    if as_json:
         echo_json(result)
         return
     if "track" in result:
         _print_evaluation_table(result)
     if "segmentation" in result:
         _print_semantic_table(result)
-    if json_out is not None:
-        write_json(json_out, result)
-        click.echo(f"wrote {json_out}")
+    if save is not None:
+        click.echo(f"wrote {save}")
 
 
 # --- score ---
@@ -253,10 +307,10 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--overwrite", is_flag=True, help="Replace a finished or different run's outputs.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass.")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=RegistryChoice("oodseg.data.io:STORAGE_DTYPES"), default="float32", show_default=True,
               help="Precision of the stored maps: float32 evaluates exactly like the computed maps; float16 halves "
                    "the files (benchmark submissions) and warns for each method whose ranking it changes.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+@json_option("the run summary")
 def score(checkpoint, images, dataset_kind, dataset_name, options, methods, params, fit_data, fit_frames, ensemble,
           out, overwrite, device, batch_size, dtype, as_json):
     """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
@@ -281,10 +335,10 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
           --dtype float16 --out submission
     """
     from oodseg import distributed
-    from oodseg.workflows.score import parse_params, score_dataset
+    from oodseg.workflows.score import score_dataset
 
     try:
-        summary = score_dataset(checkpoint, images, list(methods), out, params=parse_params(params),
+        summary = score_dataset(checkpoint, images, list(methods), out, params=parse_scoped(params, "--param", "METHOD", "odin.epsilon=0.002"),
                                 dataset_kind=dataset_kind, dataset_name=dataset_name,
                                 dataset_options=_parse_dataset_options(options), fit_data=fit_data,
                                 fit_frames=fit_frames, ensemble=list(ensemble), overwrite=overwrite, device=device,
@@ -310,7 +364,7 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
 @click.option("--frames", default=4, show_default=True, type=click.IntRange(min=0),
               help="Example frames per dataset (0 = none; needs the datasets and score files the results point to).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing report folder at --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@json_option("the report summary")
 def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_json: bool) -> None:
     """Build an HTML report from the results files found under RESULTS_DIR.
 
@@ -356,22 +410,8 @@ def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
     return OodsegError("/".join(map(_flag, names)) + sep + rest)
 
 
-def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
-    """``("lam=0.5", "mode=mix", "widths=[8,16,32]")`` -> dict; values parsed as JSON when they are JSON."""
-    params = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise OodsegError(f"{option}: expected KEY=VALUE, got {pair!r}")
-        try:
-            params[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip()] = value.strip()
-    return params
-
-
 @main.command("train")
-@click.option("--recipe", type=click.Choice(["baseline", "entropy-max", "nflowjs", "rpl"]), default="baseline",
+@click.option("--recipe", type=RegistryChoice("oodseg.training.recipe:RECIPES"), default="baseline",
               show_default=True, help="Training method (a loss + a data recipe).")
 @click.option("--data", required=True, type=click.Path(file_okay=False),
               help="SynthStreet root (oodseg synth --out DIR) or a Cityscapes root (leftImg8bit/, gtFine/).")
@@ -415,11 +455,11 @@ def _parse_params(pairs: tuple[str, ...], option: str) -> dict:
 @click.option("--no-validate", is_flag=True, help="Skip the validation mIoU at the end.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly where it stopped.")
 @click.option("--overwrite", is_flag=True, help="Start over in an --out that holds a previous run.")
-@click.option("--json", "json_out", is_flag=True, help="Print the oodseg.train summary as JSON.")
+@json_option("the oodseg.train summary")
 def train_command(recipe, data, out, arch, arch_params, init, recipe_params, outliers, outlier_mask_suffix, steps,
                   epochs, time_budget, batch_size, crop_size, lr, weight_decay, optimizer, schedule, warmup_steps,
                   class_uniform, clip, bn, seed, device, amp, log_every, ckpt_every, num_workers, channels_last,
-                  no_validate, resume, overwrite, json_out):
+                  no_validate, resume, overwrite, as_json):
     """Train a segmentation network or fine-tune it for OoD detection.
 
     Writes OUT/checkpoint/ (load with oodseg.models.load_checkpoint), OUT/log.jsonl (every
@@ -447,8 +487,8 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
                              log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
                              channels_last=channels_last, validate=False if no_validate else None, resume=resume or None,
                              overwrite=overwrite or None,
-                             arch_params=_parse_params(arch_params, "--arch-param") or None,
-                             recipe_params=_parse_params(recipe_params, "--param") or None)
+                             arch_params=parse_pairs(arch_params, "--arch-param") or None,
+                             recipe_params=parse_pairs(recipe_params, "--param") or None)
         summary = train(config)
         is_main = distributed.is_main()
     except OodsegError as exc:
@@ -457,7 +497,7 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
         distributed.cleanup()
     if not is_main:
         return
-    if json_out:
+    if as_json:
         echo_json(summary)
         return
     miou = "–" if summary["val_mIoU"] is None else f"{100 * summary['val_mIoU']:.2f}%"
@@ -474,8 +514,8 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
               help="Counts per split, e.g. train=300,val=50,anomaly=40,obstacle=40,shifted=10,outliers=60,"
                    "anomaly_val=20,obstacle_val=20 (shifted is per condition; unnamed splits keep these defaults).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
-@click.option("--json", "json_out", is_flag=True, help="Print the manifest as JSON.")
-def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite: bool, json_out: bool) -> None:
+@json_option("the manifest")
+def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite: bool, as_json: bool) -> None:
     """Generate the SynthStreet benchmark: street scenes, anomaly/obstacle tracks, shifted set, outlier pool.
 
     \b
@@ -495,7 +535,7 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
     from oodseg.data.synthetic import generate, parse_size
 
     manifest = generate(out, seed=seed, size=parse_size(size), frames=frames, overwrite=overwrite, progress=True)
-    if json_out:
+    if as_json:
         echo_json(manifest)
         return
     counts = manifest["frames"]
@@ -516,7 +556,7 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
 @click.option("--method", "methods", multiple=True, help="Score only these methods (default: every post-hoc score).")
 @click.option("--frames", "report_frames", default=4, show_default=True, help="Example frames per track in the report.")
 @click.option("--quick", is_flag=True, help="Tiny data and a few training steps (a smoke test in seconds).")
-@click.option("--json", "as_json", is_flag=True, help="Print the ranking tables and timings as JSON.")
+@json_option("the ranking tables and timings")
 def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: int, quick: bool, as_json: bool) -> None:
     """Run everything on SynthStreet: generate, train, score, evaluate, rank, report.
 
@@ -639,11 +679,10 @@ def _parse_thresholds(text: str) -> list[float]:
               help="Write score maps with rejected segments suppressed to DIR/{method}_meta/{dataset}/{fid}.hdf5.")
 @click.option("--method", default=None, help="Method name (default: parent folder of --scores).")
 @click.option("--device", default="cpu", show_default=True, help="Where a --probs checkpoint runs (cpu, cuda, cuda:1).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True), default=None,
-              help="Write the oodseg.meta result here ('-': print it instead of the table).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --json file and --filtered-out maps.")
+@json_and_save_options("the oodseg.meta result object")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --save file and --filtered-out maps.")
 def meta_command(kind, root, options, scores_dir, probs, segments, threshold_from, features, model, cv, thresholds,
-                 filtered_out, method, device, json_out, overwrite):
+                 filtered_out, method, device, json_out, save, overwrite):
     """Segment-wise meta classification/regression: remove false-positive OoD segments (Meta-OoD) or
     estimate segment IoU (MetaSeg), with image-grouped cross-validation.
 
@@ -655,23 +694,20 @@ def meta_command(kind, root, options, scores_dir, probs, segments, threshold_fro
     Examples:
       oodseg score --checkpoint ckpt/baseline/checkpoint --images data/synth/anomaly --method entropy --out scores
       oodseg meta --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly \\
-          --probs ckpt/baseline/checkpoint --segments entropy:0.3 --filtered-out scores --json meta.json
+          --probs ckpt/baseline/checkpoint --segments entropy:0.3 --filtered-out scores --save meta.json
       oodseg evaluate --root data/synth/anomaly --scores scores/entropy_meta/anomaly
       oodseg meta --root data/synth/anomaly_val --scores scores/entropy/anomaly_val \\
-          --probs ckpt/baseline/checkpoint --json meta-val.json
+          --probs ckpt/baseline/checkpoint --save meta-val.json
       oodseg meta --root data/synth/anomaly --scores scores/entropy/anomaly \\
-          --probs ckpt/baseline/checkpoint --threshold-from meta-val.json --json meta.json
+          --probs ckpt/baseline/checkpoint --threshold-from meta-val.json --save meta.json
       oodseg meta --dataset cityscapes --root data/synth/cityscapes -o split=val --probs ckpt/baseline/checkpoint \\
-          --segments class --features metaseg,gradient --cv loo --json -
+          --segments class --features metaseg,gradient --cv loo --json
     """
-    from pathlib import Path
-
     from oodseg.atomic import write_json
     from oodseg.data import detect_kind, open_dataset
     from oodseg.workflows.meta import run_meta
 
-    if json_out and json_out != "-" and Path(json_out).exists() and not overwrite:
-        raise OodsegError(f"{json_out}: exists; pass --overwrite to replace it")
+    as_json, save = json_target(json_out, save, overwrite)
     provenance = None
     if threshold_from is not None:
         from oodseg.workflows.selection import meta_threshold_from
@@ -685,11 +721,11 @@ def meta_command(kind, root, options, scores_dir, probs, segments, threshold_fro
                       overwrite=overwrite, device=device)
     if provenance is not None:
         result["segments_threshold_from"] = provenance
-    if json_out == "-":
+    if save is not None:
+        write_json(save, result)
+    if as_json:
         echo_json(result)
         return
-    if json_out:
-        write_json(json_out, result)
     _print_meta_table(result)
 
 
@@ -703,7 +739,7 @@ def meta_command(kind, root, options, scores_dir, probs, segments, threshold_fro
 @click.option("--num-classes", type=int, default=19, show_default=True,
               help="Classes of the classifier; a file with another count is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
-@click.option("--json", "as_json", is_flag=True, help="Print the import summary as JSON.")
+@json_option("the import summary")
 def import_command(file: str, fmt: str, out: str, num_classes: int, overwrite: bool, as_json: bool) -> None:
     """Import a seed paper's published PyTorch checkpoint FILE as an oodseg checkpoint.
 

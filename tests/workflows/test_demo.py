@@ -34,7 +34,7 @@ def test_cli_pipeline_on_tiny_synthstreet(tmp_path: Path):
            "--method", "energy", "--out", scores)
     out = tmp_path / "entropy.json"
     invoke("evaluate", "--dataset", "smiyc-anomaly", "--root", data / "anomaly",
-           "--scores", scores / "entropy" / "anomaly", "--json", out, "--protocol", "exact")
+           "--scores", scores / "entropy" / "anomaly", "--save", out, "--protocol", "exact")
     result = json.loads(out.read_text())
     assert EVALUATE_KEYS <= set(result)
     for key in ("AP", "AUROC", "FPR95", "best_F1"):

@@ -273,7 +273,7 @@ def run_cli(*args):
 def test_cli_end_to_end_json_and_table(smiyc, tmp_path):
     root, scores_dir, labels, scores = smiyc
     out = tmp_path / "results" / "eval.json"
-    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--json", out,
+    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--save", out,
                   "--protocol", "exact")
     assert res.exit_code == 0, res.output
     assert "sIoU" in res.stdout and "mean F1" in res.stdout
@@ -282,14 +282,30 @@ def test_cli_end_to_end_json_and_table(smiyc, tmp_path):
     assert_matches_reference(result, labels, scores)
     # refuses to overwrite, then overwrites with --overwrite
     before = out.read_text()
-    res = run_cli("--root", root, "--scores", scores_dir, "--json", out)
+    res = run_cli("--root", root, "--scores", scores_dir, "--save", out)
     assert res.exit_code == 2 and "already exists" in res.stderr and out.read_text() == before
-    res = run_cli("--root", root, "--scores", scores_dir, "--json", out, "--overwrite", "--mode", "streaming")
+    res = run_cli("--root", root, "--scores", scores_dir, "--save", out, "--overwrite", "--mode", "streaming")
     assert res.exit_code == 0 and json.loads(out.read_text())["mode"] == "streaming"
-    res = run_cli("--root", root, "--scores", scores_dir, "--json", "-", "--protocol", "exact")
+    res = run_cli("--root", root, "--scores", scores_dir, "--json", "--protocol", "exact")
     assert res.exit_code == 0 and json.loads(res.stdout)["AP"] == pytest.approx(result["AP"])
     res = run_cli("--root", root, "--scores", scores_dir)  # smiyc layout: the official protocol by default
     assert res.exit_code == 0 and "smiyc protocol" in res.stdout
+
+
+def test_cli_json_flag_and_the_old_json_file_spelling(smiyc, tmp_path):
+    """--json prints (as on every command), --save FILE writes; the old --json FILE still writes FILE and warns,
+    --json - still prints; --json FILE together with --save is refused."""
+    root, scores_dir, _, _ = smiyc
+    base = ("--root", root, "--scores", scores_dir, "--protocol", "exact")
+    printed = json.loads(run_cli(*base, "--json").stdout)
+    both = run_cli(*base, "--json", "--save", tmp_path / "both.json")
+    assert json.loads(both.stdout) == printed == json.loads((tmp_path / "both.json").read_text())
+    assert json.loads(run_cli(*base, "--json", "-").stdout) == printed
+    old = run_cli(*base, "--json", tmp_path / "old.json")
+    assert old.exit_code == 0 and "sIoU" in old.stdout and json.loads((tmp_path / "old.json").read_text()) == printed
+    assert "warning: --json " in old.stderr and "use --save" in old.stderr
+    clash = run_cli(*base, "--json", tmp_path / "x.json", "--save", tmp_path / "y.json")
+    assert clash.exit_code == 2 and "give the file with --save only" in clash.stderr
 
 
 def _corrupt_label(root, scores_dir):
@@ -338,7 +354,7 @@ def test_cli_bad_input_one_line_error_nothing_written(smiyc, tmp_path, break_inp
     root, scores_dir, _, _ = smiyc
     expected = break_input(root, scores_dir)
     out = tmp_path / "eval.json"
-    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--json", out)
+    res = run_cli("--dataset", "smiyc-obstacle", "--root", root, "--scores", scores_dir, "--save", out)
     assert res.exit_code != 0
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ") and expected in res.stderr
     assert not out.exists() and not list(tmp_path.glob(".eval.json*"))
@@ -355,9 +371,9 @@ def test_cli_dataset_options_and_bad_option(tmp_path, rng):
         Image.fromarray(np.select([label == 0, label == 1], [10, 20], 99).astype(np.uint8)).save(root / "masks" / f"{p.stem}.png")
     scores = tmp_path / "scores" / "energy" / "obstacle"
     res = run_cli("--dataset", "folder", "--root", root, "--scores", scores, "-o", "mapping=10:0,20:1,99:255",
-                  "--track", "obstacle", "--json", "-")
+                  "--track", "obstacle", "--json")
     assert res.exit_code == 0, res.output
-    ref = run_cli("--root", tmp_path / "obstacle", "--scores", scores, "--json", "-", "--protocol", "exact")
+    ref = run_cli("--root", tmp_path / "obstacle", "--scores", scores, "--json", "--protocol", "exact")
     folder_result, smiyc_result = json.loads(res.stdout), json.loads(ref.stdout)
     for key in KEYS:
         assert folder_result[key] == smiyc_result[key], key
@@ -374,8 +390,8 @@ def test_torchrun_two_processes_equal_one(smiyc, tmp_path, run_oodseg):
         one = tmp_path / f"one_{mode}.json"
         two = tmp_path / f"two_{mode}.json"
         base = ["evaluate", "--root", root, "--scores", scores_dir, "--mode", mode]
-        run_oodseg(*base, "--json", one)
-        run_oodseg(*base, "--json", two, nproc=2)
+        run_oodseg(*base, "--save", one)
+        run_oodseg(*base, "--save", two, nproc=2)
         results[mode] = json.loads(one.read_text()), json.loads(two.read_text())
     for one, two in results.values():
         for key in KEYS:

@@ -204,7 +204,7 @@ def test_cli_segmentation_and_calibration_match_brute_force(tree, tmp_path):
     thresholds = [0.75, 0.85]
     json_out = tmp_path / "results" / "msp.json"
     res = run_cli("--root", root, "--scores", out / "msp" / "anomaly", "--segmentation",
-                  "--ood-threshold", 0.75, "--ood-threshold", 0.85, "--json", json_out)
+                  "--ood-threshold", 0.75, "--ood-threshold", 0.85, "--save", json_out)
     assert res.exit_code == 0, res.output
     assert "open-mIoU" in res.stdout and "AP" in res.stdout
     result = json.loads(json_out.read_text())
@@ -221,7 +221,7 @@ def test_cli_segmentation_and_calibration_match_brute_force(tree, tmp_path):
 
 def test_negative_scores_use_minmax_confidence(tree):
     root, ckpt, out, ref = tree
-    res = run_cli("--root", root, "--scores", out / "energy" / "anomaly", "--probs", ckpt, "--json", "-")
+    res = run_cli("--root", root, "--scores", out / "energy" / "anomaly", "--probs", ckpt, "--json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["segmentation"]["mIoU_at"] == []
@@ -274,7 +274,7 @@ def test_cityscapes_layout_per_city_without_outliers(tmp_path, rng):
                 refs["probs"][fid], refs["labels"][fid] = probs, label
                 refs["msp"][fid] = read_h5(tmp_path / "scores" / "msp" / "cs-val" / f"{fid}.hdf5")
     res = run_cli("--root", tmp_path / "cs", "-o", "city=fog", "--scores", tmp_path / "scores" / "msp" / "cs-val",
-                  "--probs", ckpt, "--ood-threshold", 0.8, "--json", "-")
+                  "--probs", ckpt, "--ood-threshold", 0.8, "--json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["dataset"] == "cs-val-fog" and result["n_frames"] == 2 and result["AP"] is None
@@ -305,7 +305,7 @@ def test_streethazards_thirteen_classes_anomaly_as_outlier(tmp_path, rng):
     score = np.where(raw == 14, 2.0, 0.0).astype(np.float32) + rng.random((H, W)).astype(np.float32)
     write_score(tmp_path / "scores" / "energy" / "sh-test" / "t1_000.hdf5", score)
     res = run_cli("--root", tmp_path / "sh", "--scores", tmp_path / "scores" / "energy" / "sh-test",
-                  "--probs", ckpt13, "--aggregate", "per_image", "--json", "-")
+                  "--probs", ckpt13, "--aggregate", "per_image", "--json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["AP"] is not None and len(result["segmentation"]["IoU_per_class"]) == 13
@@ -388,7 +388,7 @@ def test_bad_input_one_line_error_nothing_written(tree, tmp_path, break_input):
     shutil.copytree(out0, out)
     extra, expected = break_input(root, ckpt, out, tmp_path)
     json_out = tmp_path / "eval.json"
-    res = run_cli("--root", root, "--scores", out / "msp" / "anomaly", "--segmentation", *extra, "--json", json_out)
+    res = run_cli("--root", root, "--scores", out / "msp" / "anomaly", "--segmentation", *extra, "--save", json_out)
     assert res.exit_code == 2, res.output
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ") and expected in res.stderr, res.stderr
     assert not json_out.exists() and not list(tmp_path.glob(".eval.json*"))
@@ -425,8 +425,8 @@ def test_torchrun_two_processes_equal_one(tree, tmp_path, run_oodseg):
     root, ckpt, out, _ = tree
     base = ["evaluate", "--root", root, "--scores", out / "msp" / "anomaly", "--segmentation",
             "--ood-threshold", "0.8"]
-    run_oodseg(*base, "--json", tmp_path / "one.json")
-    run_oodseg(*base, "--json", tmp_path / "two.json", nproc=2)
+    run_oodseg(*base, "--save", tmp_path / "one.json")
+    run_oodseg(*base, "--save", tmp_path / "two.json", nproc=2)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert two["n_frames"] == one["n_frames"] == N
     for block, keys in (("segmentation", ("mIoU", "open_mIoU", "open_threshold", "IoU_per_class")),

@@ -213,7 +213,7 @@ def test_cli_meta_end_to_end_and_evaluate_reads_filtered_maps(tiny, tmp_path):
     out_json, filtered = tmp_path / "meta.json", tmp_path / "filtered"
     args = ["meta", "--dataset", "smiyc-anomaly", "--root", str(root), "--scores", str(scores_dir),
             "--probs", str(probs_dir), "--segments", "entropy:0.5", "--cv", "image-kfold:3",
-            "--thresholds", "0.4,0.5", "--filtered-out", str(filtered), "--json", str(out_json)]
+            "--thresholds", "0.4,0.5", "--filtered-out", str(filtered), "--save", str(out_json)]
     run = CliRunner().invoke(main, args)
     assert run.exit_code == 0, run.output
     result = json.loads(out_json.read_text())
@@ -221,7 +221,7 @@ def test_cli_meta_end_to_end_and_evaluate_reads_filtered_maps(tiny, tmp_path):
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "exists" in again.output and again.output.count("\n") == 1
     evaluated = CliRunner().invoke(main, ["evaluate", "--dataset", "smiyc-anomaly", "--root", str(root),
-                                          "--scores", str(filtered / "entropy_meta" / "anomaly"), "--json", "-"])
+                                          "--scores", str(filtered / "entropy_meta" / "anomaly"), "--json"])
     assert evaluated.exit_code == 0, evaluated.output
     bad = CliRunner().invoke(main, ["meta", "--root", str(root), "--scores", str(scores_dir), "--probs",
                                     str(probs_dir), "--cv", "folds"])
@@ -237,7 +237,7 @@ def test_cli_meta_threshold_from_a_validation_run(tmp_path):
     val_json, test_json = tmp_path / "val.json", tmp_path / "test.json"
     run = CliRunner().invoke(main, ["meta", "--root", str(val_root), "--scores", str(val_scores), "--probs",
                                     str(val_probs), "--cv", "image-kfold:3", "--thresholds", "0.3,0.5,0.7",
-                                    "--json", str(val_json)])
+                                    "--save", str(val_json)])
     assert run.exit_code == 0, run.output
     best_t, best_f1 = None, -1.0
     for row in sorted(json.loads(val_json.read_text())["thresholds"], key=lambda r: r["t"]):
@@ -245,7 +245,7 @@ def test_cli_meta_threshold_from_a_validation_run(tmp_path):
             best_t, best_f1 = row["t"], row["after"]["F1"]
     run = CliRunner().invoke(main, ["meta", "--root", str(root), "--scores", str(scores_dir), "--probs",
                                     str(probs_dir), "--cv", "image-kfold:3", "--threshold-from", str(val_json),
-                                    "--json", str(test_json)])
+                                    "--save", str(test_json)])
     assert run.exit_code == 0, run.output
     result = json.loads(test_json.read_text())
     assert result["segments"] == f"entropy:{best_t:g}" and result["root"] == str(root.resolve())

@@ -152,7 +152,7 @@ def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup
     for folder, key in keys:
         report = tmp_path / f"{key}.json"
         evaluated = _cli("evaluate", "--root", root / "synth" / "anomaly", "--scores", out / folder / key / "anomaly",
-                         "--protocol", "exact", "--json", report)  # scikit-learn is the exact sweep
+                         "--protocol", "exact", "--save", report)  # scikit-learn is the exact sweep
         assert evaluated.exit_code == 0, evaluated.output
         assert "warning" not in evaluated.output, evaluated.output
         got = json.loads(report.read_text())

@@ -56,9 +56,9 @@ def test_evaluate_threshold_from_takes_the_validation_best_f1_threshold(tmp_path
     _track(test, tmp_path / "scores" / "entropy" / "anomaly", rng, 4, shift=3.0)
     val_json, test_json = tmp_path / "val.json", tmp_path / "test.json"
     assert _invoke("evaluate", "--root", val, "--scores", tmp_path / "scores/entropy/anomaly_val",
-                   "--json", val_json).exit_code == 0
+                   "--save", val_json).exit_code == 0
     result = _invoke("evaluate", "--root", test, "--scores", tmp_path / "scores/entropy/anomaly",
-                     "--threshold-from", val_json, "--json", test_json)
+                     "--threshold-from", val_json, "--save", test_json)
     assert result.exit_code == 0, result.output
     out = json.loads(test_json.read_text())
     theta = _sklearn_best_f1_threshold(val, tmp_path / "scores/entropy/anomaly_val")
@@ -69,7 +69,7 @@ def test_evaluate_threshold_from_takes_the_validation_best_f1_threshold(tmp_path
     # the same as giving θ by hand
     by_hand = tmp_path / "by_hand.json"
     assert _invoke("evaluate", "--root", test, "--scores", tmp_path / "scores/entropy/anomaly",
-                   "--threshold", repr(out["component_threshold"]), "--json", by_hand).exit_code == 0
+                   "--threshold", repr(out["component_threshold"]), "--save", by_hand).exit_code == 0
     hand = json.loads(by_hand.read_text())
     assert {k: hand[k] for k in ("sIoU", "PPV", "mean_F1")} == {k: out[k] for k in ("sIoU", "PPV", "mean_F1")}
 

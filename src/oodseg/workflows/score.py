@@ -50,25 +50,6 @@ RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ens
 T = TypeVar("T")
 
 
-def parse_params(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["odin.epsilon=0.002", "pgn.label=uniform"]`` → ``{"odin": {"epsilon": 0.002}, "pgn": {"label": "uniform"}}``.
-
-    Values are read as JSON (numbers, booleans, lists) and otherwise kept as strings.
-    """
-    params: dict[str, dict[str, Any]] = {}
-    for item in items:
-        target, sep, raw = item.partition("=")
-        method, dot, key = target.partition(".")
-        if not sep or not dot or not method or not key:
-            raise OodsegError(f"--param {item!r}: expected METHOD.KEY=VALUE, e.g. odin.epsilon=0.002")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        params.setdefault(method, {})[key] = value
-    return params
-
-
 def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[str], out: str | Path, *,
                   params: dict[str, dict[str, Any]] | None = None, dataset_kind: str | None = None,
                   dataset_name: str | None = None, dataset_options: dict[str, Any] | None = None,
