@@ -159,7 +159,7 @@ def score_and_evaluate(name: str, checkpoint: Path, methods: list[str], data: Pa
             scores_dir = layout.scores_dir(out / "scores" / name, method, summary["dataset"])
             json_path = out / "results" / f"{name}__{method}__{track}.json"
             show(f"oodseg evaluate --dataset {kind} --root {root} --scores {scores_dir} --track {component_track} "
-                 f"--method {name}:{method} --json {json_path} --overwrite")
+                 f"--method {name}:{method} --save {json_path} --overwrite")
             result = evaluate_dataset(dataset, scores_dir, track=component_track, method=f"{name}:{method}")
             if track == "anomaly":  # SynthStreet ships trainId labels here: mIoU and open-mIoU (NFlowJS reports it)
                 show(f"  (the same with --segmentation --probs {checkpoint})")
