@@ -6,9 +6,12 @@ import sys
 from click.testing import CliRunner
 
 from oodseg.cli import _flag_error, main
+from oodseg.data import available_kinds
 from oodseg.data.io import STORAGE_DTYPES
 from oodseg.errors import OodsegError
 from oodseg.metrics.calibration import CONFIDENCE_MAPS
+from oodseg.models import available_architectures
+from oodseg.models.importing import FORMATS
 from oodseg.training import RECIPES, TrainConfig
 from oodseg.workflows.evaluate import PROTOCOLS
 
@@ -31,6 +34,9 @@ def test_choices_come_from_the_registries():
     assert _choices("evaluate", "protocol") == list(PROTOCOLS)
     assert _choices("evaluate", "confidence") == ["auto", *CONFIDENCE_MAPS]
     assert _choices("score", "dtype") == list(STORAGE_DTYPES)
+    assert _choices("score", "dataset_kind") == _choices("evaluate", "kind") == _choices("meta", "kind") == available_kinds()
+    assert _choices("train", "arch") == available_architectures()
+    assert _choices("import", "fmt") == ["auto", *FORMATS]
     text = CliRunner().invoke(main, ["train", "--help"]).output
     assert "[" + "|".join(RECIPES) + "]" in text
 

@@ -57,8 +57,9 @@ def main() -> None:
 
 
 class RegistryChoice(click.Choice):
-    """A choice among the names of a library registry (``module:NAME``, a sequence or a mapping), read when
-    first needed — parsing or the command's own ``--help`` — so that ``oodseg --help`` imports no registry."""
+    """A choice among the names of a library registry (``module:NAME``: a sequence, a mapping or a function
+    returning names), read when first needed — parsing or the command's own ``--help`` — so that
+    ``oodseg --help`` imports no registry."""
 
     def __init__(self, registry: str, extra: tuple[str, ...] = ()):
         self._registry, self._extra, self._names = registry, extra, None
@@ -70,7 +71,8 @@ class RegistryChoice(click.Choice):
             import importlib
 
             module, _, name = self._registry.partition(":")
-            self._names = self._extra + tuple(getattr(importlib.import_module(module), name))
+            registry = getattr(importlib.import_module(module), name)
+            self._names = self._extra + tuple(registry() if callable(registry) else registry)
         return self._names
 
     @choices.setter
@@ -167,7 +169,8 @@ def _print_semantic_table(result: dict) -> None:
 
 
 @main.command("evaluate")
-@click.option("--dataset", "kind", default=None, help="Dataset layout (e.g. smiyc-anomaly, lostandfound); default: detected from --root.")
+@click.option("--dataset", "kind", type=RegistryChoice("oodseg.data:available_kinds"), default=None,
+              help="Dataset layout (e.g. smiyc-anomaly, lostandfound); default: detected from --root.")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root folder (read as-is).")
 @click.option("--scores", "scores_dir", required=True, type=click.Path(file_okay=False),
               help="Folder of score files {fid}.hdf5|.h5|.npy|.npz, e.g. OUT/METHOD/DATASET.")
@@ -290,7 +293,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @main.command("score")
 @click.option("--checkpoint", required=True, type=click.Path(file_okay=False), help="oodseg checkpoint directory.")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Dataset root or any folder of images.")
-@click.option("--dataset-kind", default=None, help="Dataset layout (smiyc-anomaly, lostandfound, images, ...); default: detected.")
+@click.option("--dataset-kind", type=RegistryChoice("oodseg.data:available_kinds"), default=None,
+              help="Dataset layout (smiyc-anomaly, lostandfound, images, ...); default: detected.")
 @click.option("--dataset-name", default=None, help="Folder name of the dataset below each method (default: from the root).")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset layout option, repeatable, e.g. split=testNoKnown.")
@@ -417,7 +421,8 @@ def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
               help="SynthStreet root (oodseg synth --out DIR) or a Cityscapes root (leftImg8bit/, gtFine/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: checkpoint/, log.jsonl, train.json, trainer_state.pt.")
-@click.option("--arch", default=None, help="Architecture when training from scratch: small (default) or deeplabv3plus.")
+@click.option("--arch", type=RegistryChoice("oodseg.models:available_architectures"), default=None,
+              help="Architecture when training from scratch (default: small).")
 @click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
               help="Architecture parameter, repeatable (e.g. widths=[24,48,96,128], backbone=resnet50).")
 @click.option("--init", type=click.Path(file_okay=False), default=None, help="Start from this checkpoint directory.")
@@ -652,7 +657,8 @@ def _parse_thresholds(text: str) -> list[float]:
 
 
 @main.command("meta")
-@click.option("--dataset", "kind", default=None, help="Dataset layout (e.g. smiyc-anomaly, cityscapes); default: detected from --root.")
+@click.option("--dataset", "kind", type=RegistryChoice("oodseg.data:available_kinds"), default=None,
+              help="Dataset layout (e.g. smiyc-anomaly, cityscapes); default: detected from --root.")
 @click.option("--root", required=True, type=click.Path(file_okay=False), help="Dataset root folder (labelled frames are used).")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option, repeatable (e.g. split=val, target=semantic for SynthStreet tracks with --segments class).")
@@ -732,9 +738,8 @@ def meta_command(kind, root, options, scores_dir, probs, segments, threshold_fro
 # --- import ---
 @main.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", default="auto", show_default=True,
-              help="Source format: auto (from the keys), nvidia-wrn38, meta-ood, smiyc-baseline, rpl, rpl-corocl, "
-                   "densehybrid-wrn38th, densehybrid-ldn121.")
+@click.option("--format", "fmt", type=RegistryChoice("oodseg.models.importing:FORMATS", ("auto",)), default="auto",
+              show_default=True, help="Source format: auto (from the keys) or one of the published files' formats.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="oodseg checkpoint directory to write.")
 @click.option("--num-classes", type=int, default=19, show_default=True,
               help="Classes of the classifier; a file with another count is refused.")
