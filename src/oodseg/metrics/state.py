@@ -76,9 +76,7 @@ class MetricState:
         self._check_mergeable(other)
         for name, reduce in self._reductions.items():
             mine, theirs = getattr(self, name), getattr(other, name)
-            if reduce == "sum":
-                setattr(self, name, mine + theirs)
-            elif reduce == "cat":
+            if reduce in ("sum", "cat"):  # numbers and arrays add, lists concatenate
                 setattr(self, name, mine + theirs)
             elif reduce == "merge":
                 mine.merge(theirs)
