@@ -5,7 +5,7 @@ import sys
 
 from click.testing import CliRunner
 
-from oodseg.cli import _flag_error, main
+from oodseg.cli import _flag_error, cli_wording, main
 from oodseg.data import available_kinds
 from oodseg.data.io import STORAGE_DTYPES
 from oodseg.errors import OodsegError
@@ -47,3 +47,15 @@ def test_training_errors_are_reworded_with_flags():
     assert str(_flag_error(OodsegError("crop_size: 4 is smaller than 8"), TrainConfig)) == "--crop-size: 4 is smaller than 8"
     other = OodsegError("/x: missing")
     assert _flag_error(other, TrainConfig) is other
+
+
+def test_library_errors_are_worded_with_the_invoked_commands_flags(tmp_path):
+    """Library errors name arguments (``probs /x: …``); the CLI shows the command's flags instead."""
+    flags = {"probs": "--probs", "threshold_from": "--threshold-from", "resume": "--resume"}
+    assert cli_wording("probs /x: not found", flags) == "--probs /x: not found"
+    assert cli_wording("threshold_from a.json: file not found", flags) == "--threshold-from a.json: file not found"
+    assert cli_wording("probs/resume: conflict; resume=True given", flags) == "--probs/--resume: conflict; --resume given"
+    assert cli_wording("/x: missing", flags) == "/x: missing"
+    assert cli_wording("steps: must be >= 1", flags) == "steps: must be >= 1"  # not a flag of this command
+    result = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "s"), "--size", "bogus"])
+    assert result.exit_code == 2 and result.stderr == "error: --size 'bogus': expected HxW, e.g. 256x512\n", result.stderr

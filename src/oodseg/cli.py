@@ -34,9 +34,27 @@ class _Group(click.Group):
                 warnings.simplefilter("always", OodsegWarning)
                 warnings.showwarning = _show_warning
                 return super().invoke(ctx)
-        except (OodsegError, FileNotFoundError, PermissionError) as exc:
+        except OodsegError as exc:
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            flags = {p.name: max(p.opts, key=len) for p in (command.params if command else ())
+                     if isinstance(p, click.Option)}
+            click.echo(f"error: {cli_wording(str(exc), flags)}", err=True)
+            sys.exit(2)
+        except (FileNotFoundError, PermissionError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+
+
+def cli_wording(message: str, flags: dict[str, str]) -> str:
+    """A library error worded with the command's flags: the leading argument name(s) (``probs /x: …``,
+    ``lr/steps: …``) and ``name=True`` mentions become their flags (``--probs /x: …``, ``--resume``) when
+    ``flags`` (``{argument name: flag}``) has every name; any other message unchanged."""
+    import re
+
+    lead = re.match(r"(\w+(?:/\w+)*)(?=[ :])", message)
+    if lead and all(name in flags for name in lead.group(1).split("/")):
+        message = "/".join(flags[name] for name in lead.group(1).split("/")) + message[lead.end():]
+    return re.sub(r"\b(\w+)=True\b", lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -395,23 +413,13 @@ def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_
 
 
 # --- train ---
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
     """A library error that names fields of ``config_type`` (``steps: …``, ``resume=True``), worded
     with the CLI flags instead (``--steps: …``, ``--resume``); any other error unchanged."""
     import dataclasses
-    import re
 
-    fields = {f.name for f in dataclasses.fields(config_type)}
-    head, sep, rest = str(exc).partition(": ")
-    names = head.split("/")
-    if not sep or not all(name in fields for name in names):
-        return exc
-    rest = re.sub(r"\b(\w+)=True\b", lambda m: _flag(m.group(1)) if m.group(1) in fields else m.group(0), rest)
-    return OodsegError("/".join(map(_flag, names)) + sep + rest)
+    worded = cli_wording(str(exc), {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(config_type)})
+    return exc if worded == str(exc) else OodsegError(worded)
 
 
 @main.command("train")

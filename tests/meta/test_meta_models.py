@@ -25,7 +25,7 @@ def test_cv_needs_two_images_and_valid_spec():
     with pytest.raises(OodsegError, match="at least 2 images"):
         cv_splits(np.zeros(5), "image-kfold:5")
     for bad in ("kfold:5", "image-kfold:1", "image-kfold:x", "loo:3"):
-        with pytest.raises(OodsegError, match="--cv"):
+        with pytest.raises(OodsegError, match="^cv"):
             parse_cv(bad)
 
 

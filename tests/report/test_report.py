@@ -372,7 +372,7 @@ def test_refuses_to_overwrite_and_replaces_with_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(OodsegError, match="not empty; pass --overwrite"):
+    with pytest.raises(OodsegError, match="not empty; pass overwrite=True"):
         build_report(HAND, out, frames=0)
     with pytest.raises(OodsegError, match="not a previous report"):
         build_report(HAND, out, frames=0, overwrite=True)

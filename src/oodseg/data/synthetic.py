@@ -99,7 +99,7 @@ def parse_size(text: str) -> tuple[int, int]:
     """Parse ``"256x512"`` (H×W) into a checked ``(H, W)``."""
     parts = str(text).lower().replace("×", "x").split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise OodsegError(f"--size {text!r}: expected HxW, e.g. 256x512")
+        raise OodsegError(f"size {text!r}: expected HxW, e.g. 256x512")
     return check_size((int(parts[0]), int(parts[1])))
 
 

@@ -35,7 +35,7 @@ def make_model(task: str, kind: str = "logistic", seed: int = 0) -> Pipeline:
     if task not in TASKS:
         raise OodsegError(f"task: {task!r} is not one of {', '.join(TASKS)}")
     if kind not in MODEL_KINDS:
-        raise OodsegError(f"--model: {kind!r} is not one of {', '.join(MODEL_KINDS)}")
+        raise OodsegError(f"model: {kind!r} is not one of {', '.join(MODEL_KINDS)}")
     if kind == "logistic":
         model = LogisticRegression(max_iter=2000) if task == "classification" else LinearRegression()
     else:
@@ -55,7 +55,7 @@ def parse_cv(cv: str) -> tuple[str, int | None]:
             folds = 0
         if folds >= 2:
             return kind, folds
-    raise OodsegError(f"--cv: {cv!r} is not image-kfold:K (K >= 2) or loo")
+    raise OodsegError(f"cv: {cv!r} is not image-kfold:K (K >= 2) or loo")
 
 
 def cv_splits(groups: np.ndarray, cv: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -64,7 +64,7 @@ def cv_splits(groups: np.ndarray, cv: str) -> list[tuple[np.ndarray, np.ndarray]
     groups = np.asarray(groups)
     n_groups = len(np.unique(groups))
     if n_groups < 2:
-        raise OodsegError(f"--cv {cv}: cross-validation needs segments from at least 2 images, got {n_groups}")
+        raise OodsegError(f"cv {cv}: cross-validation needs segments from at least 2 images, got {n_groups}")
     splitter = LeaveOneGroupOut() if kind == "loo" else GroupKFold(n_splits=min(folds, n_groups))
     index = np.zeros(len(groups))
     return [(train, test) for train, test in splitter.split(index, groups=groups)]

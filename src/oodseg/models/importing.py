@@ -246,13 +246,13 @@ def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, fmt: str 
     path, out = Path(path), Path(out)
     log = log or (lambda message: None)
     if fmt != "auto" and fmt not in FORMATS:
-        raise OodsegError(f"--format: unknown format {fmt!r}; choose auto or one of {', '.join(available_formats())}")
+        raise OodsegError(f"fmt: unknown format {fmt!r}; choose auto or one of {', '.join(available_formats())}")
     if not path.is_file():
         raise OodsegError(f"{path}: no such file")
     if out.exists() and not overwrite:
         raise OodsegError(f"{out}: already exists; pass --overwrite to replace it")
     if num_classes < 1:
-        raise OodsegError(f"--num-classes: must be >= 1, got {num_classes}")
+        raise OodsegError(f"num_classes: must be >= 1, got {num_classes}")
     started = time.perf_counter()
     size = path.stat().st_size
     digest = file_sha256(path, progress=progress)

@@ -24,7 +24,7 @@ def parse_seeds(text: str) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise OodsegError(f"--seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
+        raise OodsegError(f"seeds {text!r}: expected distinct non-negative integers, e.g. 0,1,2")
     return seeds
 
 

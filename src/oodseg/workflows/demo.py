@@ -61,7 +61,7 @@ class DemoConfig:
             self.report_frames = min(self.report_frames, 2)
         unknown = sorted(set(self.methods) - set(DEMO_METHODS))
         if unknown:
-            raise OodsegError(f"--method {unknown[0]!r}: not a demo method (choose from {', '.join(DEMO_METHODS)})")
+            raise OodsegError(f"methods: {unknown[0]!r} is not a demo method (choose from {', '.join(DEMO_METHODS)})")
 
 
 def run_demo(config: DemoConfig) -> dict:

@@ -100,13 +100,13 @@ def _probability_source(probs: str | Path | None, manifest: dict | None, scores_
             raise OodsegError(f"{manifest['path']}: checkpoint {probs} does not exist; pass --probs CKPT_OR_DIR")
     path = Path(probs).expanduser().resolve()
     if not path.exists():
-        raise OodsegError(f"--probs {path}: not found (expected a checkpoint or a folder of {{fid}}.npz)")
+        raise OodsegError(f"probs {path}: not found (expected a checkpoint or a folder of {{fid}}.npz)")
     classes = None
     if (path / "model.json").is_file():
         classes = read_checkpoint_meta(path)["classes"]
         scored = (manifest or {}).get("classes")
         if scored is not None and scored != classes:
-            raise OodsegError(f"--probs {path}: its {len(classes)} classes differ from the {len(scored)} classes of "
+            raise OodsegError(f"probs {path}: its {len(classes)} classes differ from the {len(scored)} classes of "
                               f"the checkpoint that wrote the scores ({manifest['path']})")
     return open_probabilities(path, device=device), path, classes
 
@@ -161,20 +161,20 @@ def evaluate_semantic(dataset: Dataset, scores_dir: str | Path, probs: str | Pat
     source, source_path, classes = _probability_source(probs, manifest, scores_dir, device)
     try:
         if source.num_classes is not None and source.num_classes != num_classes:
-            raise OodsegError(f"--probs {source_path}: checkpoint has {source.num_classes} classes but the labels of "
+            raise OodsegError(f"probs {source_path}: checkpoint has {source.num_classes} classes but the labels of "
                               f"{dataset.name} ({dataset.kind}) are trainIds 0..{num_classes - 1}")
         for i in progress(mine, f"{dataset.name}: segmentation + calibration"):
             score, label = read(i)
             frame = dataset.frame(i)
             p, _ = source(Sample(frame.fid, dataset.read_image(i), label, frame.image_path))
             if p.shape[0] != num_classes:
-                raise OodsegError(f"--probs {source_path}: frame {frame.fid} has {p.shape[0]} classes, "
+                raise OodsegError(f"probs {source_path}: frame {frame.fid} has {p.shape[0]} classes, "
                                   f"the labels {num_classes}")
             if p.shape[1:] != label.shape:
-                raise OodsegError(f"--probs {source_path}: frame {frame.fid} probabilities of size {p.shape[1:]} "
+                raise OodsegError(f"probs {source_path}: frame {frame.fid} probabilities of size {p.shape[1:]} "
                                   f"differ from label size {label.shape} of {frame.label_path}")
             if not np.isfinite(p).all():
-                raise OodsegError(f"--probs {source_path}: frame {frame.fid}: probabilities contain NaN or Inf")
+                raise OodsegError(f"probs {source_path}: frame {frame.fid}: probabilities contain NaN or Inf")
             segmentation.update(p.argmax(axis=0), label, score)
             calibration.update(score, p[None], np.where(label == OUTLIER, VOID, label))
     finally:

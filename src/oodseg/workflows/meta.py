@@ -70,7 +70,7 @@ def parse_segments(text: str) -> SegmentSpec:
             threshold = math.nan
         if math.isfinite(threshold):
             return SegmentSpec("entropy", threshold)
-    raise OodsegError(f"--segments: {text!r} is not entropy:T (e.g. entropy:0.3) or class")
+    raise OodsegError(f"segments: {text!r} is not entropy:T (e.g. entropy:0.3) or class")
 
 
 def parse_features(items: str | Sequence[str]) -> tuple[str, ...]:
@@ -78,7 +78,7 @@ def parse_features(items: str | Sequence[str]) -> tuple[str, ...]:
     names = [s.strip() for s in (items.split(",") if isinstance(items, str) else items) if s.strip()]
     unknown = [s for s in names if s not in FEATURE_SETS]
     if unknown or not names:
-        raise OodsegError(f"--features: {','.join(unknown) or 'nothing'} given; choose from {', '.join(FEATURE_SETS)}")
+        raise OodsegError(f"features: {','.join(unknown) or 'nothing'} given; choose from {', '.join(FEATURE_SETS)}")
     return tuple(dict.fromkeys(names))
 
 
@@ -172,7 +172,7 @@ class _FrameReader:
         probs, gradient_maps = self.probs_source(sample)
         expected = score.shape if score is not None else sample.label.shape
         if probs.shape[1:] != expected:
-            raise OodsegError(f"--probs, frame {sample.fid}: probability maps {probs.shape[1:]} and score/label maps "
+            raise OodsegError(f"probs, frame {sample.fid}: probability maps {probs.shape[1:]} and score/label maps "
                               f"{expected} differ in size")
         return probs, gradient_maps
 
@@ -204,20 +204,20 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
     expected_labels = "ood" if spec.kind == "entropy" else "semantic"
     if dataset.label_type != expected_labels:
         need = "OoD labels 0/1/255 (e.g. smiyc-anomaly)" if spec.kind == "entropy" else "semantic trainId labels (cityscapes)"
-        raise OodsegError(f"--segments {segments}: needs a dataset with {need}; {dataset.name} has "
+        raise OodsegError(f"segments {segments}: needs a dataset with {need}; {dataset.name} has "
                           f"{dataset.label_type or 'no'} labels")
     if spec.kind == "entropy":
         if scores_dir is None:
-            raise OodsegError(f"--segments {segments}: needs --scores (the score maps that are thresholded)")
+            raise OodsegError(f"segments {segments}: needs scores_dir (the score maps that are thresholded)")
         table = sorted({float(t) for t in thresholds} | {spec.threshold})
     else:
         if filtered_out is not None:
-            raise OodsegError("--filtered-out: only for entropy:T segments (class segments do not filter a score map)")
+            raise OodsegError("filtered_out: only for entropy:T segments (class segments do not filter a score map)")
         table = []
     if "score" in feature_sets and scores_dir is None:
-        raise OodsegError("--features score: needs --scores")
+        raise OodsegError("features score: needs scores_dir (the score maps)")
     if scores_dir is not None and not Path(scores_dir).is_dir():
-        raise OodsegError(f"--scores {scores_dir}: not a folder")
+        raise OodsegError(f"scores_dir {scores_dir}: not a folder")
     method = method or (Path(scores_dir).resolve().parent.name if scores_dir is not None else "class")
     target = None
     if filtered_out is not None:

@@ -79,7 +79,7 @@ class FolderProbabilities:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise OodsegError(f"--probs {self.folder}: not a checkpoint or a folder of {{fid}}.npz probability maps")
+            raise OodsegError(f"probs {self.folder}: not a checkpoint or a folder of {{fid}}.npz probability maps")
         self.num_classes: int | None = None
 
     def __call__(self, sample) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -136,5 +136,5 @@ def open_probabilities(path: str | os.PathLike, gradient: bool = False, device: 
     if (path / META_FILE).is_file():
         return CheckpointProbabilities(path, gradient=gradient, device=device)
     if gradient:
-        raise OodsegError(f"--probs {path}: gradient features need a checkpoint directory (saved probabilities have no z, W)")
+        raise OodsegError(f"probs {path}: gradient features need a checkpoint directory (saved probabilities have no z, W)")
     return FolderProbabilities(path)

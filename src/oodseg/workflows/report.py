@@ -30,7 +30,7 @@ def build_report(results_dir: str | Path, out: str | Path, frames: int = 4, over
     """
     start = time.perf_counter()
     if frames < 0:
-        raise OodsegError(f"--frames: must be >= 0, got {frames}")
+        raise OodsegError(f"frames: must be >= 0, got {frames}")
     results = load_results(results_dir)
     out = Path(out).resolve()
     _check_out(out, results.root, overwrite)
@@ -73,17 +73,17 @@ def build_report(results_dir: str | Path, out: str | Path, frames: int = 4, over
 def _check_out(out: Path, results_root: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that would lose data: a file, a non-empty folder (without overwrite), a non-report folder."""
     if out == results_root or out in results_root.parents:
-        raise OodsegError(f"--out {out}: must not contain the results folder {results_root}")
+        raise OodsegError(f"out {out}: must not contain the results folder {results_root}")
     if not out.exists():
         return
     if not out.is_dir():
-        raise OodsegError(f"--out {out}: exists and is not a folder")
+        raise OodsegError(f"out {out}: exists and is not a folder")
     if not any(out.iterdir()):
         return
     if not overwrite:
-        raise OodsegError(f"--out {out}: folder exists and is not empty; pass --overwrite to replace it")
+        raise OodsegError(f"out {out}: folder exists and is not empty; pass overwrite=True to replace it")
     if not (out / "index.html").is_file():
-        raise OodsegError(f"--out {out}: not a previous report (no index.html); refusing to replace it")
+        raise OodsegError(f"out {out}: not a previous report (no index.html); refusing to replace it")
 
 
 def _dataset_caption(evaluations: list[Evaluation]) -> str:

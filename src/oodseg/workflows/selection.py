@@ -25,12 +25,12 @@ def _read_result(path: str | Path, schema: str) -> dict:
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise OodsegError(f"--threshold-from {path}: file not found") from None
+        raise OodsegError(f"threshold_from {path}: file not found") from None
     except (OSError, ValueError) as exc:
-        raise OodsegError(f"--threshold-from {path}: unreadable JSON ({exc})") from None
+        raise OodsegError(f"threshold_from {path}: unreadable JSON ({exc})") from None
     if not isinstance(result, dict) or result.get("schema") != schema:
         found = result.get("schema") if isinstance(result, dict) else type(result).__name__
-        raise OodsegError(f"--threshold-from {path}: expected an {schema} result, found {found!r}")
+        raise OodsegError(f"threshold_from {path}: expected an {schema} result, found {found!r}")
     return result
 
 
@@ -41,11 +41,11 @@ def component_threshold_from(path: str | Path, method: str) -> tuple[float, dict
     """
     result = _read_result(path, "oodseg.evaluate")
     if result.get("method") != method:
-        raise OodsegError(f"--threshold-from {path}: a result of method {result.get('method')!r}, not {method!r} "
+        raise OodsegError(f"threshold_from {path}: a result of method {result.get('method')!r}, not {method!r} "
                           "(θ is on the score's own scale; pass --method to name the method)")
     theta = result.get("best_F1_threshold")
     if not isinstance(theta, (int, float)) or not math.isfinite(theta):
-        raise OodsegError(f"--threshold-from {path}: no finite best_F1_threshold")
+        raise OodsegError(f"threshold_from {path}: no finite best_F1_threshold")
     return float(theta), {"file": str(Path(path).resolve()), "dataset": result.get("dataset"),
                           "method": method, "criterion": "best pixel F1 on the validation set"}
 
@@ -62,11 +62,11 @@ def meta_threshold_from(path: str | Path) -> tuple[float, dict]:
     """t of the ``oodseg.meta`` result at ``path`` with the best F1 after meta filtering (entropy segments)."""
     result = _read_result(path, "oodseg.meta")
     if not result.get("thresholds"):
-        raise OodsegError(f"--threshold-from {path}: no threshold table (a run with --segments entropy:T is needed)")
+        raise OodsegError(f"threshold_from {path}: no threshold table (a run with entropy:T segments is needed)")
     try:
         row = best_meta_threshold(result["thresholds"])
     except OodsegError as exc:
-        raise OodsegError(f"--threshold-from {path}: {exc}") from None
+        raise OodsegError(f"threshold_from {path}: {exc}") from None
     return float(row["t"]), {"file": str(Path(path).resolve()), "dataset": result.get("dataset"),
                              "method": result.get("method"), "F1_after": row["after"]["F1"],
                              "criterion": "best F1 after meta filtering (CV grouped by image) on the validation set"}
