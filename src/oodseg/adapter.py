@@ -73,6 +73,21 @@ class SegOutput:
         size = size or self.image_size
         return self.logits if size is None else resize_logits(self.logits, size, self.align_corners)
 
+    def at_image_size(self, features: bool = False) -> "SegOutput":
+        """This output with logits, extra heads and (when ``features``) ``z`` bilinearly upsampled to the
+        image size, the model's ``align_corners``: the tensors a source that scores its upsampled
+        logits sees (SPEC §8). The ``conv → BN → ReLU`` block is dropped (it lives at the head's resolution)."""
+        if self.image_size is None:
+            raise OodsegError("SegOutput: image_size unknown; cannot score at the image resolution")
+
+        def up(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else resize_logits(tensor, self.image_size, self.align_corners)
+
+        return SegOutput(logits=up(self.logits), features=up(self.features) if features else None,
+                         weight=self.weight, bias=self.bias, image_size=self.image_size, block=None,
+                         align_corners=self.align_corners,
+                         extras={name: up(value) for name, value in self.extras.items()})
+
 
 def _is_classifier_conv(module: nn.Module) -> bool:
     """A 1×1, stride-1, unpadded, ungrouped ``Conv2d`` (pixel-aligned ``W z + b``)."""
@@ -80,14 +95,16 @@ def _is_classifier_conv(module: nn.Module) -> bool:
             and tuple(module.padding) == (0, 0) and module.groups == 1)
 
 
-def _mismatch(candidate: torch.Tensor, logits: torch.Tensor) -> float:
-    """Relative L∞ distance between ``logits`` and ``candidate`` resized to their size (∞ if shapes differ).
+def _mismatch(candidate: torch.Tensor, logits: torch.Tensor, align_corners: bool = False) -> float:
+    """Relative L∞ distance between ``logits`` and ``candidate`` resized to their size (bilinear with the
+    model's ``align_corners``; ∞ if shapes differ).
 
     NaN/Inf are compared as equal to themselves, so a head with non-finite outputs is still found.
     """
     if candidate.shape[:2] != logits.shape[:2]:
         return float("inf")
-    candidate = torch.nan_to_num(resize_logits(candidate, logits.shape[-2:]), posinf=1e30, neginf=-1e30)
+    candidate = torch.nan_to_num(resize_logits(candidate, logits.shape[-2:], align_corners), posinf=1e30,
+                                 neginf=-1e30)
     logits = torch.nan_to_num(logits, posinf=1e30, neginf=-1e30)
     scale = logits.abs().max().clamp_min(1e-12)
     return float((candidate - logits).abs().max() / scale)
@@ -186,7 +203,8 @@ class ModelAdapter:
         candidates = [(name, out) for name, _, out in calls if _is_classifier_conv(self._modules[name])]
         if not candidates:
             raise OodsegError(f"model {type(self.model).__name__}: no 1×1 Conv2d classifier head found; pass head=NAME")
-        errors = {name: _mismatch(out, logits) for name, out in candidates}
+        align_corners = bool(getattr(self.model, "align_corners", False))
+        errors = {name: _mismatch(out, logits, align_corners) for name, out in candidates}
         best = min(errors, key=errors.get)
         if errors[best] <= 1e-4:
             return best
@@ -302,3 +320,22 @@ def _describe(module: nn.Module) -> str:
         return (f"Conv2d(kernel={tuple(module.kernel_size)}, stride={tuple(module.stride)}, "
                 f"padding={module.padding}, groups={module.groups})")
     return type(module).__name__
+
+
+class ImageResolutionAdapter:
+    """A :class:`ModelAdapter` whose outputs are :meth:`SegOutput.at_image_size`: scores computed on this
+    adapter see the upsampled logits (and ``z`` when ``features``), as Meta-OoD, RPL, DenseHybrid and
+    the SMIYC baselines score. Attributes other than the call are the wrapped adapter's."""
+
+    def __init__(self, adapter: ModelAdapter, features: bool = False):
+        self.adapter = adapter
+        self.features = bool(features)
+
+    def __call__(self, images: torch.Tensor) -> SegOutput:
+        return self.adapter(images).at_image_size(features=self.features)
+
+    def __getattr__(self, name: str):
+        if name == "adapter":  # not set yet (e.g. while unpickling): never recurse
+            raise AttributeError(name)
+        return getattr(self.adapter, name)
+

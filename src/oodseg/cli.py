@@ -316,8 +316,12 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--dataset-name", default=None, help="Folder name of the dataset below each method (default: from the root).")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset layout option, repeatable, e.g. split=testNoKnown.")
-@click.option("--method", "methods", multiple=True, required=True, help="Score name, repeatable: msp, entropy, energy, max_logit, n_energy_cw, pgn, sml, mahalanobis, "
-                   "mc_dropout, odin, ensemble, ... (oodseg.scores.available()).")
+@click.option("--method", "methods", multiple=True, help="Score name, repeatable: msp, entropy, energy, max_logit, n_energy_cw, pgn, sml, mahalanobis, "
+                   "mc_dropout, odin, ensemble, ... (oodseg.scores.available()); NAME[KEY=VALUE,...] gives one "
+                   "instance its own parameters, e.g. 'pgn[label=uniform,p=0.3]'.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="A paper's test-time protocol (methods, resolution, smoothing; see below); printed as it expands. "
+                   "Further --method/--param are added to it.")
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Score parameter, repeatable, e.g. odin.epsilon=0.002 or pgn.label=uniform.")
 @click.option("--fit-data", type=click.Path(file_okay=False), default=None,
@@ -333,8 +337,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
               help="Precision of the stored maps: float32 evaluates exactly like the computed maps; float16 halves "
                    "the files (benchmark submissions) and warns for each method whose ranking it changes.")
 @json_option("the run summary")
-def score(checkpoint, images, dataset_kind, dataset_name, options, methods, params, fit_data, fit_frames, ensemble,
-          out, overwrite, device, batch_size, dtype, as_json):
+def score(checkpoint, images, dataset_kind, dataset_name, options, methods, preset, params, fit_data, fit_frames,
+          ensemble, out, overwrite, device, batch_size, dtype, as_json):
     """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
 
     Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/DATASET/FID.png (argmax
@@ -355,16 +359,27 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
           --images data/synth/anomaly --method msp --method odin --out scores
       oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\
           --dtype float16 --out submission
+      oodseg score --checkpoint ckpt/rpl --images /data/dataset_AnomalyTrack --preset rpl --out scores
     """
     from oodseg import distributed
+    from oodseg.workflows.presets import get_preset
     from oodseg.workflows.score import score_dataset
 
+    protocol = {}
+    if preset is not None:
+        chosen = get_preset(preset)
+        methods = tuple(m for m in chosen.methods if m not in methods) + tuple(methods)
+        protocol = {"resolution": chosen.resolution, "smooth": chosen.smooth, "preset": chosen.name}
+        if distributed.is_main():
+            click.echo(f"preset {chosen.name} ({chosen.paper}; {chosen.source}): {chosen.expansion()}", err=True)
+    if not methods:
+        raise OodsegError("--method: give at least one score method, or --preset NAME")
     try:
         summary = score_dataset(checkpoint, images, list(methods), out, params=parse_scoped(params, "--param", "METHOD", "odin.epsilon=0.002"),
                                 dataset_kind=dataset_kind, dataset_name=dataset_name,
                                 dataset_options=_parse_dataset_options(options), fit_data=fit_data,
                                 fit_frames=fit_frames, ensemble=list(ensemble), overwrite=overwrite, device=device,
-                                batch_size=batch_size, dtype=dtype)
+                                batch_size=batch_size, dtype=dtype, **protocol)
         is_main = distributed.is_main()
     finally:
         distributed.cleanup()
@@ -376,6 +391,19 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, para
     click.echo(f"scored {summary['dataset']} ({summary['dataset_kind']}, {summary['n_frames']} frames) with "
                f"{', '.join(summary['methods'])}: {summary['written']} written, {summary['skipped']} already done "
                f"on this process, {summary['seconds']:.1f} s -> {summary['out']}")
+
+
+def _list_presets(command: click.Command) -> None:
+    """Append every score preset (name, paper, expansion) to ``command``'s help."""
+    import inspect
+
+    from oodseg.workflows.presets import presets_help
+
+    command.help = (inspect.cleandoc(command.help) + "\n\n\b\nPresets (--preset NAME; docs/reproduce.md section 2):\n"
+                    + presets_help())
+
+
+_list_presets(score)
 
 
 # --- report ---

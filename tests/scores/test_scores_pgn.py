@@ -154,3 +154,20 @@ def test_second_to_last_checks_block_geometry(rng):
     out.block.padding = (0, 0)
     with pytest.raises(OodsegError, match="block: conv geometry"):
         scores.get("pgn", layer="second_to_last")(out)
+
+
+def test_log_scale_maps_a_zero_gradient_to_a_finite_floor():
+    from oodseg.scores.gradient import LOG_ZERO_NORM
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 4, 3, 5, generator=generator)
+    features = torch.rand(1, 6, 3, 5, generator=generator)
+    features[0, :, 1, 2] = 0  # every unit off: ‖z‖ = 0
+    out = SegOutput(logits=logits, features=features)
+    plain = scores.get("pgn", p=0.5)(out)
+    logged = scores.get("pgn", p=0.5, log_scale=True)(out)
+    assert plain[0, 1, 2] == 0 and logged[0, 1, 2] == LOG_ZERO_NORM
+    mask = torch.ones_like(plain, dtype=torch.bool)
+    mask[0, 1, 2] = False
+    assert torch.allclose(logged[mask], torch.log(plain[mask]), atol=1e-5)
+    assert bool((logged[mask] > LOG_ZERO_NORM).all())

@@ -9,7 +9,8 @@ from oodseg.adapter import ModelAdapter
 from oodseg.errors import OodsegError
 from oodseg.models import build_model, load_checkpoint, save_checkpoint
 from oodseg.training.losses import supervised_infonce
-from oodseg.training.rpl import RPLModel, RPLRecipe, coro_contrastive_loss, sample_pixels
+from oodseg.models.rpl import RPLModel
+from oodseg.training.rpl import RPLRecipe, coro_contrastive_loss, sample_pixels
 from oodseg.training import make_config
 
 SMALL = {"num_classes": 5, "widths": (8, 12, 16), "aspp_channels": 8, "aspp_rates": (1, 2, 3),

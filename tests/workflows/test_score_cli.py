@@ -149,7 +149,7 @@ def test_outputs_without_manifest_are_not_overwritten(frames, checkpoint, tmp_pa
 @pytest.mark.parametrize("extra, message", [
     (["--method", "no_such_score"], "unknown"),
     (["--method", "msp", "--param", "msp"], "METHOD.KEY=VALUE"),
-    (["--method", "msp", "--param", "energy.temperature=2"], "not among --method"),
+    (["--method", "msp", "--param", "energy.temperature=2"], "not among the methods"),
     (["--method", "sml"], "--fit-data"),
     (["--method", "msp", "--batch-size", "0"], "--batch-size"),
     (["--method", "msp", "--ensemble", "x"], "checkpoint directory does not exist"),

@@ -82,6 +82,7 @@ class DeepWV3Plus(SourceConventions, nn.Module):
     output_stride = 2
     head_name = "final.6"
     source = "NVIDIA/semantic-segmentation@sdcnet network/deepv3.py:DeepWV3Plus"
+    rpl_residual_module = "final"  # RPL adds its residual to dec0, the input of the whole classifier block
 
     def __init__(self, num_classes: int = 19):
         super().__init__()

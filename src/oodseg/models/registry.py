@@ -22,7 +22,7 @@ _ARCHITECTURES: dict[str, Union[Factory, str]] = {
     "deepwv3plus-th": "oodseg.models.deepwv3:DeepWV3PlusTH",
     "ldn121": "oodseg.models.ldn:LDN121",
     "small": "oodseg.models.small:SmallSegNet",
-    "rpl": "oodseg.training.rpl",
+    "rpl": "oodseg.models.rpl:build_rpl_model",
 }
 
 

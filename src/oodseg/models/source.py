@@ -22,6 +22,8 @@ class SourceConventions:
         extra_heads: ``{output name: module name}`` of further 1×1 heads whose outputs (at the
             classifier's resolution) scores may use, e.g. DenseHybrid's ``"ood_logits"``.
         source: where the architecture is defined (repository, file).
+        rpl_residual_module: module whose input receives RPL's residual in the published layout (the
+            classifier block), read by :class:`~oodseg.models.rpl.RPLModel`; empty: the classifier head.
     """
 
     align_corners: ClassVar[bool] = False
@@ -30,6 +32,7 @@ class SourceConventions:
     head_name: ClassVar[str] = ""
     extra_heads: ClassVar[dict[str, str]] = {}
     source: ClassVar[str] = ""
+    rpl_residual_module: ClassVar[str] = ""
 
     def conventions(self) -> dict[str, Any]:
         """JSON-ready summary: align_corners, normalization (mean/std lists or None), output_stride,

@@ -107,6 +107,10 @@ def log_block_gradient_pnorm(inputs: ScoreInputs, variant: str, label: str, p: f
     return log_pnorm(inputs.memo(("block_signal", variant, label), make), p)
 
 
+#: ``log_scale`` value of a zero gradient norm (log 0): finite, float16-representable, below any real log-norm.
+LOG_ZERO_NORM = -1e4
+
+
 class PixelGradientNorm(Scorer):
     """``pgn``: ``‖∇_W CE(softmax(l), y)‖_p`` per pixel; larger = more uncertain.
 
@@ -117,7 +121,7 @@ class PixelGradientNorm(Scorer):
         layer: ``"last"`` (1×1 head weight) or ``"second_to_last"`` (k×k kernel of the block
             feeding the head; needs ``SegOutput.block``).
         log_scale: return ``log`` of the norm (use for small p on wide layers, where the norm
-            itself exceeds the float32 range).
+            itself exceeds the float32 range); a zero norm gives :data:`LOG_ZERO_NORM`.
     """
 
     name = "pgn"
@@ -140,7 +144,9 @@ class PixelGradientNorm(Scorer):
         else:
             log_norm = log_block_gradient_pnorm(inputs, variant, label, p) + log_patch_pnorm(inputs, p)
         if self.params["log_scale"]:
-            return log_norm
+            # a zero gradient (z = 0, or every unit of the block gated off by its ReLU) has log-norm -inf:
+            # stored as LOG_ZERO_NORM, below every nonzero norm, so the map stays finite with the same ranking
+            return log_norm.nan_to_num(nan=float("nan"), neginf=LOG_ZERO_NORM)
         norm = torch.exp(log_norm)
         if bool(torch.isinf(norm).any()):
             raise OodsegError(f"pgn: p={p} gradient norm exceeds the float32 range; use log_scale=True")

@@ -1,20 +1,14 @@
-"""Residual Pattern Learning with context-robust contrastive learning (RPL + CoroCL, SPEC §2.3).
+"""The RPL + CoroCL training recipe (SPEC §2.3): losses and data; the model is :mod:`oodseg.models.rpl`.
 
-A frozen closed-set network gets an external RPL module: an ASPP on the high-level backbone
-features (the input of the module named ``feature_module``, default ``"aspp"``), upsampled to
-the classifier's resolution, whose 1×1 "residual head" (zero-initialised) adds a residual to
-the input ``z`` of the final 1×1 classifier, and whose 1×1 projector (R = 304 dims) feeds
-CoroCL during training only. Everything attaches by hooks, so any network whose head
-:class:`~oodseg.adapter.ModelAdapter` finds works; :class:`RPLModel` is registered as the
-architecture ``"rpl"`` so :func:`oodseg.models.load_checkpoint` rebuilds it and ``oodseg score``
-scores it unchanged (its forward returns the residual-augmented logits).
+A frozen closed-set network gets an external RPL module (:class:`~oodseg.models.rpl.RPLModel`,
+attached by hooks to any network: an ASPP on the high-level features, a zero-initialised residual on
+the classifier (block) input, a 1×1 projector of R = 304 dims feeding CoroCL during training only).
 
 Choices where SPEC and the paper are silent: losses are computed on logits bilinearly
 upsampled to the label size (as the paper); CoroCL runs on projections at the classifier's
 resolution with labels downsampled by nearest neighbour; the CoroCL weight defaults to 0.1;
 "inlier" pixels of the outlier-image context are the non-object pixels of whole outlier
-images. When the feature module is an :class:`~oodseg.models.ASPP`, the RPL ASPP copies its
-rates and width and starts from its weights (the paper's partial loading).
+images.
 
 One addition to SPEC §2.3: SPEC's inlier losses (CE to the pseudo-label, entropy gap) do not see a
 shift of all class logits by the same constant, so the outlier energy loss can be met by lowering
@@ -29,183 +23,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oodseg.adapter import ModelAdapter
 from oodseg.conventions import OUTLIER, resize_logits
 from oodseg.errors import OodsegError
-from oodseg.models import ASPP, build_model, register_architecture
+from oodseg.models.rpl import RPLModel
 from oodseg.training.losses import (inlier_mask, rpl_inlier_energy_loss, rpl_inlier_loss, rpl_outlier_loss,
                                     supervised_infonce)
 from oodseg.training.outliers import OutlierPool, add_outliers, outlier_scene
 from oodseg.training.config import TrainConfig
 from oodseg.training.recipe import Recipe, labels_at, unwrap
-
-DEFAULT_RATES = (6, 12, 18)
-
-
-class ResidualPatternModule(nn.Module):
-    """ASPP → upsample → (residual (B, out_channels, h, w), projection (B, projection_dim, h, w)).
-
-    Args:
-        in_channels: channels of the high-level features.
-        out_channels: width D of the classifier input the residual is added to.
-        width: ASPP branch and output width (paper 256).
-        rates: dilation rates of the three 3×3 branches.
-        projection_dim: R of the CoroCL projector (paper 304).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, width: int = 256,
-                 rates: Sequence[int] = DEFAULT_RATES, projection_dim: int = 304):
-        super().__init__()
-        self.aspp = ASPP(in_channels, width, tuple(int(r) for r in rates))
-        self.residual_head = nn.Conv2d(width, out_channels, 1)
-        nn.init.zeros_(self.residual_head.weight)
-        nn.init.zeros_(self.residual_head.bias)
-        self.projector = nn.Conv2d(width, projection_dim, 1)
-
-    def forward(self, features: Tensor, size: tuple[int, int],
-                with_projection: bool = False) -> tuple[Tensor, Tensor | None]:
-        """High-level features (B, in_channels, h', w') → residual at ``size`` (and the projection)."""
-        hidden = F.interpolate(self.aspp(features), size=size, mode="bilinear", align_corners=False)
-        projection = self.projector(hidden) if with_projection else None
-        return self.residual_head(hidden), projection
-
-
-class RPLModel(nn.Module):
-    """A frozen segmentation network plus an RPL residual on its classifier input.
-
-    ``forward(images (B,3,H,W) in [0,1])`` returns the base network's output computed with
-    ``z + residual`` at the head; ``forward(images, training_outputs=True)`` returns
-    ``{"vanilla", "rpl"}`` logits (B,C,h,w) at the head's resolution and ``"projection"``
-    (B,R,h,w), running the frozen network once without gradients. The hooks act only inside
-    this forward: calling ``base`` directly still gives the vanilla logits.
-
-    Args:
-        base: the closed-set network; frozen (``requires_grad=False``, always eval mode).
-        feature_module: name of the module whose INPUT are the high-level features.
-        head: name of the final 1×1 classifier conv (found by :class:`ModelAdapter` when None).
-        width, rates: RPL ASPP width and rates (copied from the feature module when it is an ASPP).
-        projection_dim: CoroCL projector dims R.
-        init_from_base: start the RPL ASPP from the feature module's weights when it is a matching ASPP.
-    """
-
-    def __init__(self, base: nn.Module, feature_module: str = "aspp", head: str | None = None,
-                 width: int | None = None, rates: Sequence[int] | None = None, projection_dim: int = 304,
-                 init_from_base: bool = True, probe_size: tuple[int, int] = (128, 128)):
-        super().__init__()
-        modules = dict(base.named_modules())
-        if feature_module not in modules or not feature_module:
-            raise OodsegError(f"feature_module {feature_module!r}: no module of that name in "
-                              f"{type(base).__name__} (RPL needs the module fed by the high-level features)")
-        features = modules[feature_module]
-        with ModelAdapter(base, head=head, probe_size=probe_size) as adapter:
-            self.head_name = adapter.head_name
-        head_module = modules[self.head_name]
-        self.base = base
-        self.feature_module = feature_module
-        self._mode = "capture"
-        self._captured: dict[str, Tensor] = {}
-        features.register_forward_pre_hook(self._capture_features)
-        head_module.register_forward_pre_hook(self._add_residual)
-        feature_channels = self._probe_feature_channels(probe_size)
-        is_aspp = isinstance(features, ASPP)
-        if width is None:
-            width = features.project[0].out_channels if is_aspp else 256
-        if rates is None:
-            rates = [b[0].dilation[0] for b in features.branches[1:-1]] if is_aspp else DEFAULT_RATES
-        self.num_classes = int(head_module.out_channels)
-        self.build_params = {"feature_module": feature_module, "head": self.head_name, "width": int(width),
-                             "rates": [int(r) for r in rates], "projection_dim": int(projection_dim)}
-        self.rpl = ResidualPatternModule(int(feature_channels), int(head_module.in_channels), int(width),
-                                         rates, int(projection_dim))
-        if init_from_base and is_aspp:
-            source, target = features.state_dict(), self.rpl.aspp.state_dict()
-            if source.keys() == target.keys() and all(source[k].shape == target[k].shape for k in target):
-                self.rpl.aspp.load_state_dict(source)
-        base.requires_grad_(False)
-        base.eval()
-        self._mode = "off"  # the hooks act only inside this module's forward; ``base(x)`` stays vanilla
-
-    def _probe_feature_channels(self, probe_size: tuple[int, int]) -> int:
-        """One no-grad forward pass checking that the feature module runs before the head; its channel count."""
-        reference = next(iter(self.base.parameters()))
-        probe = torch.rand((1, 3, *probe_size), generator=torch.Generator().manual_seed(0))
-        was_training = self.base.training
-        try:
-            self.base.eval()
-            with torch.no_grad():
-                self.base(probe.to(device=reference.device, dtype=reference.dtype))
-            captured = dict(self._captured)
-        finally:
-            self.base.train(was_training)
-            self._captured.clear()
-        if "features" not in captured or "z" not in captured:
-            raise OodsegError(f"feature_module {self.feature_module!r}: did not run before the head "
-                              f"{self.head_name!r} in a forward pass; RPL cannot attach to this network")
-        return int(captured["features"].shape[1])
-
-    def train(self, mode: bool = True) -> "RPLModel":
-        """Set the RPL module's mode; the frozen network always stays in eval mode."""
-        super().train(mode)
-        self.base.eval()
-        return self
-
-    def _capture_features(self, module: nn.Module, inputs: tuple) -> None:
-        if self._mode != "off":
-            self._captured["features"] = inputs[0]
-
-    def _add_residual(self, module: nn.Module, inputs: tuple):
-        z = inputs[0]
-        if self._mode == "capture":
-            if "features" in self._captured:
-                self._captured["z"] = z
-            return None
-        if self._mode != "residual":
-            return None
-        if "features" not in self._captured:
-            raise OodsegError(f"feature_module {self.feature_module!r}: did not run before the head "
-                              f"{self.head_name!r}; RPL cannot attach to this network")
-        residual, _ = self.rpl(self._captured.pop("features"), tuple(z.shape[-2:]))
-        return (z + residual.to(z.dtype),) + tuple(inputs[1:])
-
-    def forward(self, images: Tensor, training_outputs: bool = False):
-        if not training_outputs:
-            self._mode = "residual"
-            try:
-                return self.base(images)
-            finally:
-                self._mode = "off"
-                self._captured.clear()
-        self._mode = "capture"
-        try:
-            with torch.no_grad():
-                self.base(images)
-            features, z = self._captured["features"], self._captured["z"]
-        finally:
-            self._captured.clear()
-            self._mode = "off"
-        head = self.base.get_submodule(self.head_name)
-        residual, projection = self.rpl(features, tuple(z.shape[-2:]), with_projection=True)
-        with torch.no_grad():
-            vanilla = head(z)
-        rpl = head(z + residual.to(z.dtype))
-        return {"vanilla": vanilla, "rpl": rpl, "projection": projection}
-
-
-def build_rpl_model(base_architecture: str, base_params: dict | None = None, **rpl_params: Any) -> RPLModel:
-    """Factory of the ``"rpl"`` architecture: ``build_model(base_architecture, **base_params)`` wrapped in :class:`RPLModel`.
-
-    ``rpl_params`` are :class:`RPLModel` options (``feature_module``, ``head``, ``width``, ``rates``,
-    ``projection_dim``); weights come from the checkpoint.
-    """
-    base = build_model(base_architecture, **(base_params or {}))
-    return RPLModel(base, init_from_base=False, **rpl_params)
-
-
-register_architecture("rpl", build_rpl_model)
-
 
 def sample_pixels(embeddings: Tensor, labels: Tensor, group_values: Sequence[int], group_ids: Sequence[int],
                   max_per_group: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -266,7 +93,8 @@ class RPLRecipe(Recipe):
     of every pixel), ``contrast_weight`` (0.1), ``temperature`` (0.1),
     ``samples_per_group`` (512), ``head_lr_factor`` (10: residual head and projector),
     ``paste_size`` (object size range as a fraction of the crop), ``feature_module``, ``head``,
-    ``width``, ``rates``, ``projection_dim``. Score the result with ``energy``.
+    ``residual_module``, ``width``, ``rates``, ``projection_dim`` (:class:`~oodseg.models.rpl.RPLModel`).
+    Score the result with ``energy`` (``oodseg score --preset rpl``: RPL's blur too).
     """
 
     name = "rpl"
@@ -277,7 +105,7 @@ class RPLRecipe(Recipe):
                  samples_per_group: int = 512, head_lr_factor: float = 10.0,
                  paste_size: Sequence[float] = (0.1, 0.4), feature_module: str = "aspp", head: str | None = None,
                  width: int | None = None, rates: Sequence[int] | None = None, projection_dim: int = 304,
-                 **unknown: Any) -> None:
+                 residual_module: str | None = None, **unknown: Any) -> None:
         super().__init__(**unknown)
         if samples_per_group < 1 or temperature <= 0 or head_lr_factor <= 0:
             raise OodsegError("recipe rpl: samples_per_group, temperature and head_lr_factor must be positive")
@@ -288,7 +116,7 @@ class RPLRecipe(Recipe):
         self.samples_per_group, self.head_lr_factor = int(samples_per_group), float(head_lr_factor)
         self.paste_size = (float(paste_size[0]), float(paste_size[1]))
         self.model_options = {"feature_module": feature_module, "head": head, "width": width, "rates": rates,
-                              "projection_dim": projection_dim}
+                              "projection_dim": projection_dim, "residual_module": residual_module}
         self.pool: OutlierPool | None = None
 
     def setup(self, model: nn.Module, config: TrainConfig) -> nn.Module:

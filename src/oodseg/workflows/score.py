@@ -29,25 +29,44 @@ import torch
 from PIL import Image
 
 from oodseg import distributed
-from oodseg.adapter import ModelAdapter
+from oodseg.adapter import ImageResolutionAdapter, ModelAdapter
 from oodseg.conventions import image_to_tensor, resize_map
 from oodseg.atomic import atomic_path, write_json
 from oodseg.data import detect_kind, open_dataset, write_score
 from oodseg.data.io import STORAGE_DTYPES
 from oodseg.data.transforms import label_to_tensor
+from oodseg.keyvalue import parse_pairs
 from oodseg.layout import manifest_path, prediction_path, predictions_dir, score_path, scores_dir
 from oodseg.errors import OodsegError, OodsegWarning
 from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
+from oodseg.scores.postprocess import check_smooth, gaussian_blur
+from oodseg.workflows.presets import RESOLUTIONS
 
 MANIFEST_SCHEMA = "oodseg.score"
 MANIFEST_VERSION = 1
 #: Manifest fields that must agree for a rerun to count as resuming the same run.
 RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ensemble", "fit_data", "fit_frames",
-                "dtype")
+                "dtype", "resolution", "smooth")
+#: Values of identity fields that manifests of earlier oodseg versions do not record.
+RUN_DEFAULTS = {"resolution": "head", "smooth": None}
 
 T = TypeVar("T")
+
+
+def parse_method(text: str) -> tuple[str, dict[str, Any]]:
+    """``"pgn[label=uniform,p=0.1]"`` → ``("pgn", {"label": "uniform", "p": 0.1})``; a bare name has no parameters.
+
+    The bracket form is the score's key (:attr:`oodseg.scores.Scorer.key`), so the same method can be
+    requested with several parameter sets in one run. Values are read as JSON, else kept as strings.
+    """
+    name, bracket, rest = text.partition("[")
+    if not bracket:
+        return text, {}
+    if not name or not rest.endswith("]"):
+        raise OodsegError(f"methods {text!r}: expected NAME or NAME[KEY=VALUE,...]")
+    return name, parse_pairs([item for item in rest[:-1].split(",") if item.strip()], f"methods {text!r}")
 
 
 def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[str], out: str | Path, *,
@@ -55,13 +74,16 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
                   dataset_name: str | None = None, dataset_options: dict[str, Any] | None = None,
                   fit_data: str | Path | None = None, fit_frames: int = 20,
                   ensemble: Sequence[str | Path] = (), overwrite: bool = False, device: str = "cpu",
-                  batch_size: int = 1, dtype: str = "float32") -> dict[str, Any]:
+                  batch_size: int = 1, dtype: str = "float32", resolution: str = "head",
+                  smooth: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
     """Score every frame of the dataset at ``images`` with ``methods`` and write the files into ``out``.
 
     Args:
         checkpoint: oodseg checkpoint directory of the segmentation model.
         images: dataset root; ``dataset_kind`` defaults to :func:`oodseg.data.detect_kind`.
-        methods: score names (``oodseg.scores.available()``); ``params`` gives per-method keywords.
+        methods: score names (``oodseg.scores.available()``), each optionally with its own parameters as
+            ``name[key=value,...]`` (:func:`parse_method`); ``params`` gives per-method keywords for every
+            instance of that name.
         out: output root. ``dataset_name`` overrides the dataset's folder name below it;
             ``dataset_options`` are layout options of :func:`oodseg.data.open_dataset` (e.g. ``split``).
         fit_data: Cityscapes-layout root whose train split (``fit_frames`` frames, evenly spaced)
@@ -73,6 +95,12 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         dtype: ``"float32"`` (default: files evaluate exactly like the in-memory maps) or
             ``"float16"`` (half the size; warns per method whose ranking it alters, with the
             measured change — AP/AUROC too when the dataset has OoD labels).
+        resolution: ``"head"`` (scores at the classifier's resolution, each map upsampled afterwards) or
+            ``"image"`` (scores computed on the logits, ``z`` and extra heads upsampled to the image first,
+            the model's ``align_corners``: how the papers that score their upsampled outputs compute).
+        smooth: ``{"kernel_size": K, "sigma": S}``: each finished map at the image size is Gaussian-blurred
+            (reflect padding, :func:`oodseg.scores.postprocess.gaussian_blur`), as RPL does; None: no blur.
+        preset: name of the :mod:`oodseg.workflows.presets` preset this run expands (recorded only).
     Returns:
         The manifest dict plus ``written`` / ``skipped`` frame counts of this process and ``seconds``;
         with float16 also ``float16``: ``{method: Float16Audit.summary()}`` over the frames written.
@@ -81,32 +109,40 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
 
     started = time.perf_counter()
     if not methods:
-        raise OodsegError("--method: give at least one score method")
+        raise OodsegError("methods: give at least one score method")
     if batch_size < 1:
-        raise OodsegError(f"--batch-size: must be >= 1, got {batch_size}")
+        raise OodsegError(f"batch_size: must be >= 1, got {batch_size}")
     if fit_frames < 1:
         raise OodsegError(f"fit_frames: must be >= 1, got {fit_frames}")
     if dtype not in STORAGE_DTYPES:
-        raise OodsegError(f"--dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+        raise OodsegError(f"dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    if resolution not in RESOLUTIONS:
+        raise OodsegError(f"resolution: expected one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+    smooth = check_smooth(smooth)
     distributed.init()
     device = _resolve_device(device)
     params = params or {}
-    unknown = sorted(set(params) - set(methods))
+    specs = [parse_method(m) for m in methods]
+    unknown = sorted(set(params) - {name for name, _ in specs})
     if unknown:
-        raise OodsegError(f"--param {unknown[0]}.*: method {unknown[0]!r} is not among --method {', '.join(methods)}")
+        raise OodsegError(f"params {unknown[0]}.*: method {unknown[0]!r} is not among the methods {', '.join(methods)}")
 
     model, meta = load_checkpoint(checkpoint, map_location=device)
     members = [model] + [_load_member(path, meta, device) for path in ensemble]
-    scorers = [_build_scorer(score_registry, name, params.get(name, {}), members) for name in methods]
+    scorers = [_build_scorer(score_registry, name, {**params.get(name, {}), **own}, members) for name, own in specs]
     keys = [s.key for s in scorers]
     duplicate = next((k for k in keys if keys.count(k) > 1), None)
     if duplicate:
-        raise OodsegError(f"--method: {duplicate!r} requested twice")
+        raise OodsegError(f"methods: {duplicate!r} requested twice")
     if ensemble and not any(s.name == "ensemble" for s in scorers):
-        raise OodsegError("--ensemble: given but method 'ensemble' is not requested")
+        raise OodsegError("ensemble: given but method 'ensemble' is not requested")
     if any(s.needs_fit for s in scorers) and fit_data is None:
         names = ", ".join(s.name for s in scorers if s.needs_fit)
-        raise OodsegError(f"--fit-data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
+        raise OodsegError(f"fit_data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
+    if resolution == "image" and any("block" in s.needs for s in scorers):
+        names = ", ".join(s.key for s in scorers if "block" in s.needs)
+        raise OodsegError(f"resolution: {names} use the block before the head, which exists only at the head's "
+                          "resolution; score them with resolution 'head'")
 
     kind = dataset_kind or detect_kind(images)
     options = {**(dataset_options or {}), **({"name": dataset_name} if dataset_name else {})}
@@ -118,7 +154,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
                 "fit_data": str(Path(fit_data).resolve()) if fit_data and _needs_fit(scorers) else None,
                 "fit_frames": fit_frames if _needs_fit(scorers) else None,
                 "params": {s.key: {k: v for k, v in s.params.items() if k != "models"} for s in scorers},
-                "classes": meta["classes"], "dtype": dtype, "complete": False}
+                "classes": meta["classes"], "dtype": dtype, "resolution": resolution, "smooth": smooth,
+                "preset": preset, "complete": False}
     out = Path(out)
     _check_previous_run(out, dataset, keys, manifest, overwrite)
     distributed.barrier()
@@ -129,16 +166,18 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         write_json(manifest_path(out, dataset.name), manifest)
     distributed.barrier()
 
-    adapter = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+    hooks = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+    adapter = hooks if resolution == "head" else ImageResolutionAdapter(hooks, any("features" in s.needs
+                                                                                   for s in scorers))
     audit = _Float16Run(keys, kind, images, options) if dtype == "float16" else None
     try:
         fitted = [s for s in scorers if s.needs_fit]
         if fitted:
             _fit_on_main(fitted, adapter, Path(fit_data), fit_frames, device)
         written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size,
-                                                                audit))
+                                                                audit, smooth))
     finally:
-        adapter.close()
+        hooks.close()
     distributed.barrier()
     manifest["complete"] = _missing_outputs(out, dataset.name, dataset.fids, keys) == 0
     if distributed.is_main():
@@ -187,10 +226,10 @@ def _resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise OodsegError(f"--device: {device!r} is not a torch device") from exc
+        raise OodsegError(f"device: {device!r} is not a torch device") from exc
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise OodsegError(f"--device: {device!r} requested but CUDA is not available")
+            raise OodsegError(f"device: {device!r} requested but CUDA is not available")
         if resolved.index is None and distributed.world_size() > 1:
             resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
@@ -207,7 +246,7 @@ def _build_scorer(registry, name: str, params: dict[str, Any], members: list[tor
     """The scorer for ``name``; ``ensemble`` receives all member networks (the main one first) as ``models``."""
     if name == "ensemble":
         if len(members) < 2:
-            raise OodsegError("--method ensemble: needs --ensemble CKPT (at least one further checkpoint)")
+            raise OodsegError("ensemble: method 'ensemble' needs at least one further checkpoint")
         params = {**params, "models": members}
     return registry.get(name, **params)
 
@@ -226,7 +265,7 @@ def _check_previous_run(out: Path, dataset, keys: list[str], manifest: dict[str,
             previous = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise OodsegError(f"{path}: corrupt manifest ({exc}); pass --overwrite to start afresh") from exc
-        differing = [k for k in RUN_IDENTITY if previous.get(k) != manifest.get(k)]
+        differing = [k for k in RUN_IDENTITY if previous.get(k, RUN_DEFAULTS.get(k)) != manifest.get(k)]
         if previous.get("schema") != MANIFEST_SCHEMA or differing:
             raise OodsegError(f"{path}: outputs of a different run ({', '.join(differing) or 'schema'} differ); "
                               "pass --overwrite to replace them")
@@ -324,10 +363,11 @@ def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.d
 
 # -- scoring --------------------------------------------------------------------------------------
 def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: torch.device,
-                  batch_size: int, audit: _Float16Run | None) -> tuple[int, int]:
+                  batch_size: int, audit: _Float16Run | None, smooth: dict[str, Any] | None) -> tuple[int, int]:
     """Score this rank's frames that have missing outputs; returns (frames written, frames skipped).
 
-    With ``audit`` (float16 storage) every map is written as float16 and audited first.
+    With ``audit`` (float16 storage) every map is written as float16 and audited first; ``smooth``
+    blurs every map (see :func:`score_dataset`).
     """
     mine = distributed.shard(dataset.fids)
     todo = {fid: [s for s in scorers if not score_path(out, s.key, dataset.name, fid).is_file()] for fid in mine}
@@ -339,7 +379,7 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
             images = torch.stack([image_to_tensor(s.image) for s in group]).to(device)
             needed = [s for s in scorers if any(s in todo[x.fid] for x in group)]
             try:
-                maps, prediction = _score_batch(adapter, needed, images)
+                maps, prediction = _score_batch(adapter, needed, images, smooth)
             except OodsegError as exc:
                 names = ", ".join(s.key for s in needed)
                 raise OodsegError(f"frame {', '.join(x.fid for x in group)} (methods {names}): {exc}") from exc
@@ -361,8 +401,10 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
     return written, len(mine) - len(pending)
 
 
-def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """All ``scorers`` on one batch: ``({key: (B, H, W) float32 at image size}, (B, H, W) uint8 argmax)``."""
+def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, smooth: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """All ``scorers`` on one batch: ``({key: (B, H, W) float32 at image size}, (B, H, W) uint8 argmax)``;
+    with ``smooth``, each map Gaussian-blurred at the image size."""
     from oodseg.scores import compute
 
     size = tuple(images.shape[-2:])
@@ -376,6 +418,8 @@ def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor) -> tuple[
             maps[scorer.key] = scorer(adapter, images).detach()
     with torch.no_grad():
         maps = {key: resize_map(value.float(), size, adapter.align_corners) for key, value in maps.items()}
+        if smooth is not None:
+            maps = {key: gaussian_blur(value, **smooth) for key, value in maps.items()}
     return maps, prediction
 
 
