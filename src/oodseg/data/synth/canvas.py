@@ -12,12 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from oodseg.conventions import OUTLIER as ANOMALY  # class id of pasted anomaly/obstacle pixels (254)
+from oodseg.conventions import VOID  # ignore label (Cityscapes ``ego vehicle`` and other unlabeled pixels)
 from oodseg.data.synth.textures import FINE, TILE_MARGIN, texture_tiles
-
-#: Internal class id of pasted anomaly/obstacle pixels (the training "pasted outlier" value).
-ANOMALY = 254
-#: Ignore label (Cityscapes ``ego vehicle`` and other unlabeled pixels).
-VOID = 255
 #: How a paint's depth is known: one value, the ground plane, or a plane ``x = const``.
 DEPTH_CONST, DEPTH_GROUND, DEPTH_PLANE_X = range(3)
 #: Depth given to the sky and the horizon (metres).
