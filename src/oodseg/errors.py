@@ -1,4 +1,10 @@
 """The one exception type users see: a one-line message naming the problem."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class OodsegError(ValueError):
@@ -14,3 +20,11 @@ class OodsegWarning(UserWarning):
 
     Issued with :func:`warnings.warn` as one line naming the file or method and the measured problem.
     """
+
+
+def check_choice(argument: str, value: T, choices: Iterable) -> T:
+    """``value`` when it is one of ``choices``; else OodsegError ``"<argument>: expected one of a, b, got 'x'"``."""
+    choices = list(choices)
+    if value not in choices:
+        raise OodsegError(f"{argument}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+    return value

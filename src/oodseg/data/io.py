@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from oodseg.atomic import atomic_path
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
 #: Suffixes :func:`find_score` tries, in this order.
@@ -40,8 +40,7 @@ def _as_score_array(array, path: Path, native: bool = False) -> np.ndarray:
 
 def storage_dtype(array: np.ndarray, dtype: str) -> type:
     """The numpy type a map is stored as: float32, or float16 when asked for and every |x| ≤ 65504 fits it."""
-    if dtype not in STORAGE_DTYPES:
-        raise OodsegError(f"dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    check_choice("dtype", dtype, STORAGE_DTYPES)
     fits_float16 = not array.size or float(np.abs(array).max()) <= _FLOAT16_MAX
     return np.float16 if dtype == "float16" and fits_float16 else np.float32
 

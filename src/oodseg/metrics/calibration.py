@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import as_batch, check_scores, to_numpy
 from oodseg.metrics.state import MetricState
@@ -67,8 +67,7 @@ class CalibrationMetrics(MetricState):
 
     def __init__(self, mode: str = "exact", n_bins: int = 15, confidence: str = "normalised",
                  n_fractions: int = 100, bits: int = 20):
-        if confidence not in CONFIDENCE_MAPS:
-            raise OodsegError(f"confidence: expected one of {CONFIDENCE_MAPS}, got {confidence!r}")
+        check_choice("confidence", confidence, CONFIDENCE_MAPS)
         self.mode, self.n_bins, self.confidence, self.n_fractions = mode, n_bins, confidence, n_fractions
         self.add_state("by_uncertainty", ScoreTally(channels=2, mode=mode, weighted=True, bits=bits),
                        "merge")  # wrong/right, Σ Brier

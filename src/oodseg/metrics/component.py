@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import check_ood_label, check_scores
 from oodseg.metrics.state import MetricState
@@ -96,8 +96,7 @@ class ComponentMetrics(MetricState):
 
     def __init__(self, track: str = "anomaly", min_pred: int | None = None, min_gt: int | None = None,
                  thresholds_tau=np.linspace(0.25, 0.75, 11)):
-        if track not in TRACK_MIN_SIZES:
-            raise OodsegError(f"track: expected one of {sorted(TRACK_MIN_SIZES)}, got {track!r}")
+        check_choice("track", track, sorted(TRACK_MIN_SIZES))
         default_pred, default_gt = TRACK_MIN_SIZES[track]
         self.track = track
         self.min_pred = default_pred if min_pred is None else int(min_pred)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 from oodseg.conventions import VOID
 from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
 from oodseg.metrics.state import MetricState
@@ -111,8 +111,7 @@ class PixelMetrics(MetricState):
     SETTINGS = ("mode", "aggregate")
 
     def __init__(self, mode: str = "exact", aggregate: str = "pooled", bits: int = 20):
-        if aggregate not in AGGREGATES:
-            raise OodsegError(f"aggregate: expected one of {AGGREGATES}, got {aggregate!r}")
+        check_choice("aggregate", aggregate, AGGREGATES)
         self.mode, self.aggregate = mode, aggregate
         self.add_state("tally", ScoreTally(channels=2, mode=mode, bits=bits), "merge")
         self.add_state("n_frames", 0, "sum")

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from oodseg.conventions import ANOMALY, VOID
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 from oodseg.metrics.checks import check_mask, check_ood_label, check_scores
 from oodseg.metrics.legacy_argsort import argsort_last
 from oodseg.metrics.pixel import sweep_metrics
@@ -127,8 +127,7 @@ class SmiycPixelMetrics(MetricState):
     SETTINGS = ("mode", "num_bins")
 
     def __init__(self, mode: str = "exact", num_bins: int = SMIYC_BINS):
-        if mode not in MODES:
-            raise OodsegError(f"mode: expected one of {MODES}, got {mode!r}")
+        check_choice("mode", mode, MODES)
         if num_bins < 2:
             raise OodsegError(f"num_bins: expected >= 2, got {num_bins}")
         self.mode, self.num_bins = mode, num_bins

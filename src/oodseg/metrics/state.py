@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from oodseg import distributed
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 
 REDUCTIONS = ("sum", "cat", "min", "max", "merge")
 
@@ -53,8 +53,7 @@ class MetricState:
 
     def add_state(self, name: str, default: Any, reduce: str) -> None:
         """Declare state ``name`` with its initial value and its reduction (one of :data:`REDUCTIONS`)."""
-        if reduce not in REDUCTIONS:
-            raise OodsegError(f"reduce: expected one of {REDUCTIONS}, got {reduce!r}")
+        check_choice("reduce", reduce, REDUCTIONS)
         if "_reductions" not in self.__dict__:
             self._reductions: dict[str, str] = {}
         self._reductions[name] = reduce

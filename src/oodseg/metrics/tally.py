@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 from oodseg.metrics.state import MetricState
 
 MODES = ("exact", "streaming")
@@ -66,8 +66,7 @@ class ScoreTally(MetricState):
     SETTINGS = ("mode", "channels", "weighted", "bits")
 
     def __init__(self, channels: int, mode: str = "exact", weighted: bool = False, bits: int = 20):
-        if mode not in MODES:
-            raise OodsegError(f"mode: expected one of {MODES}, got {mode!r}")
+        check_choice("mode", mode, MODES)
         if not 10 <= bits <= 24:
             raise OodsegError(f"bits: expected 10..24, got {bits}")
         self.channels, self.mode, self.weighted, self.bits = channels, mode, weighted, bits

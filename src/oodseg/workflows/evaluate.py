@@ -29,7 +29,7 @@ from oodseg.conventions import VOID, resize_map
 from oodseg.data.imagefiles import read_raw_label
 from oodseg.data.io import find_score, read_score
 from oodseg.data.readers import Dataset
-from oodseg.errors import OodsegError, OodsegWarning
+from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.component import TRACK_MIN_SIZES, ComponentMetrics
 from oodseg.metrics.pixel import PixelMetrics
 from oodseg.metrics.quantization import distinct_count
@@ -139,13 +139,10 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
         what = "semantic (trainId)" if dataset.label_type == "semantic" else "no"
         raise OodsegError(f"{dataset.root}: dataset kind {dataset.kind} has {what} labels; "
                           "evaluation needs OoD labels 0/1/255")
-    if track not in TRACK_MIN_SIZES:
-        raise OodsegError(f"track: expected one of {sorted(TRACK_MIN_SIZES)}, got {track!r}")
-    if mode not in MODES:
-        raise OodsegError(f"mode: expected one of {MODES}, got {mode!r}")
+    check_choice("track", track, sorted(TRACK_MIN_SIZES))
+    check_choice("mode", mode, MODES)
     protocol = protocol or default_protocol(dataset.kind, aggregate)
-    if protocol not in PROTOCOLS:
-        raise OodsegError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
+    check_choice("protocol", protocol, PROTOCOLS)
     if protocol == "smiyc" and aggregate != "pooled":
         raise OodsegError(f"protocol: smiyc pools pixels over the dataset; aggregate {aggregate!r} needs protocol exact")
     if threshold is not None and not math.isfinite(threshold):

@@ -33,7 +33,7 @@ import torch
 
 from oodseg import distributed
 from oodseg.data.readers import Dataset, Sample, kind_options, open_dataset
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 from oodseg.layout import manifest_path, run_of
 from oodseg.conventions import OUTLIER, VOID
 from oodseg.workflows.evaluate import SCHEMA, VERSION, FrameReader, load_roi
@@ -141,10 +141,8 @@ def evaluate_semantic(dataset: Dataset, scores_dir: str | Path, probs: str | Pat
     if dataset.label_type != "semantic":
         raise OodsegError(f"{dataset.root}: dataset kind {dataset.kind} has no semantic labels; "
                           "open it with open_semantic_dataset")
-    if mode not in MODES:
-        raise OodsegError(f"mode: expected one of {MODES}, got {mode!r}")
-    if confidence not in CONFIDENCE_CHOICES:
-        raise OodsegError(f"confidence: expected one of {CONFIDENCE_CHOICES}, got {confidence!r}")
+    check_choice("mode", mode, MODES)
+    check_choice("confidence", confidence, CONFIDENCE_CHOICES)
     thresholds = [float(t) for t in ood_thresholds]
     if not all(math.isfinite(t) for t in thresholds):
         raise OodsegError(f"ood thresholds: must be finite, got {thresholds}")

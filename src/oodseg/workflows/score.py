@@ -37,7 +37,7 @@ from oodseg.data.io import STORAGE_DTYPES
 from oodseg.data.transforms import label_to_tensor
 from oodseg.keyvalue import parse_pairs
 from oodseg.layout import manifest_path, prediction_path, predictions_dir, score_path, scores_dir
-from oodseg.errors import OodsegError, OodsegWarning
+from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
@@ -114,10 +114,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         raise OodsegError(f"batch_size: must be >= 1, got {batch_size}")
     if fit_frames < 1:
         raise OodsegError(f"fit_frames: must be >= 1, got {fit_frames}")
-    if dtype not in STORAGE_DTYPES:
-        raise OodsegError(f"dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
-    if resolution not in RESOLUTIONS:
-        raise OodsegError(f"resolution: expected one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+    check_choice("dtype", dtype, STORAGE_DTYPES)
+    check_choice("resolution", resolution, RESOLUTIONS)
     smooth = check_smooth(smooth)
     distributed.init()
     device = _resolve_device(device)
