@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
 from test_metrics_component import reference_frame_scores  # noqa: E402  (the loop reference)
 
 from oodseg.metrics.component import ComponentMetrics  # noqa: E402
