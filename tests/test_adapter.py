@@ -109,14 +109,16 @@ def test_block_is_not_claimed_without_conv_bn_relu():
 
 def test_head_by_name_and_errors():
     model = AuxAfterHead()
-    with ModelAdapter(model, head="aux") as adapter:
-        assert adapter.head is model.aux
+    with ModelAdapter(model, head="cls") as adapter:
+        assert adapter.head is model.cls
+    with pytest.raises(OodsegError, match="'aux': its output does not reproduce the logits of AuxAfterHead"):
+        ModelAdapter(model, head="aux")  # same shape as the logits, but not the model's classifier
     with pytest.raises(OodsegError, match="'down': is a Conv2d.*not a 1×1"):
         ModelAdapter(model, head="down")
     with pytest.raises(OodsegError, match="no module of that name"):
         ModelAdapter(model, head="nope")
-    with pytest.raises(OodsegError, match="no 1×1 Conv2d classifier head"):
-        ModelAdapter(NoHead())
+    with ModelAdapter(NoHead()) as adapter:  # no 1×1 classifier: the output itself is the logits
+        assert adapter.logits_only and adapter.head is None and adapter.head_name is None
     with pytest.raises(OodsegError, match="expected a torch.nn.Module"):
         ModelAdapter(lambda x: x)
     with pytest.raises(OodsegError, match=r"probe forward pass on a \(2, 2\) image failed.*probe_size"):
@@ -164,14 +166,19 @@ def test_close_removes_hooks_and_nothing_is_kept_between_calls():
         adapter(torch.rand(1, 3, 32, 32))
 
 
-def test_train_mode_is_kept_and_dropout_stays_stochastic():
+def test_calls_run_in_eval_mode_and_only_stochastic_modules_train():
     model = _models()["small"].train()
     adapter = ModelAdapter(model)
     assert model.training  # the probe pass does not change the mode
-    model.eval()
-    model.decoder.dropout.train()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
+        a, b = adapter(x).logits, adapter(x).logits
+        expected = model.eval()(x)
+    model.train()
+    assert torch.equal(a, b)  # a train-mode model is scored in eval mode (dropout off) ...
+    torch.testing.assert_close(adapter(x).upsampled_logits().detach(), expected)
+    assert all(m.training for m in model.modules())  # ... and keeps its own mode
+    with adapter.stochastic([model.decoder.dropout]), torch.no_grad():
         a, b = adapter(x).logits, adapter(x).logits
     assert not torch.equal(a, b)
     adapter.close()
