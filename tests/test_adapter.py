@@ -13,6 +13,8 @@ from oodseg.conventions import model_logits
 from oodseg.errors import OodsegError
 from oodseg.models import DeepLabV3Plus, SmallSegNet
 
+from model_fixtures import randomise_batchnorm
+
 
 class AuxAfterHead(nn.Module):
     """Head 'cls' is registered before an auxiliary 1×1 conv 'aux' with the same class count,
@@ -49,20 +51,9 @@ def _models():
     }
 
 
-def _randomise_bn(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model
-
-
 @pytest.mark.parametrize("name", ["deeplab-r18", "small", "aux-after-head"])
 def test_captured_head_reproduces_logits(name, rng):
-    model = _randomise_bn(_models()[name]).eval()
+    model = randomise_batchnorm(_models()[name]).eval()
     expected_head = "cls" if name == "aux-after-head" else "classifier"
     images = torch.from_numpy(rng.random((2, 3, 48, 64), dtype=np.float32))
     with ModelAdapter(model) as adapter, torch.no_grad():
@@ -82,7 +73,7 @@ def test_captured_head_reproduces_logits(name, rng):
 
 @pytest.mark.parametrize("name", ["deeplab-r18", "small"])
 def test_block_capture_reproduces_block_output(name, rng):
-    model = _randomise_bn(_models()[name]).eval()
+    model = randomise_batchnorm(_models()[name]).eval()
     images = torch.from_numpy(rng.random((1, 3, 32, 48), dtype=np.float32))
     with ModelAdapter(model, capture_block=True) as adapter, torch.no_grad():
         out = adapter(images)
@@ -136,7 +127,7 @@ def test_bad_images_are_rejected():
 
 
 def test_gradients_flow_to_the_input_like_a_plain_forward(rng):
-    model = _randomise_bn(_models()["small"]).eval()
+    model = randomise_batchnorm(_models()["small"]).eval()
     x = torch.from_numpy(rng.random((1, 3, 32, 32), dtype=np.float32))
     through_adapter = x.clone().requires_grad_(True)
     with ModelAdapter(model) as adapter:

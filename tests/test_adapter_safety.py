@@ -12,6 +12,7 @@ from oodseg.adapter import HEAD_TOLERANCE, ModelAdapter
 from oodseg.errors import OodsegError
 from oodseg.scores.sampling import DROPOUT_TYPES
 
+from model_fixtures import randomise_batchnorm
 from training_fixtures import write_tiny_cityscapes
 
 
@@ -95,15 +96,6 @@ def _images(rng, batch=2, size=(32, 32)):
     return torch.from_numpy(rng.random((batch, 3, *size), dtype=np.float32))
 
 
-def _randomise_bn(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    return model
-
-
 def _relative_gap(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
@@ -111,7 +103,7 @@ def _relative_gap(a, b):
 # --- which 1×1 conv is the head --------------------------------------------------------------------
 
 def test_a_named_head_that_does_not_reproduce_the_logits_is_refused(rng):
-    model = _randomise_bn(LRASPPLike()).eval()
+    model = randomise_batchnorm(LRASPPLike()).eval()
     images = _images(rng)
     with torch.no_grad():
         reference = model(images)["out"]
@@ -158,7 +150,7 @@ def test_dpt_from_transformers_picks_its_main_head_over_the_auxiliary_one(rng):
     config = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
                        image_size=64, patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 8, 16, 16],
                        fusion_hidden_size=16, use_auxiliary_head=True, num_labels=5)
-    model = _randomise_bn(DPTForSemanticSegmentation(config)).eval()
+    model = randomise_batchnorm(DPTForSemanticSegmentation(config)).eval()
     images = _images(rng, batch=1, size=(64, 64))  # DPT takes square images only
     with ModelAdapter(model, probe_size=(64, 64)) as adapter, torch.no_grad():
         out = adapter(images)
@@ -185,7 +177,7 @@ def _every_scorer(model, second):
 
 
 def test_scoring_with_every_score_leaves_parameters_buffers_and_modes_untouched(rng):
-    model, second = _randomise_bn(FullNet()), _randomise_bn(FullNet())
+    model, second = randomise_batchnorm(FullNet()), randomise_batchnorm(FullNet())
     model.train()
     model.stem[1].eval()  # a mixed state the user chose: it must come back as it was
     modes = [m.training for m in model.modules()]
@@ -213,7 +205,7 @@ def test_scoring_with_every_score_leaves_parameters_buffers_and_modes_untouched(
 
 
 def test_a_train_mode_model_gives_its_eval_mode_output(rng):
-    model = _randomise_bn(UnetLike())
+    model = randomise_batchnorm(UnetLike())
     images = _images(rng)
     with torch.no_grad():
         expected = model.eval()(images)
@@ -227,7 +219,7 @@ def test_a_train_mode_model_gives_its_eval_mode_output(rng):
 # --- logits-only mode ------------------------------------------------------------------------------
 
 def test_logits_only_scores_equal_the_same_scores_of_the_model_output(rng):
-    model, member = _randomise_bn(UnetLike()).eval(), _randomise_bn(UnetLike()).eval()
+    model, member = randomise_batchnorm(UnetLike()).eval(), randomise_batchnorm(UnetLike()).eval()
     images = _images(rng)
     with torch.no_grad():
         logits = model(images).double().numpy()
