@@ -105,14 +105,15 @@ HEAD_TOLERANCE = 1e-3
 def evaluation_mode(model: nn.Module, keep_training: Iterable[nn.Module] = ()) -> Iterator[nn.Module]:
     """Within: every module of ``model`` in eval mode except ``keep_training`` (in training mode);
     afterwards each module's own mode is restored (a recursive ``train()`` would lose mixed modes)."""
-    modes = [(module, module.training) for module in model.modules()]
+    keep = {id(module) for module in keep_training}
+    # only the modules whose flag differs are touched (nn.Module.__setattr__ is slow; ``eval()`` recurses)
+    flips = [(module, module.training) for module in model.modules() if module.training != (id(module) in keep)]
     try:
-        model.eval()
-        for module in keep_training:
-            module.train()
+        for module, training in flips:
+            module.training = not training
         yield model
     finally:
-        for module, training in modes:
+        for module, training in flips:
             module.training = training
 
 
