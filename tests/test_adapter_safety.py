@@ -161,6 +161,24 @@ def test_dpt_from_transformers_picks_its_main_head_over_the_auxiliary_one(rng):
         ModelAdapter(model, head="auxiliary_head.head.4", probe_size=(64, 64))
 
 
+def test_upernet_from_transformers_picks_its_decode_head_over_the_auxiliary_one(rng):
+    from transformers import ConvNextConfig, UperNetConfig, UperNetForSemanticSegmentation
+
+    backbone = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                              out_features=["stage1", "stage2", "stage3", "stage4"])
+    model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_channels=8,
+                                                         num_labels=5, use_auxiliary_head=True))
+    model = randomise_batchnorm(model).eval()
+    images = _images(rng, batch=1, size=(64, 96))
+    with ModelAdapter(model, probe_size=(64, 64)) as adapter, torch.no_grad():
+        out = adapter(images)
+        reference = model(pixel_values=images).logits
+    assert adapter.head_name == "decode_head.classifier" and adapter.align_corners is False
+    torch.testing.assert_close(out.upsampled_logits(), reference, rtol=1e-4, atol=1e-5)
+    with pytest.raises(OodsegError, match="'auxiliary_head.classifier': its output does not reproduce"):
+        ModelAdapter(model, head="auxiliary_head.classifier", probe_size=(64, 64))
+
+
 # --- parameters, buffers and modes are never changed ---------------------------------------------
 
 def _every_scorer(model, second):
