@@ -48,18 +48,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
-    os.close(fd)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.is_file():
-            _publish_mode(tmp_path)
-        os.replace(tmp_path, path)
+        with _naming(path):
+            yield tmp_path
+            if tmp_path.is_file():
+                _publish_mode(tmp_path)
+            os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` (e.g. ``ENOSPC`` from ``write``, which names no file, or one naming the
+    temporary file) as one naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -116,9 +130,10 @@ def staging_directory(path: str | os.PathLike, tag: str = "partial") -> Iterator
     the yielded path when the block ends is deleted (rename it away to keep it).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
     fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -33,16 +33,49 @@ class _Group(click.Group):
             with warnings.catch_warnings():
                 warnings.simplefilter("always", OodsegWarning)
                 warnings.showwarning = _show_warning
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+            _flush_stdout()  # printed results on a full disk fail here, as one line
+            return result
         except OodsegError as exc:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             flags = {p.name: max(p.opts, key=len) for p in (command.params if command else ())
                      if isinstance(p, click.Option)}
             click.echo(f"error: {cli_wording(str(exc), flags)}", err=True)
             sys.exit(2)
-        except (FileNotFoundError, PermissionError) as exc:
-            click.echo(f"error: {exc}", err=True)
+        except OSError as exc:  # a read-only or full output location, a missing file: complete outputs are kept
+            click.echo(f"error: {os_error_line(exc)}", err=True)
             sys.exit(2)
+
+
+STDOUT = "standard output"
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), STDOUT) from exc
+
+
+def os_error_line(exc: OSError) -> str:
+    """``"<file>: <reason>"`` of an ``OSError`` (``standard output`` when printing failed, which then
+    points standard output at /dev/null so that the exit does not fail a second time)."""
+    import errno
+    import os
+    import traceback
+
+    where, frames = exc.filename, [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    printing = bool(frames) and any(f"{os.sep}{package}{os.sep}" in frames[-1].f_code.co_filename
+                                    for package in ("click", "rich"))  # failed inside click.echo / rich print
+    if where == STDOUT or (where is None and printing):
+        where = STDOUT
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # not a real file (e.g. captured by a test runner)
+            pass
+    hint = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (quota exceeded)"}.get(exc.errno, "")
+    reason = f"{exc.strerror or exc}{hint}"
+    return f"{where}: {reason}" if where else reason
 
 
 def cli_wording(message: str, flags: dict[str, str]) -> str:
@@ -123,7 +156,9 @@ def json_and_save_options(what: str):
 
 
 def json_target(json_out: str | None, save: str | None, overwrite: bool) -> tuple[bool, str | None]:
-    """``(print JSON?, file to write or None)`` from ``--json``/``--save``; refuses an existing file without --overwrite."""
+    """``(print JSON?, file to write or None)`` from ``--json``/``--save``; refuses an existing file without
+    --overwrite and a folder it cannot write into."""
+    import os
     from pathlib import Path
 
     as_json = json_out is not None
@@ -135,6 +170,12 @@ def json_target(json_out: str | None, save: str | None, overwrite: bool) -> tupl
         as_json, save = False, json_out
     if save is not None and Path(save).exists() and not overwrite:
         raise OodsegError(f"{save}: already exists; pass --overwrite to replace it")
+    if save is not None:  # fail before the work, not after it
+        folder = Path(save).expanduser().absolute().parent
+        while not folder.exists():
+            folder = folder.parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            raise OodsegError(f"--save {save}: cannot write into {folder} (read-only or not a folder)")
     return as_json, save
 
 
