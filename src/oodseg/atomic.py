@@ -22,20 +22,26 @@ from typing import Iterator
 from oodseg.errors import OodsegError
 
 _umask_lock = threading.Lock()
-_umask: int | None = None
 
 
 def umask() -> int:
-    """The process umask (read once; ``os.umask`` can only be read by setting it, which threads must not race)."""
-    global _umask
+    """The process umask, read from ``/proc/self/status`` (``os.umask`` can only read it by setting it, which
+    threads writing files at the same time must not see); elsewhere set and restored under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     with _umask_lock:
-        if _umask is None:
-            _umask = os.umask(0o022)
-            os.umask(_umask)
-        return _umask
+        current = os.umask(0o077)
+        os.umask(current)
+        return current
 
 
-def _publish_mode(path: Path, folder: bool = False) -> None:
+def publish_mode(path: Path, folder: bool = False) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would: ``0666`` or ``0777`` (folder) less the umask."""
     path.chmod((0o777 if folder else 0o666) & ~umask())
 
 
@@ -57,7 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with _naming(path):
             yield tmp_path
             if tmp_path.is_file():
-                _publish_mode(tmp_path)
+                publish_mode(tmp_path)
             os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -155,7 +161,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     with staging_directory(path) as tmp:
         yield tmp
-        _publish_mode(tmp, folder=True)
+        publish_mode(tmp, folder=True)
         if not path.exists():
             os.replace(tmp, path)
             return
