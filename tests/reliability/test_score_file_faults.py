@@ -19,12 +19,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from oodseg import atomic
 from oodseg.cli import main
 from oodseg.data import read_score, write_score
 from oodseg.errors import OodsegError
 
 from model_fixtures import confident_checkpoint
+from faults import disk_full_for
 
 TINY = {"num_classes": 4, "widths": [4, 8, 8], "aspp_channels": 8, "low_channels": 4, "decoder_channels": 8}
 
@@ -47,31 +47,6 @@ def _files(folder: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def _disk_full_for(suffix: str, monkeypatch) -> None:
-    """Every write of a file ending in ``suffix`` through oodseg.atomic fails with ENOSPC after a few bytes."""
-    real_open = open
-
-    class FullFile:
-        def __init__(self, file):
-            self.file = file
-
-        def write(self, data):
-            self.file.write(data[:10])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-    def fake_open(path, mode="r", *args, **kwargs):
-        file = real_open(path, mode, *args, **kwargs)
-        return FullFile(file) if "w" in mode and str(path).endswith(suffix) else file
-
-    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
-
-
 def test_hdf5_file_is_the_bytes_h5py_writes_itself_and_the_official_reader_reads_it(tmp_path, rng):
     value = rng.normal(size=(37, 53)).astype(np.float32)
     with h5py.File(tmp_path / "reference.hdf5", "w") as f:  # how the files were written before: HDF5 on disk
@@ -92,7 +67,7 @@ def test_full_disk_while_writing_a_score_file_raises_oserror_and_keeps_the_old_f
     path = tmp_path / "s" / "a.hdf5"
     write_score(path, np.ones((4, 5), np.float32))
     before = path.read_bytes()
-    _disk_full_for(".hdf5", monkeypatch)
+    disk_full_for(".hdf5", monkeypatch)
     with pytest.raises(OSError) as info:
         write_score(path, np.zeros((4, 5), np.float32))
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
@@ -106,7 +81,7 @@ def test_score_on_a_full_disk_is_one_line_keeps_complete_files_and_resumes(frame
                                  "--out", str(out)])
     assert first.exit_code == 0, first.output
     kept = _files(out)
-    _disk_full_for(".hdf5", monkeypatch)
+    disk_full_for(".hdf5", monkeypatch)
     args = ["score", "--checkpoint", str(checkpoint), "--images", str(frames), "--method", "entropy", "--out", str(out)]
     for _ in range(2):  # a rerun on the still-full disk fails the same way
         result = runner.invoke(main, args)

@@ -5,7 +5,6 @@ References are independent of the code under test: checksums with hashlib, file 
 before/after, the segmentation result of an explicit ``--probs`` checkpoint, modes from ``os.stat``,
 a lock taken with ``fcntl.flock`` directly.
 """
-import errno
 import fcntl
 import hashlib
 import json
@@ -19,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from model_fixtures import confident_checkpoint
+from faults import read_only_below
 
 from oodseg.cli import main
 
@@ -181,29 +181,8 @@ def test_meta_method_cannot_escape_filtered_out(track, checkpoints, tmp_path):
 
 # --- item 5: read-only outputs -------------------------------------------------------------------------
 
-def _read_only_below(folder: Path, monkeypatch):
-    """Creating anything below ``folder`` fails with EROFS, as on a read-only mount."""
-    real_mkdir, real_open = Path.mkdir, os.open
-
-    def refuse(path):
-        if Path(path).absolute().is_relative_to(folder.absolute()):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-
-    def mkdir(self, *args, **kwargs):
-        refuse(self)
-        return real_mkdir(self, *args, **kwargs)
-
-    def open_(path, flags, *args, **kwargs):
-        if flags & os.O_CREAT:
-            refuse(path)
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "mkdir", mkdir)
-    monkeypatch.setattr(os, "open", open_)
-
-
 def test_score_into_a_read_only_folder_is_one_line(track, checkpoints, tmp_path, monkeypatch):
-    _read_only_below(tmp_path / "ro", monkeypatch)
+    read_only_below(tmp_path / "ro", monkeypatch)
     result = _score(checkpoints[0], track, tmp_path / "ro" / "out", "--method", "msp")
     _one_line_error(result, "Read-only file system")
 
@@ -212,7 +191,7 @@ def test_evaluate_save_into_a_read_only_folder_fails_before_printing(track, chec
     out = tmp_path / "out"
     assert _score(checkpoints[0], track, out, "--method", "msp").exit_code == 0
     (tmp_path / "ro").mkdir()
-    _read_only_below(tmp_path / "ro", monkeypatch)
+    read_only_below(tmp_path / "ro", monkeypatch)
     result = _cli("evaluate", "--root", track, "--scores", out / "msp" / "anomaly", "--json",
                   "--save", tmp_path / "ro" / "r.json")
     assert result.exit_code == 2 and result.stdout == "", result.output

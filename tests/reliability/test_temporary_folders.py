@@ -19,6 +19,7 @@ from oodseg.data.synthetic import generate
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "fixtures" / "report"))
 from synthetic import write_results  # noqa: E402
+from faults import read_only_below  # noqa: E402
 
 TINY = (64, 128)
 TINY_FRAMES = "train=1,val=1,anomaly=1,obstacle=1,shifted=1,outliers=1,anomaly_val=1,obstacle_val=1"
@@ -70,6 +71,18 @@ def test_report_removes_the_temporary_folders_of_a_killed_report(tmp_path):
                                        "--frames", "0"])
     assert result.exit_code == 0, result.output
     assert not any(p.exists() for p in stale) and (tmp_path / "rep" / "index.html").is_file()
+
+
+def test_report_into_a_read_only_folder_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    write_results(tmp_path / "results", methods=1, frames=1, shape=(32, 64), datasets=("anomaly",),
+                  with_extras=False)
+    (tmp_path / "ro").mkdir()
+    read_only_below(tmp_path / "ro", monkeypatch)
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "results"), "--out", str(tmp_path / "ro" / "rep"),
+                                       "--frames", "0"])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"error: {tmp_path / 'ro' / 'rep'}: Read-only file system\n"
+    assert not list((tmp_path / "ro").iterdir())
 
 
 @pytest.mark.slow
