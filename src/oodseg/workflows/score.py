@@ -320,10 +320,10 @@ def _check_previous_run(out: Path, dataset, run: dict[str, Any], manifests: dict
                 raise OodsegError(f"{existing}: exists but no manifest describes it; pass --overwrite to replace it")
             todo.append(key)
             continue
-        if previous["version"] != provenance.VERSION:
-            differing = ["provenance (written by an earlier oodseg, one manifest for all methods)"]
-        else:
-            differing = [k for k in provenance.IDENTITY if previous.get(k) != manifest.get(k)]
+        if previous["version"] != provenance.VERSION and not overwrite:
+            raise OodsegError(f"{previous['path']}: {key} maps written by an earlier oodseg (one manifest for all "
+                              f"methods, no checkpoint checksum); pass --overwrite to rescore {key}")
+        differing = [k for k in provenance.IDENTITY if previous.get(k) != manifest.get(k)]
         if differing and not overwrite:
             raise OodsegError(f"{previous['path']}: {key} maps of a different run ({', '.join(differing)} differ); "
                               f"pass --overwrite to replace the {key} maps")
