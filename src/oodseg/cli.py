@@ -354,7 +354,9 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Dataset root or any folder of images.")
 @click.option("--dataset-kind", type=RegistryChoice("oodseg.data:available_kinds"), default=None,
               help="Dataset layout (smiyc-anomaly, lostandfound, images, ...); default: detected.")
-@click.option("--dataset-name", default=None, help="Folder name of the dataset below each method (default: from the root).")
+@click.option("--dataset-name", default=None,
+              help="Folder name of the dataset below each method (default: from the root); one plain name "
+                   "(no /, \\, leading dot).")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset layout option, repeatable, e.g. split=testNoKnown.")
 @click.option("--method", "methods", multiple=True, help="Score name, repeatable: msp, entropy, energy, max_logit, n_energy_cw, pgn, sml, mahalanobis, "
@@ -371,7 +373,7 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--ensemble", "ensemble", multiple=True, type=click.Path(file_okay=False),
               help="Further checkpoint(s) forming the ensemble with --checkpoint (method 'ensemble').")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root: OUT/METHOD/DATASET/FID.hdf5.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished or different run's outputs.")
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of the methods asked for (others are kept).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass.")
 @click.option("--dtype", type=RegistryChoice("oodseg.data.io:STORAGE_DTYPES"), default="float32", show_default=True,
@@ -382,9 +384,13 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
           ensemble, out, overwrite, device, batch_size, dtype, as_json):
     """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
 
-    Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/DATASET/FID.png (argmax
-    trainIds) and OUT/_manifest/DATASET.json. An interrupted run is resumed by running the
-    same command again; a finished or different run is replaced only with --overwrite.
+    Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/SHA16/DATASET/FID.png (argmax
+    trainIds of the checkpoint whose weights' sha256 starts with SHA16) and one provenance file
+    per method, OUT/_manifest/DATASET/METHOD.json (checkpoint and its sha256, parameters,
+    protocol). An interrupted run is resumed by running the same command again. A method is
+    added to an existing OUT without touching the others; a method's finished or different maps
+    are replaced only with --overwrite, which replaces only the methods asked for. One score run
+    at a time writes into OUT (a second is refused).
     Runs distributed under torchrun (frames sharded by rank). --dtype float16 writes the
     compact files the SMIYC benchmark ships; it merges nearby scores, and prints one
     'warning:' line per method whose ranking that changes (distinct values per frame before
