@@ -39,7 +39,7 @@ from oodseg.keyvalue import parse_pairs
 from oodseg.layout import manifest_path, prediction_path, predictions_dir, score_path, scores_dir
 from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.quantization import Float16Audit
-from oodseg.models import load_checkpoint
+from oodseg.models.sources import ModelSource, declared_head, load_model_source, parse_model_source
 from oodseg.progress import track
 from oodseg.scores.postprocess import check_smooth, gaussian_blur
 from oodseg.workflows.presets import RESOLUTIONS
@@ -69,7 +69,7 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
     return name, parse_pairs([item for item in rest[:-1].split(",") if item.strip()], f"methods {text!r}")
 
 
-def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[str], out: str | Path, *,
+def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, methods: Sequence[str], out: str | Path, *,
                   params: dict[str, dict[str, Any]] | None = None, dataset_kind: str | None = None,
                   dataset_name: str | None = None, dataset_options: dict[str, Any] | None = None,
                   fit_data: str | Path | None = None, fit_frames: int = 20,
@@ -79,7 +79,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     """Score every frame of the dataset at ``images`` with ``methods`` and write the files into ``out``.
 
     Args:
-        checkpoint: oodseg checkpoint directory of the segmentation model.
+        checkpoint: the segmentation model: an oodseg checkpoint directory or any model source
+            (:mod:`oodseg.models.sources`: ``python:``, ``hf:``, ``torchvision:``, with ``?KEY=VALUE`` options).
         images: dataset root; ``dataset_kind`` defaults to :func:`oodseg.data.detect_kind`.
         methods: score names (``oodseg.scores.available()``), each optionally with its own parameters as
             ``name[key=value,...]`` (:func:`parse_method`); ``params`` gives per-method keywords for every
@@ -88,7 +89,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
             ``dataset_options`` are layout options of :func:`oodseg.data.open_dataset` (e.g. ``split``).
         fit_data: Cityscapes-layout root whose train split (``fit_frames`` frames, evenly spaced)
             fits the fitted scores (``sml``, ``mahalanobis``).
-        ensemble: further checkpoints; with ``checkpoint`` they form the members of ``ensemble``.
+        ensemble: further model sources; with ``checkpoint`` they form the members of ``ensemble``.
         overwrite: replace a finished or different run's files.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
         batch_size: frames per forward pass (frames of equal size only).
@@ -125,8 +126,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     if unknown:
         raise OodsegError(f"params {unknown[0]}.*: method {unknown[0]!r} is not among the methods {', '.join(methods)}")
 
-    model, meta = load_checkpoint(checkpoint, map_location=device)
-    members = [model] + [_load_member(path, meta, device) for path in ensemble]
+    model, meta = load_model_source(checkpoint, map_location=device)
+    members = [_member(model)] + [_load_member(path, meta, device) for path in ensemble]
     scorers = [_build_scorer(score_registry, name, {**params.get(name, {}), **own}, members) for name, own in specs]
     keys = [s.key for s in scorers]
     duplicate = next((k for k in keys if keys.count(k) > 1), None)
@@ -146,9 +147,9 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     options = {**(dataset_options or {}), **({"name": dataset_name} if dataset_name else {})}
     dataset = open_dataset(kind, images, labels="none", **options)
     manifest = {"schema": MANIFEST_SCHEMA, "version": MANIFEST_VERSION,
-                "checkpoint": str(Path(checkpoint).resolve()), "dataset": dataset.name, "dataset_kind": kind,
+                "checkpoint": parse_model_source(checkpoint).spec(), "dataset": dataset.name, "dataset_kind": kind,
                 "root": str(dataset.root), "methods": keys, "n_frames": len(dataset),
-                "ensemble": [str(Path(p).resolve()) for p in ensemble],
+                "ensemble": [parse_model_source(p).spec() for p in ensemble],
                 "fit_data": str(Path(fit_data).resolve()) if fit_data and _needs_fit(scorers) else None,
                 "fit_frames": fit_frames if _needs_fit(scorers) else None,
                 "params": {s.key: {k: v for k, v in s.params.items() if k != "models"} for s in scorers},
@@ -164,7 +165,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         write_json(manifest_path(out, dataset.name), manifest)
     distributed.barrier()
 
-    hooks = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+    hooks = ModelAdapter(model, head=declared_head(model), capture_block=any("block" in s.needs for s in scorers))
     adapter = hooks if resolution == "head" else ImageResolutionAdapter(hooks, any("features" in s.needs
                                                                                    for s in scorers))
     audit = _Float16Run(keys, kind, images, options) if dtype == "float16" else None
@@ -233,14 +234,20 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _load_member(path: str | Path, meta: dict[str, Any], device: torch.device) -> torch.nn.Module:
-    member, member_meta = load_checkpoint(path, map_location=device, num_classes=meta["num_classes"])
+def _load_member(path: str | Path | ModelSource, meta: dict[str, Any], device: torch.device):
+    member, member_meta = load_model_source(path, map_location=device, num_classes=meta["num_classes"])
     if member_meta["classes"] != meta["classes"]:
         raise OodsegError(f"{path}: ensemble member's class names differ from the main checkpoint's")
-    return member
+    return _member(member)
 
 
-def _build_scorer(registry, name: str, params: dict[str, Any], members: list[torch.nn.Module]):
+def _member(model: torch.nn.Module):
+    """An ensemble member: the model, or its adapter on the head its source names (``head=``)."""
+    head = declared_head(model)
+    return model if head is None else ModelAdapter(model, head=head)
+
+
+def _build_scorer(registry, name: str, params: dict[str, Any], members: list):
     """The scorer for ``name``; ``ensemble`` receives all member networks (the main one first) as ``models``."""
     if name == "ensemble":
         if len(members) < 2:

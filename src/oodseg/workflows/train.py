@@ -140,16 +140,19 @@ RESUME_FIELDS = ("recipe", "arch", "arch_params", "num_classes", "batch_size", "
 
 
 def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
-    """(model, architecture, params): from ``config.init`` (checked for a 1×1 head) or built fresh."""
-    from oodseg.models import build_model, load_checkpoint
+    """(model, architecture, params): from ``config.init`` (any model source of :mod:`oodseg.models.sources`,
+    checked for a 1×1 head; a non-checkpoint source is recorded as the architecture ``"source"``) or built fresh."""
+    from oodseg.models import build_model
+    from oodseg.models.sources import declared_head, load_model_source
 
     if config.init:
         from oodseg.adapter import ModelAdapter
 
-        model, meta = load_checkpoint(config.init)
+        model, meta = load_model_source(config.init)
         if meta["num_classes"] != config.num_classes:
             raise OodsegError(f"init: {config.init} has {meta['num_classes']} classes, the data {config.num_classes}")
-        ModelAdapter(model).close()  # raises OodsegError when no final 1×1 classifier conv is found
+        # raises OodsegError when no final 1×1 classifier conv is found
+        ModelAdapter(model, head=declared_head(model)).close()
         return model, meta["architecture"], dict(meta["params"])
     params = {**config.arch_params, "num_classes": config.num_classes}
     return build_model(config.arch, **params), config.arch, params
