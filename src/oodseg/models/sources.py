@@ -242,7 +242,7 @@ class ModelSource:
 
     def spec(self) -> str:
         """The canonical source string (options first, then model arguments, each sorted)."""
-        pairs = [f"{k}={_format_value(v)}" for k, v in sorted(self.options.items())]
+        pairs = [f"{k}={v}" for k, v in sorted(self.options.items())]
         pairs += [f"{k}={_format_value(v)}" for k, v in sorted(self.model_args.items())]
         return self.base + ("?" + "&".join(pairs) if pairs else "")
 
