@@ -868,13 +868,15 @@ def import_command(file: str, fmt: str, out: str, num_classes: int | None, weigh
       oodseg import python:mynets:build_net --weights net.pth --model-arg num_classes=19 \
           --normalize imagenet --out ckpt/mynet
     """
+    from pathlib import Path
+
     from oodseg import progress
     from oodseg.models.importing import import_checkpoint
     from oodseg.models.sources import import_model_source, is_model_source
 
     log = (lambda message: click.echo(message, err=True)) if progress.enabled() else None
     model_options = (weights, model_args, normalize, channel_order, output_key, head, align_corners)
-    if is_model_source(file) or any(v not in (None, ()) for v in model_options):
+    if not Path(file).is_file() and (is_model_source(file) or any(v not in (None, ()) for v in model_options)):
         if fmt != "auto":
             raise OodsegError(f"--format: applies to published .pth files, not to the model source {file}")
         summary = import_model_source(model_source(file, *model_options), out, overwrite=overwrite,

@@ -67,6 +67,8 @@ RELOAD_TOLERANCE = 1e-5
 #: (DPT's head ends in ``nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)``)
 HF_ALIGN_CORNERS = {"dpt": True}
 _CONVENTIONS_ATTR = "oodseg_conventions"
+#: ``word:`` at the start of a source string
+_PREFIXED = re.compile(r"([A-Za-z][\w.+-]*):")
 _WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
@@ -257,11 +259,12 @@ def _format_value(value: Any) -> str:
 
 
 def is_model_source(text: str | os.PathLike | ModelSource) -> bool:
-    """Whether ``text`` names a model: a prefixed source or a directory holding ``model.json``."""
+    """Whether ``text`` names a model rather than a file or folder of data: a ``PREFIX:`` string that is not
+    an existing path (an unknown prefix is refused when parsed) or a directory holding ``model.json``."""
     if isinstance(text, ModelSource):
         return True
-    text = str(text)
-    return text.startswith(PREFIXES) or (Path(text.partition("?")[0]) / META_FILE).is_file()
+    base = str(text).partition("?")[0]
+    return bool(_PREFIXED.match(base) and not Path(base).exists()) or (Path(base) / META_FILE).is_file()
 
 
 def parse_model_source(source: str | os.PathLike | ModelSource, *, weights: str | os.PathLike | None = None,
@@ -306,7 +309,7 @@ def _parse_string(text: str) -> ModelSource:
             model_args[key] = parse_value(raw)
     prefix = next((p for p in PREFIXES if base.startswith(p)), None)
     if prefix is None:
-        unknown = re.match(r"([A-Za-z][\w.+-]*):(?![\\/])", base)
+        unknown = _PREFIXED.match(base)
         if unknown and not Path(base).exists():
             raise OodsegError(f"{text}: unknown model source prefix {unknown.group(1) + ':'!r}; expected a checkpoint "
                               f"directory or one of {', '.join(p + '...' for p in PREFIXES)}")
