@@ -40,3 +40,19 @@ def build_split_net(num_classes: int = 4, width: int = 8) -> SplitNet:
 def broken_factory(num_classes: int = 4):
     """A factory that fails the way user code does."""
     raise ValueError(f"width must be a multiple of 8, got {num_classes}")
+
+
+class TorchvisionLike(nn.Module):
+    """The output layout of torchvision's segmentation models: {"out": full-resolution logits, "aux": ...}."""
+
+    def __init__(self, num_classes: int = 21):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, num_classes, 1)
+        self.aux_classifier = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x):
+        features = self.backbone(x)
+        upsample = lambda t: nn.functional.interpolate(t, size=x.shape[-2:], mode="bilinear",  # noqa: E731
+                                                       align_corners=False)
+        return {"out": upsample(self.classifier(features)), "aux": upsample(self.aux_classifier(features))}

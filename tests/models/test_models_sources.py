@@ -126,12 +126,55 @@ def test_safetensors_weights_and_strict_mismatch_diff(split_weights, tmp_path):
     (f"{FACTORY}?output_key=seg&head=nothing", "head 'nothing': no module of that name in SplitNet"),
     (f"{FACTORY}?output_key=seg&head=block.0", "head 'block.0': is a Conv2d(kernel=(3, 3)"),
     (f"{FACTORY}?weights=/no/such.pth&output_key=seg", "weights /no/such.pth: no such file"),
-    ("torchvision:fcn_resnet50", "torchvision"),
 ])
 def test_bad_sources_are_one_line_errors(spec, message):
     with pytest.raises(OodsegError) as info:
         load_model_source(spec)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_torchvision_that_does_not_import_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as an absent or broken (CUDA-only) install
+    with pytest.raises(OodsegError) as info:
+        load_model_source("torchvision:fcn_resnet50")
+    message = str(info.value)
+    assert message.startswith("torchvision:fcn_resnet50: torchvision does not import (ModuleNotFoundError")
+    assert "is a CUDA build that does not import on CPU-only machines" in message and "\n" not in message
+
+
+def test_torchvision_source_builds_without_weights_and_normalises_like_imagenet(monkeypatch, tmp_path):
+    """The torchvision: wiring, against a stand-in torchvision package (the real one does not import on this
+    CPU machine): get_model gets weights=None, the model arguments, and the model ImageNet-normalised input."""
+    import types
+
+    calls = []
+
+    def get_model(name, **kwargs):
+        calls.append((name, kwargs))
+        return source_nets.TorchvisionLike(kwargs["num_classes"])
+
+    segmentation = types.ModuleType("torchvision.models.segmentation")
+    models = types.ModuleType("torchvision.models")
+    models.segmentation = segmentation
+    models.list_models = lambda module=None: ["deeplabv3_resnet50", "fcn_resnet50"] if module is segmentation else []
+    models.get_model = get_model
+    package = types.ModuleType("torchvision")
+    package.models = models
+    for name, module in (("torchvision", package), ("torchvision.models", models),
+                         ("torchvision.models.segmentation", segmentation)):
+        monkeypatch.setitem(sys.modules, name, module)
+    torch.manual_seed(0)
+    net = source_nets.TorchvisionLike(19)
+    torch.save(net.state_dict(), tmp_path / "tv.pth")
+    model, meta = load_model_source(f"torchvision:deeplabv3_resnet50?num_classes=19&weights={tmp_path / 'tv.pth'}")
+    assert calls == [("deeplabv3_resnet50", {"weights": None, "weights_backbone": None, "num_classes": 19})]
+    assert meta["num_classes"] == 19 and meta["params"]["conventions"]["normalize"]["std"] == list(IMAGENET[1])
+    images = torch.rand(1, 3, 16, 16)
+    expected = net((images - torch.tensor(IMAGENET[0]).view(1, 3, 1, 1)) / torch.tensor(IMAGENET[1]).view(1, 3, 1, 1))
+    with torch.no_grad():
+        assert torch.equal(model(images)["out"], expected["out"].detach())
+    with pytest.raises(OodsegError, match="not a torchvision segmentation model; choose one of deeplabv3_resnet50"):
+        load_model_source("torchvision:resnet50")
 
 
 def test_checkpoint_directories_take_no_options(tmp_path, split_weights):

@@ -140,7 +140,8 @@ def open_probabilities(path: str | os.PathLike, gradient: bool = False, device: 
         return CheckpointProbabilities(path, gradient=gradient, device=device)
     path = Path(path)
     if gradient:
-        raise OodsegError(f"probs {path}: gradient features need a model (saved probabilities have no z, W)")
+        raise OodsegError(f"probs {path}: gradient features need a checkpoint or another model source (saved "
+                          "probabilities have no z, W)")
     return FolderProbabilities(path)
 
 
