@@ -239,3 +239,39 @@ def test_train_init_takes_a_source_and_records_it(tmp_path):
     trained = model.state_dict()
     assert set(trained) == set(net.state_dict())  # the user's key names
     assert any(not torch.equal(trained[k], v) for k, v in net.state_dict().items())  # it trained
+
+
+def test_ensemble_members_are_source_strings(frames, tmp_path):
+    """`--ensemble` takes a source string with its options after '?'; the map is the normalised entropy of the
+    members' mean head softmax, computed here by hand."""
+    nets, paths = [], []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        net = source_nets.build_split_net(num_classes=4)
+        for parameter in net.parameters():
+            parameter.data.normal_(0, 0.5)
+        nets.append(net)
+        paths.append(tmp_path / f"net{seed}.pth")
+        torch.save(net.state_dict(), paths[-1])
+    member = f"{FACTORY}?weights={paths[1]}&normalize=imagenet&output_key=seg&head=classifier"
+    summary = _score(["--model", FACTORY, "--weights", paths[0], "--normalize", "imagenet", "--output-key", "seg",
+                      "--ensemble", member], frames, tmp_path / "out", methods=("ensemble",))
+    assert summary["ensemble"] == [f"{FACTORY}?head=classifier&normalize=imagenet&output_key=seg&weights={paths[1]}"]
+    for fid, image in _images(frames).items():
+        x = (image - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        probs = sum(torch.softmax(_head_logits(net, "classifier", lambda: net(x)), dim=1) for net in nets) / 2
+        entropy = -(probs * probs.log()).sum(dim=1) / np.log(4)
+        expected = F.interpolate(entropy[:, None], size=(SIZE, SIZE), mode="bilinear", align_corners=False)[0, 0]
+        np.testing.assert_allclose(_map(tmp_path / "out", "ensemble", "imgs", fid), expected.numpy(), rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_train_refuses_a_bad_source_before_writing(tmp_path):
+    from training_fixtures import write_tiny_cityscapes
+
+    data = write_tiny_cityscapes(tmp_path / "data", n_train=2, n_val=1)
+    for args, message in _bad_inputs(tmp_path)[:4]:
+        out = tmp_path / "run"
+        result = _invoke("train", "--data", data, "--out", out, "--init", *args[1:], "--steps", "1")
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and not out.exists()
