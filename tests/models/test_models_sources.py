@@ -1,4 +1,5 @@
 """Model sources (oodseg.models.sources): parsing, conventions, python:/hf: loading, strict weights, import + reload."""
+import hashlib
 import json
 import os
 import subprocess
@@ -71,6 +72,8 @@ def test_python_source_loads_dataparallel_pth_strictly_with_its_conventions(spli
     net, path = split_weights
     model, meta = load_model_source(f"{FACTORY}?weights={path}&normalize=imagenet&output_key=seg&head=classifier")
     assert meta["architecture"] == "source" and meta["num_classes"] == 4
+    assert meta["source"]["weights"] == {"file": str(path), "bytes": path.stat().st_size,
+                                         "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     assert meta["params"]["conventions"] == {"normalize": {"mean": list(IMAGENET[0]), "std": list(IMAGENET[1])},
                                              "channel_order": "rgb", "output_key": "seg", "head": "classifier",
                                              "align_corners": None}
@@ -220,6 +223,17 @@ def test_hf_folder_reads_its_preprocessor_config(tmp_path):
                                                                  "image_mean": [127.5] * 3, "image_std": [63.75] * 3}))
     _, meta = load_model_source(f"hf:{folder}")
     assert meta["params"]["conventions"]["normalize"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    # MobileViT's processor: rescale only, BGR order
+    (folder / "preprocessor_config.json").write_text(json.dumps({"do_rescale": True, "rescale_factor": 1 / 255,
+                                                                 "do_flip_channel_order": True}))
+    model, meta = load_model_source(f"hf:{folder}")
+    assert meta["params"]["conventions"]["normalize"] is None and meta["params"]["conventions"]["channel_order"] == "bgr"
+    with torch.no_grad():
+        assert torch.allclose(model(images).logits, reference(pixel_values=images.flip(1)).logits, atol=1e-6)
+    # command-line options win over the folder's
+    _, meta = load_model_source(f"hf:{folder}?normalize=imagenet&channel_order=rgb")
+    assert meta["params"]["conventions"]["normalize"]["mean"] == list(IMAGENET[0])
+    assert meta["params"]["conventions"]["channel_order"] == "rgb"
 
 
 def test_hf_errors(tmp_path):

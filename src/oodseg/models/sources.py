@@ -349,8 +349,8 @@ def load_model_source(source: str | os.PathLike | ModelSource, map_location: str
         defaults = ModelConventions(mean=IMAGENET[0], std=IMAGENET[1]) if source.kind == "torchvision" else ModelConventions()
         model = _build(source.kind, source.target, source.model_args)
         if "weights" in source.options:
-            _load_weights(model, Path(source.options["weights"]))
-        elif source.kind == "python":
+            info["weights"] = _load_weights(model, Path(source.options["weights"]))
+        else:
             info["weights"] = "the factory's own (no weights= given)"
     conventions = defaults.updated(source.options)
     model = apply_conventions(model, conventions).to(map_location).eval()
@@ -494,9 +494,11 @@ def _torchvision_factory(name: str, spec: str) -> Callable[..., nn.Module]:
     return lambda **args: torchvision.models.get_model(name, **{"weights": None, "weights_backbone": None, **args})
 
 
-def _load_weights(model: nn.Module, path: Path) -> None:
-    """Load the state dict in ``path`` into ``model`` strictly (one-line diff on mismatch)."""
-    from oodseg.models.importing import fill_batch_counters, read_torch_file, strip_data_parallel, unwrap_state_dict
+def _load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Load the state dict in ``path`` into ``model`` strictly (one-line diff on mismatch); returns the file's
+    name, size and sha256 for the metadata."""
+    from oodseg.models.importing import (file_sha256, fill_batch_counters, read_torch_file, strip_data_parallel,
+                                         unwrap_state_dict)
 
     if not path.is_file():
         raise OodsegError(f"weights {path}: no such file")
@@ -516,6 +518,7 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     fill_batch_counters(state, model)
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
+    return {"file": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path, progress=False)}
 
 
 # --- transformers ---------------------------------------------------------------------------------
