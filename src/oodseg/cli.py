@@ -406,7 +406,7 @@ def score(checkpoint, weights, model_args, normalize, channel_order, output_key,
           --dtype float16 --out submission
       oodseg score --checkpoint ckpt/rpl --images /data/dataset_AnomalyTrack --preset rpl --out scores
       oodseg score --model hf:my-segformer --images data/synth/anomaly --method entropy --out scores
-      oodseg score --model python:mynets:build_net --weights net.pth --model-arg num_classes=19 \
+      oodseg score --model python:mynets:build_net --weights net.pth --model-arg num_classes=19 \\
           --normalize imagenet --head classifier.3 --images data/synth/anomaly --method msp --out scores
     """
     from oodseg import distributed
@@ -831,7 +831,7 @@ def meta_command(kind, root, options, scores_dir, probs, segments, threshold_fro
 
 # --- import ---
 @main.command("import")
-@click.argument("file")
+@click.argument("file", metavar="FILE|SOURCE")
 @click.option("--format", "fmt", type=RegistryChoice("oodseg.models.importing:FORMATS", ("auto",)), default="auto",
               show_default=True, help="Source format: auto (from the keys) or one of the published files' formats.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="oodseg checkpoint directory to write.")
@@ -865,7 +865,7 @@ def import_command(file: str, fmt: str, out: str, num_classes: int | None, weigh
       oodseg import --format rpl-corocl rev3.pth --out ckpt/rpl-corocl --json
       oodseg score --checkpoint ckpt/nvidia-wrn38 --images data/synth/anomaly --method entropy --out scores
       oodseg import hf:my-segformer --out ckpt/segformer
-      oodseg import python:mynets:build_net --weights net.pth --model-arg num_classes=19 \
+      oodseg import python:mynets:build_net --weights net.pth --model-arg num_classes=19 \\
           --normalize imagenet --out ckpt/mynet
     """
     from pathlib import Path
