@@ -156,6 +156,10 @@ def test_python_factory_with_pth_scores_like_the_hand_normalised_model(frames, t
     result = _invoke("import", FACTORY, "--weights", weights, "--model-arg", "num_classes=4", "--output-key", "seg",
                      "--head", "classifier", "--normalize", "imagenet", "--out", tmp_path / "ck", "--json")
     assert result.exit_code == 0, result.output
+    copied = _invoke("import", tmp_path / "ck", "--out", tmp_path / "ck2")  # a checkpoint is a source too
+    assert copied.exit_code == 0 and f"{FACTORY}?" in copied.output, copied.output
+    assert json.loads((tmp_path / "ck2" / "model.json").read_text())["params"] == \
+        json.loads((tmp_path / "ck" / "model.json").read_text())["params"]
     _score(["--checkpoint", tmp_path / "ck"], frames, tmp_path / "ck_out")
     for fid in ("a", "b"):
         for method in ("max_logit", "entropy"):

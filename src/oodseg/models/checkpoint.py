@@ -26,7 +26,8 @@ FORMAT = "oodseg.checkpoint"
 VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
-_RESERVED = frozenset({"format", "version", "architecture", "params", "num_classes", "classes",
+#: ``model.json`` keys that ``save_checkpoint`` writes itself (not accepted as extra metadata)
+RESERVED_KEYS = frozenset({"format", "version", "architecture", "params", "num_classes", "classes",
                        "oodseg_version", "weights_sha256"})
 
 
@@ -45,7 +46,7 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, architecture
     classes = [str(c) for c in (default_classes(num_classes) if classes is None else classes)]
     if len(classes) != num_classes:
         raise OodsegError(f"{directory}: {len(classes)} class names for a {num_classes}-class model")
-    clash = _RESERVED.intersection(extra)
+    clash = RESERVED_KEYS.intersection(extra)
     if clash:
         raise OodsegError(f"{directory}: extra metadata may not use reserved keys {sorted(clash)}")
     state = _tensors_for_saving(model)

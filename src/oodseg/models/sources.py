@@ -46,8 +46,8 @@ from torch import nn
 from oodseg.conventions import model_logits
 from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.keyvalue import parse_value
-from oodseg.models.checkpoint import (META_FILE, check_state_dict, default_classes, load_checkpoint,
-                                      save_checkpoint)
+from oodseg.models.checkpoint import (META_FILE, RESERVED_KEYS, check_state_dict, default_classes,
+                                      load_checkpoint, save_checkpoint)
 
 #: source prefixes besides a checkpoint directory
 PREFIXES = ("python:", "hf:", "torchvision:")
@@ -401,8 +401,7 @@ def import_model_source(source: str | os.PathLike | ModelSource, out: str | os.P
     if out.exists() and not overwrite:
         raise OodsegError(f"{out}: already exists; pass --overwrite to replace it")
     model, meta = load_model_source(source, num_classes=num_classes)
-    extra = {k: v for k, v in meta.items() if k not in ("format", "version", "architecture", "params", "num_classes",
-                                                       "classes", "oodseg_version", "weights_sha256")}
+    extra = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
     log(f"writing {out}")
     with atomic_directory(out) as tmp:
         save_checkpoint(model, tmp, meta["architecture"], meta["params"], classes=meta["classes"], **extra)
@@ -412,9 +411,9 @@ def import_model_source(source: str | os.PathLike | ModelSource, out: str | os.P
             raise OodsegError(f"{out}: the written checkpoint's logits differ from the source's by {difference:.3g} "
                               f"(relative; tolerance {RELOAD_TOLERANCE})")
         written = read_checkpoint_meta(tmp)
+    described = {"spec": parse_model_source(source).spec(), **(meta.get("source") or {})}
     return {"out": str(out), "architecture": written["architecture"], "num_classes": written["num_classes"],
-            "source": meta.get("source", {"spec": str(source)}), "params": {k: v for k, v in written["params"].items()
-                                                                            if k != "config"},
+            "source": described, "params": {k: v for k, v in written["params"].items() if k != "config"},
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
