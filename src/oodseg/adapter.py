@@ -183,6 +183,8 @@ class ModelAdapter:
             raise OodsegError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         if logits_only and head is not None:
             raise OodsegError(f"head {head!r}: cannot be combined with logits_only=True")
+        if head is None and not logits_only:  # the head recorded with a model source (--head), if any
+            head = getattr(getattr(model, "oodseg_conventions", None), "head", None)
         self.model = model
         self.capture_block = capture_block
         self._modules = dict(model.named_modules())

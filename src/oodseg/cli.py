@@ -179,6 +179,48 @@ def json_target(json_out: str | None, save: str | None, overwrite: bool) -> tupl
     return as_json, save
 
 
+MODEL_SOURCE_HELP = ("oodseg checkpoint directory, python:MODULE:FACTORY, hf:DIR or torchvision:NAME, optionally "
+                     "with ?KEY=VALUE&... options (docs/models.md)")
+
+
+def model_source_options(command):
+    """The options describing a model source besides its string (:func:`oodseg.models.sources.parse_model_source`)."""
+    options = [
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="State dict for a python:/torchvision: model (.safetensors, or .pth/.pt read with "
+                          "weights_only=True); loaded strictly."),
+        click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+                     help="Keyword of the python:/torchvision: factory, repeatable (e.g. num_classes=19)."),
+        click.option("--normalize", default=None, metavar="imagenet|none|M1,M2,M3/S1,S2,S3",
+                     help="Input normalisation the model expects (mean/std on the [0, 1] scale); default: none, "
+                          "ImageNet for torchvision:, the preprocessor config for hf:."),
+        click.option("--channel-order", type=click.Choice(["rgb", "bgr"]), default=None,
+                     help="Channel order the model expects (default rgb; hf: from its preprocessor config)."),
+        click.option("--output-key", default=None,
+                     help="Entry of the model's output holding the logits (a dict key such as out or logits, or a "
+                          "tuple index); default: logits, else out, else the only entry."),
+        click.option("--head", default=None,
+                     help="Module name (in your model) of the final 1x1 classifier conv, when the automatic "
+                          "search cannot tell (e.g. decode_head.classifier)."),
+        click.option("--align-corners/--no-align-corners", "align_corners", default=None,
+                     help="How the model upsamples its logits (bilinear); scores are upsampled the same way "
+                          "(default: the model's own, False; hf: DPT True)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def model_source(spec: str, weights=None, model_args=(), normalize=None, channel_order=None, output_key=None,
+                 head=None, align_corners=None):
+    """The :class:`~oodseg.models.sources.ModelSource` of ``spec`` with the :func:`model_source_options` given."""
+    from oodseg.models.sources import parse_model_source
+
+    return parse_model_source(spec, weights=weights, model_args=parse_pairs(model_args, "--model-arg"),
+                              normalize=normalize, channel_order=channel_order, output_key=output_key, head=head,
+                              align_corners=align_corners)
+
+
 # Commands are added below, one section per command.
 
 
@@ -254,9 +296,9 @@ def _print_semantic_table(result: dict) -> None:
 @click.option("--segmentation", is_flag=True,
               help="Also compute mIoU, mIoU at --ood-threshold, open-mIoU, ECE and AuSE from semantic labels "
                    "(implied by --probs/--ood-threshold and by datasets with semantic labels only, e.g. Cityscapes).")
-@click.option("--probs", type=click.Path(), default=None,
-              help="Checkpoint directory (or folder of {fid}.npz probabilities) giving the softmax for "
-                   "--segmentation (default: the checkpoint in the scores' manifest).")
+@click.option("--probs", default=None,
+              help="Model giving the softmax for --segmentation (" + MODEL_SOURCE_HELP + "), or a folder of "
+                   "{fid}.npz probabilities (default: the model in the scores' manifest).")
 @click.option("--ood-threshold", "ood_thresholds", type=float, multiple=True,
               help="Score threshold t of 'mIoU at t' (pixels with score >= t predicted OoD), repeatable.")
 @click.option("--confidence", type=RegistryChoice("oodseg.metrics.calibration:CONFIDENCE_MAPS", ("auto",)), default="auto",
@@ -350,7 +392,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 
 # --- score ---
 @main.command("score")
-@click.option("--checkpoint", required=True, type=click.Path(file_okay=False), help="oodseg checkpoint directory.")
+@click.option("--checkpoint", "--model", "checkpoint", required=True, help="The model: " + MODEL_SOURCE_HELP + ".")
+@model_source_options
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Dataset root or any folder of images.")
 @click.option("--dataset-kind", type=RegistryChoice("oodseg.data:available_kinds"), default=None,
               help="Dataset layout (smiyc-anomaly, lostandfound, images, ...); default: detected.")
@@ -370,8 +413,9 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--fit-data", type=click.Path(file_okay=False), default=None,
               help="Cityscapes-layout root; its train split fits sml / mahalanobis.")
 @click.option("--fit-frames", type=int, default=20, show_default=True, help="Frames of --fit-data used for fitting.")
-@click.option("--ensemble", "ensemble", multiple=True, type=click.Path(file_okay=False),
-              help="Further checkpoint(s) forming the ensemble with --checkpoint (method 'ensemble').")
+@click.option("--ensemble", "ensemble", multiple=True,
+              help="Further model(s) forming the ensemble with --checkpoint (method 'ensemble'), each an " +
+                   MODEL_SOURCE_HELP + ".")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root: OUT/METHOD/DATASET/FID.hdf5.")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of the methods asked for (others are kept).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
@@ -380,8 +424,9 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
               help="Precision of the stored maps: float32 evaluates exactly like the computed maps; float16 halves "
                    "the files (benchmark submissions) and warns for each method whose ranking it changes.")
 @json_option("the run summary")
-def score(checkpoint, images, dataset_kind, dataset_name, options, methods, preset, params, fit_data, fit_frames,
-          ensemble, out, overwrite, device, batch_size, dtype, as_json):
+def score(checkpoint, weights, model_args, normalize, channel_order, output_key, head, align_corners, images,
+          dataset_kind, dataset_name, options, methods, preset, params, fit_data, fit_frames, ensemble, out, overwrite,
+          device, batch_size, dtype, as_json):
     """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
 
     Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/SHA16/DATASET/FID.png (argmax
@@ -407,6 +452,9 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
       oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\
           --dtype float16 --out submission
       oodseg score --checkpoint ckpt/rpl --images /data/dataset_AnomalyTrack --preset rpl --out scores
+      oodseg score --model hf:my-segformer --images data/synth/anomaly --method entropy --out scores
+      oodseg score --model python:mynets:build_net --weights net.pth --model-arg num_classes=19 \\
+          --normalize imagenet --head classifier.3 --images data/synth/anomaly --method msp --out scores
     """
     from oodseg import distributed
     from oodseg.workflows.presets import get_preset
@@ -421,6 +469,8 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
             click.echo(f"preset {chosen.name} ({chosen.paper}; {chosen.source}): {chosen.expansion()}", err=True)
     if not methods:
         raise OodsegError("--method: give at least one score method, or --preset NAME")
+    checkpoint = model_source(checkpoint, weights, model_args, normalize, channel_order, output_key, head,
+                              align_corners)
     try:
         summary = score_dataset(checkpoint, images, list(methods), out, params=parse_scoped(params, "--param", "METHOD", "odin.epsilon=0.002"),
                                 dataset_kind=dataset_kind, dataset_name=dataset_name,
@@ -508,7 +558,8 @@ def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
               help="Architecture when training from scratch (default: small).")
 @click.option("--arch-param", "arch_params", multiple=True, metavar="KEY=VALUE",
               help="Architecture parameter, repeatable (e.g. widths=[24,48,96,128], backbone=resnet50).")
-@click.option("--init", type=click.Path(file_okay=False), default=None, help="Start from this checkpoint directory.")
+@click.option("--init", default=None, help="Start from this model: " + MODEL_SOURCE_HELP + ".")
+@model_source_options
 @click.option("--param", "-p", "recipe_params", multiple=True, metavar="KEY=VALUE",
               help="Recipe parameter, repeatable (baseline: class_weight_power=0.5, hard_fraction=1, "
                    "head_resolution=true; "
@@ -544,7 +595,8 @@ def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly where it stopped.")
 @click.option("--overwrite", is_flag=True, help="Start over in an --out that holds a previous run.")
 @json_option("the oodseg.train summary")
-def train_command(recipe, data, out, arch, arch_params, init, recipe_params, outliers, outlier_mask_suffix, steps,
+def train_command(recipe, data, out, arch, arch_params, init, weights, model_args, normalize, channel_order,
+                  output_key, head, align_corners, recipe_params, outliers, outlier_mask_suffix, steps,
                   epochs, time_budget, batch_size, crop_size, lr, weight_decay, optimizer, schedule, warmup_steps,
                   class_uniform, clip, bn, seed, device, amp, log_every, ckpt_every, num_workers, channels_last,
                   no_validate, resume, overwrite, as_json):
@@ -560,12 +612,18 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
       oodseg train --recipe entropy-max --data data/synth --init ckpt/baseline/checkpoint --out ckpt/emax
       oodseg train --recipe entropy-max --data /data/cityscapes --outliers /data/coco_ood \\
           --init ckpt/deeplab --lr 1e-5 --epochs 4 --crop-size 480 -p mode=mix --device cuda
+      oodseg train --recipe entropy-max --data data/synth --init hf:my-segformer --out ckpt/emax-segformer
       torchrun --nproc_per_node=2 "$(which oodseg)" train --data data/synth --out ckpt/ddp --bn sync
     """
     from oodseg import distributed
     from oodseg.training import TrainConfig, make_config
     from oodseg.workflows.train import train
 
+    model_options = (weights, model_args, normalize, channel_order, output_key, head, align_corners)
+    if init is None and any(v not in (None, ()) for v in model_options):
+        raise OodsegError("--init: the model options (--weights, --normalize, ...) describe --init; give it")
+    if init is not None:
+        init = model_source(init, *model_options).spec()
     try:
         config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
                              outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
@@ -747,9 +805,9 @@ def _parse_thresholds(text: str) -> list[float]:
               help="Dataset option, repeatable (e.g. split=val, target=semantic for SynthStreet tracks with --segments class).")
 @click.option("--scores", "scores_dir", type=click.Path(file_okay=False), default=None,
               help="Score files OUT/METHOD/DATASET/{fid}.hdf5 thresholded into segments (required for entropy:T).")
-@click.option("--probs", required=True, type=click.Path(),
-              help="Checkpoint directory (model re-run for softmax/PGN) or folder of {fid}.npz with array 'probs' "
-                   "(C,H,W) float16 softmax at image size.")
+@click.option("--probs", required=True,
+              help="A model re-run for softmax/PGN (" + MODEL_SOURCE_HELP + ") or a folder of {fid}.npz with "
+                   "array 'probs' (C,H,W) float16 softmax at image size.")
 @click.option("--segments", default="entropy:0.3", show_default=True,
               help="entropy:T (Meta-OoD: components of score >= T) or class (MetaSeg: components of each predicted class).")
 @click.option("--threshold-from", "threshold_from", type=click.Path(dir_okay=False), default=None,
@@ -820,16 +878,24 @@ def meta_command(kind, root, options, scores_dir, probs, segments, threshold_fro
 
 # --- import ---
 @main.command("import")
-@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("file", metavar="FILE|SOURCE")
 @click.option("--format", "fmt", type=RegistryChoice("oodseg.models.importing:FORMATS", ("auto",)), default="auto",
               show_default=True, help="Source format: auto (from the keys) or one of the published files' formats.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="oodseg checkpoint directory to write.")
-@click.option("--num-classes", type=int, default=19, show_default=True,
-              help="Classes of the classifier; a file with another count is refused.")
+@click.option("--num-classes", type=int, default=None,
+              help="Classes of the classifier (published files: default 19); a model with another count is refused.")
+@model_source_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 @json_option("the import summary")
-def import_command(file: str, fmt: str, out: str, num_classes: int, overwrite: bool, as_json: bool) -> None:
-    """Import a seed paper's published PyTorch checkpoint FILE as an oodseg checkpoint.
+def import_command(file: str, fmt: str, out: str, num_classes: int | None, weights, model_args, normalize,
+                   channel_order, output_key, head, align_corners, overwrite: bool, as_json: bool) -> None:
+    """Import a seed paper's published PyTorch checkpoint FILE, or any model source, as an oodseg checkpoint.
+
+    A model source (python:MODULE:FACTORY with --weights, hf:DIR, torchvision:NAME, or a checkpoint
+    directory) is written with its conventions (--normalize, --channel-order, --output-key,
+    --head, --align-corners) and what rebuilds it (the factory path and --model-arg values, or
+    the transformers config), so later commands need only OUT; OUT is reloaded and must
+    reproduce the source's logits before it appears. See docs/models.md.
 
     Reads FILE with torch.load(weights_only=True) (only tensors and numpy scalars are allowed;
     zip files are memory-mapped), strips the DataParallel/RPL key prefixes, drops NVIDIA's
@@ -845,12 +911,30 @@ def import_command(file: str, fmt: str, out: str, num_classes: int, overwrite: b
       oodseg import --format smiyc-baseline DeepLabV3+_WideResNet38_baseline.pth --out ckpt/smiyc-baseline
       oodseg import --format rpl-corocl rev3.pth --out ckpt/rpl-corocl --json
       oodseg score --checkpoint ckpt/nvidia-wrn38 --images data/synth/anomaly --method entropy --out scores
+      oodseg import hf:my-segformer --out ckpt/segformer
+      oodseg import python:mynets:build_net --weights net.pth --model-arg num_classes=19 \\
+          --normalize imagenet --out ckpt/mynet
     """
+    from pathlib import Path
+
     from oodseg import progress
     from oodseg.models.importing import import_checkpoint
+    from oodseg.models.sources import import_model_source, is_model_source
 
     log = (lambda message: click.echo(message, err=True)) if progress.enabled() else None
-    summary = import_checkpoint(file, out, fmt=fmt, num_classes=num_classes, overwrite=overwrite, log=log)
+    model_options = (weights, model_args, normalize, channel_order, output_key, head, align_corners)
+    if not Path(file).is_file() and (is_model_source(file) or any(v not in (None, ()) for v in model_options)):
+        if fmt != "auto":
+            raise OodsegError(f"--format: applies to published .pth files, not to the model source {file}")
+        summary = import_model_source(model_source(file, *model_options), out, overwrite=overwrite,
+                                      num_classes=num_classes, log=log)
+        if as_json:
+            echo_json(summary)
+            return
+        click.echo(f"{summary['source']['spec']}: {summary['num_classes']} classes, {summary['parameters']:,} "
+                   f"parameters → {summary['out']} ({summary['architecture']})")
+        return
+    summary = import_checkpoint(file, out, fmt=fmt, num_classes=num_classes or 19, overwrite=overwrite, log=log)
     if as_json:
         echo_json(summary)
         return

@@ -7,6 +7,8 @@
 >>> save_checkpoint(model, "ckpt", "small", {"num_classes": 19})
 >>> model, meta = load_checkpoint("ckpt")
 >>> import_checkpoint("cityscapes_best.pth", "ckpt/nvidia")  # a seed paper's published file (oodseg import)
+>>> model, meta = load_model_source("hf:segformer")        # any model source (docs/models.md)
+>>> import_model_source("python:mynets:build?weights=best.pth", "ckpt/mynet")
 """
 from oodseg.classes import CITYSCAPES_CLASSES
 from oodseg.models.blocks import ASPP, Decoder, EncoderDecoderSegNet, ImageNormalize
@@ -18,10 +20,12 @@ from oodseg.models.ldn import LDN121
 from oodseg.models.registry import available_architectures, build_model, register_architecture
 from oodseg.models.resnet import ResNetBackbone
 from oodseg.models.small import SmallSegNet
+from oodseg.models.sources import ModelSource, import_model_source, load_model_source, parse_model_source
 
 __all__ = [
     "ASPP", "CITYSCAPES_CLASSES", "Decoder", "DeepLabV3Plus", "DeepWV3Plus", "DeepWV3PlusRPL", "DeepWV3PlusTH",
-    "EncoderDecoderSegNet", "ImageNormalize", "LDN121", "ResNetBackbone", "SmallSegNet", "available_architectures", "build_model", "import_checkpoint",
-    "load_checkpoint",
+    "EncoderDecoderSegNet", "ImageNormalize", "LDN121", "ModelSource", "ResNetBackbone", "SmallSegNet",
+    "available_architectures", "build_model", "import_checkpoint", "import_model_source", "load_checkpoint",
+    "load_model_source", "parse_model_source",
     "read_checkpoint_meta", "register_architecture", "save_checkpoint",
 ]

@@ -26,7 +26,8 @@ FORMAT = "oodseg.checkpoint"
 VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
-_RESERVED = frozenset({"format", "version", "architecture", "params", "num_classes", "classes",
+#: ``model.json`` keys that ``save_checkpoint`` writes itself (not accepted as extra metadata)
+RESERVED_KEYS = frozenset({"format", "version", "architecture", "params", "num_classes", "classes",
                        "oodseg_version", "weights_sha256"})
 
 
@@ -42,12 +43,10 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, architecture
     directory = Path(directory)
     params = _jsonable(dict(params), "params")
     num_classes = _model_num_classes(model, params)
-    if classes is None:
-        classes = CITYSCAPES_CLASSES if num_classes == 19 else [f"class_{i}" for i in range(num_classes)]
-    classes = [str(c) for c in classes]
+    classes = [str(c) for c in (default_classes(num_classes) if classes is None else classes)]
     if len(classes) != num_classes:
         raise OodsegError(f"{directory}: {len(classes)} class names for a {num_classes}-class model")
-    clash = _RESERVED.intersection(extra)
+    clash = RESERVED_KEYS.intersection(extra)
     if clash:
         raise OodsegError(f"{directory}: extra metadata may not use reserved keys {sorted(clash)}")
     state = _tensors_for_saving(model)
@@ -60,6 +59,11 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, architecture
             "weights_sha256": digest, **_jsonable(extra, "extra metadata")}
     write_json(directory / META_FILE, meta)
     return directory
+
+
+def default_classes(num_classes: int) -> list[str]:
+    """Class names of a model that names none: the Cityscapes names for 19 classes, else ``class_0..``."""
+    return list(CITYSCAPES_CLASSES) if num_classes == 19 else [f"class_{i}" for i in range(num_classes)]
 
 
 def _tensors_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -130,14 +134,14 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise OodsegError(f"{weights_path}: corrupt safetensors file ({str(exc).splitlines()[0]})") from exc
     model = build_model(meta["architecture"], **meta["params"])
-    _check_state(model, state, weights_path)
+    check_state_dict(model, state, weights_path)
     model.load_state_dict(state, strict=True)
     model.to(map_location)
     model.eval()
     return model, meta
 
 
-def _check_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     """Raise a one-line OodsegError naming the first key/shape mismatches between ``model`` and ``state``."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))

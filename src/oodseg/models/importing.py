@@ -32,7 +32,7 @@ from torch import nn
 
 from oodseg.atomic import atomic_directory
 from oodseg.errors import OodsegError
-from oodseg.models.checkpoint import _check_state, save_checkpoint
+from oodseg.models.checkpoint import check_state_dict, save_checkpoint
 from oodseg.models.registry import build_model
 from oodseg.progress import track
 
@@ -208,10 +208,25 @@ def remap_state_dict(state: Mapping[str, torch.Tensor], fmt: SeedFormat) -> tupl
     """``(state dict with oodseg key names, dropped keys)``: drops the NVIDIA loss weight, strips a
     ``module.`` present on every key, then ``fmt.prefix`` (a key without it stays, and fails the strict load)."""
     dropped = sorted(DROPPED_KEYS & set(state))
-    kept = {k: v for k, v in state.items() if k not in DROPPED_KEYS}
-    if kept and all(k.startswith(_DATA_PARALLEL) for k in kept):
-        kept = {_strip(k, _DATA_PARALLEL): v for k, v in kept.items()}
+    kept = strip_data_parallel({k: v for k, v in state.items() if k not in DROPPED_KEYS})
     return {_strip(k, fmt.prefix): v for k, v in kept.items()}, dropped
+
+
+def strip_data_parallel(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the ``module.`` prefix (``DataParallel`` / DDP) when every key has it."""
+    if state and all(k.startswith(_DATA_PARALLEL) for k in state):
+        return {_strip(k, _DATA_PARALLEL): v for k, v in state.items()}
+    return dict(state)
+
+
+def fill_batch_counters(state: dict[str, torch.Tensor], model: nn.Module) -> int:
+    """Add the BatchNorm ``num_batches_tracked`` counters ``model`` has and ``state`` lacks (as 0, as old
+    files omit them); returns how many were added."""
+    expected = model.state_dict()
+    absent = [k for k in expected if k.endswith("num_batches_tracked") and k not in state]
+    for key in absent:
+        state[key] = torch.zeros((), dtype=expected[key].dtype)
+    return len(absent)
 
 
 def load_strict(fmt: SeedFormat, state: dict[str, torch.Tensor], num_classes: int, path: Path) -> tuple[nn.Module, int]:
@@ -224,13 +239,10 @@ def load_strict(fmt: SeedFormat, state: dict[str, torch.Tensor], num_classes: in
     if weight is not None and weight.dim() > 0 and weight.shape[0] != num_classes:
         raise OodsegError(f"{path}: checkpoint has {weight.shape[0]} classes ({classifier} {tuple(weight.shape)}), "
                           f"--num-classes says {num_classes}")
-    expected = model.state_dict()
-    absent = [k for k in expected if k.endswith("num_batches_tracked") and k not in state]
-    for key in absent:
-        state[key] = torch.zeros((), dtype=expected[key].dtype)
-    _check_state(model, state, path)
+    filled = fill_batch_counters(state, model)
+    check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True, assign=True)
-    return model, len(absent)
+    return model, filled
 
 
 def import_checkpoint(path: str | os.PathLike, out: str | os.PathLike, fmt: str = "auto", num_classes: int = 19,

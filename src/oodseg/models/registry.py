@@ -23,6 +23,7 @@ _ARCHITECTURES: dict[str, Union[Factory, str]] = {
     "ldn121": "oodseg.models.ldn:LDN121",
     "small": "oodseg.models.small:SmallSegNet",
     "rpl": "oodseg.models.rpl:build_rpl_model",
+    "source": "oodseg.models.sources:build_source_model",
 }
 
 
@@ -69,6 +70,8 @@ def build_model(architecture: str, **params) -> nn.Module:
     factory = get_factory(architecture)
     try:
         return factory(**params)
+    except OodsegError:
+        raise
     except (TypeError, ValueError, KeyError) as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise OodsegError(f"architecture {architecture!r}: bad parameters {params}: {message}") from exc

@@ -74,31 +74,33 @@ def label_classes(dataset: Dataset) -> int:
 
 def _probability_source(probs: str | Path | None, manifest: dict | None, scores_dir: Path, device: str):
     """The probability source (checkpoint or ``.npz`` folder) and its path; checks the class names of the run."""
-    from oodseg.workflows.probabilities import open_probabilities
     from oodseg.models import read_checkpoint_meta
+    from oodseg.models.sources import is_model_source
+    from oodseg.workflows.probabilities import open_probabilities, probabilities_name
 
     if probs is None:
         if manifest is None or not manifest.get("checkpoint"):
             raise OodsegError(f"{scores_dir}: no probabilities: pass --probs CKPT_OR_DIR (no score manifest with a "
                               "checkpoint next to these scores)")
         probs = manifest["checkpoint"]
-        if not Path(probs).is_dir():
+        if not is_model_source(probs):
             raise OodsegError(f"{manifest['path']}: checkpoint {probs} does not exist; pass --probs CKPT_OR_DIR")
         recorded = manifest.get("checkpoint_sha256")
-        if recorded and read_checkpoint_meta(probs)["weights_sha256"] != recorded:
+        if recorded and (Path(probs) / "model.json").is_file() and read_checkpoint_meta(probs)["weights_sha256"] != recorded:
             raise OodsegError(f"{manifest['path']}: checkpoint {probs} now holds other weights than the ones that "
                               f"wrote these scores (sha256 {recorded[:12]}…); pass --probs CKPT_OR_DIR")
-    path = Path(probs).expanduser().resolve()
-    if not path.exists():
-        raise OodsegError(f"probs {path}: not found (expected a checkpoint or a folder of {{fid}}.npz)")
-    classes = None
-    if (path / "model.json").is_file():
-        classes = read_checkpoint_meta(path)["classes"]
-        scored = (manifest or {}).get("classes")
-        if scored is not None and scored != classes:
-            raise OodsegError(f"probs {path}: its {len(classes)} classes differ from the {len(scored)} classes of "
-                              f"the checkpoint that wrote the scores ({manifest['path']})")
-    return open_probabilities(path, device=device), path, classes
+    if not is_model_source(probs):
+        probs = Path(probs).expanduser().resolve()
+        if not probs.exists():
+            raise OodsegError(f"probs {probs}: not found (expected a model source or a folder of {{fid}}.npz)")
+    source = open_probabilities(probs, device=device)
+    classes = getattr(source, "classes", None)
+    scored = (manifest or {}).get("classes")
+    if classes is not None and scored is not None and scored != classes:
+        source.close()
+        raise OodsegError(f"probs {probs}: its {len(classes)} classes differ from the {len(scored)} classes of "
+                          f"the checkpoint that wrote the scores ({manifest['path']})")
+    return source, probabilities_name(probs), classes
 
 
 def json_ready(value):

@@ -37,7 +37,7 @@ from oodseg.errors import OodsegError
 from oodseg.meta.analysis import lars_ranking
 from oodseg.meta.features import dispersion_maps, segment_features, segment_means
 from oodseg.meta.models import classification_scores, cross_val_predict, parse_cv, regression_score
-from oodseg.workflows.probabilities import open_probabilities
+from oodseg.workflows.probabilities import open_probabilities, probabilities_name
 from oodseg.meta.segments import class_segments, threshold_segments
 from oodseg.meta.targets import segment_iou
 from oodseg.metrics.detection import META_OOD_THRESHOLDS, DetectionMetrics
@@ -246,7 +246,7 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
     classification = {k: v for k, v in per_setting[main_key].items() if k not in ("n_segments",)}
     result = {"schema": SCHEMA, "version": VERSION, "dataset": dataset.name, "dataset_kind": dataset.kind,
               "root": str(dataset.root), "scores": str(Path(scores_dir).resolve()) if scores_dir else None,
-              "probs": str(Path(probs).resolve()), "method": method, "segments": segments,
+              "probs": probabilities_name(probs), "method": method, "segments": segments,
               "features": list(feature_sets), "model": model, "cv": cv, "n_frames": len(dataset),
               "n_segments": per_setting[main_key]["n_segments"], "n_features": len(main.names or []), "feature_names": main.names,
               "classification": classification, "regression": _meta_regress(main, cv, model),

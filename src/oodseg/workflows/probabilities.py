@@ -2,9 +2,10 @@
 
 Two sources, chosen by :func:`open_probabilities`:
 
-- a **checkpoint directory** (``model.json`` + ``model.safetensors``): the model runs on each
+- a **model**: a checkpoint directory (``model.json`` + ``model.safetensors``) or any source of
+  :mod:`oodseg.models.sources` (``python:``, ``hf:``, ``torchvision:``); it runs on each
   frame through :class:`~oodseg.adapter.ModelAdapter`; logits are upsampled bilinearly
-  (``align_corners=False``) to the image size, then softmax → ``probs`` (C, H, W). With
+  (the model's ``align_corners``) to the image size, then softmax → ``probs`` (C, H, W). With
   ``gradient=True`` the last-layer PGN maps (``variant="paper"``, labels one-hot and uniform,
   p ∈ {0.1, 0.3, 0.5, 1, 2}) are computed at the head's resolution and upsampled the same way;
 - a **folder of saved maps** ``{dir}/{fid}.npz`` holding the array ``probs``: float16 (or
@@ -22,7 +23,6 @@ import torch
 from oodseg.conventions import image_to_tensor
 from oodseg.atomic import atomic_path
 from oodseg.errors import OodsegError
-from oodseg.models.checkpoint import META_FILE
 from oodseg.scores.gradient import LABELS, PAPER_P
 
 PROBS_KEY = "probs"
@@ -102,12 +102,13 @@ class CheckpointProbabilities:
     def __init__(self, checkpoint: str | os.PathLike, gradient: bool = False, device: str = "cpu"):
         from oodseg import scores
         from oodseg.adapter import ModelAdapter
-        from oodseg.models import load_checkpoint
+        from oodseg.models.sources import declared_head, load_model_source
 
         self.device = torch.device(device)
-        model, meta = load_checkpoint(checkpoint, map_location=self.device)
+        model, meta = load_model_source(checkpoint, map_location=self.device)
         self.num_classes = int(meta["num_classes"])
-        self.adapter = ModelAdapter(model)
+        self.classes = list(meta["classes"])
+        self.adapter = ModelAdapter(model, head=declared_head(model))
         self.scorers = [scores.get("pgn", label=label, p=p) for label in LABELS for p in PAPER_P] if gradient else []
 
     def __call__(self, sample) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -131,10 +132,21 @@ class CheckpointProbabilities:
 
 
 def open_probabilities(path: str | os.PathLike, gradient: bool = False, device: str = "cpu"):
-    """A callable ``source(sample) -> (probs, gradient maps)``: a checkpoint directory or a folder of ``.npz``."""
-    path = Path(path)
-    if (path / META_FILE).is_file():
+    """A callable ``source(sample) -> (probs, gradient maps)``: a model (a checkpoint directory or any
+    :mod:`oodseg.models.sources` source) or a folder of ``.npz``."""
+    from oodseg.models.sources import is_model_source
+
+    if is_model_source(path):
         return CheckpointProbabilities(path, gradient=gradient, device=device)
+    path = Path(path)
     if gradient:
-        raise OodsegError(f"probs {path}: gradient features need a checkpoint directory (saved probabilities have no z, W)")
+        raise OodsegError(f"probs {path}: gradient features need a checkpoint or another model source (saved "
+                          "probabilities have no z, W)")
     return FolderProbabilities(path)
+
+
+def probabilities_name(path: str | os.PathLike) -> str:
+    """How results record a probability source: a model's canonical source string, else the folder's absolute path."""
+    from oodseg.models.sources import is_model_source, parse_model_source
+
+    return parse_model_source(path).spec() if is_model_source(path) else str(Path(path).resolve())

@@ -46,7 +46,7 @@ from oodseg.atomic import exclusive
 from oodseg import provenance
 from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.quantization import Float16Audit
-from oodseg.models import load_checkpoint, read_checkpoint_meta
+from oodseg.models.sources import ModelSource, declared_head, load_model_source, parse_model_source
 from oodseg.progress import track
 from oodseg.scores.postprocess import check_smooth, gaussian_blur
 from oodseg.workflows.presets import RESOLUTIONS
@@ -80,7 +80,7 @@ def _holding_output_lock(function: Callable[..., T]) -> Callable[..., T]:
 
 
 @_holding_output_lock
-def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[str], out: str | Path, *,
+def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, methods: Sequence[str], out: str | Path, *,
                   params: dict[str, dict[str, Any]] | None = None, dataset_kind: str | None = None,
                   dataset_name: str | None = None, dataset_options: dict[str, Any] | None = None,
                   fit_data: str | Path | None = None, fit_frames: int = 20,
@@ -90,7 +90,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     """Score every frame of the dataset at ``images`` with ``methods`` and write the files into ``out``.
 
     Args:
-        checkpoint: oodseg checkpoint directory of the segmentation model.
+        checkpoint: the segmentation model: an oodseg checkpoint directory or any model source
+            (:mod:`oodseg.models.sources`: ``python:``, ``hf:``, ``torchvision:``, with ``?KEY=VALUE`` options).
         images: dataset root; ``dataset_kind`` defaults to :func:`oodseg.data.detect_kind`.
         methods: score names (``oodseg.scores.available()``), each optionally with its own parameters as
             ``name[key=value,...]`` (:func:`parse_method`); ``params`` gives per-method keywords for every
@@ -99,7 +100,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
             ``dataset_options`` are layout options of :func:`oodseg.data.open_dataset` (e.g. ``split``).
         fit_data: Cityscapes-layout root whose train split (``fit_frames`` frames, evenly spaced)
             fits the fitted scores (``sml``, ``mahalanobis``).
-        ensemble: further checkpoints; with ``checkpoint`` they form the members of ``ensemble``.
+        ensemble: further model sources; with ``checkpoint`` they form the members of ``ensemble``.
         overwrite: replace the maps (and provenance) of the requested methods; other methods are never touched.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
         batch_size: frames per forward pass (frames of equal size only).
@@ -137,8 +138,9 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     if unknown:
         raise OodsegError(f"params {unknown[0]}.*: method {unknown[0]!r} is not among the methods {', '.join(methods)}")
 
-    model, meta = load_checkpoint(checkpoint, map_location=device)
-    members = [model] + [_load_member(path, meta, device) for path in ensemble]
+    model, meta = load_model_source(checkpoint, map_location=device)
+    loaded = [_load_member(path, meta, device) for path in ensemble]
+    members = [_member(model)] + [member for member, _ in loaded]
     scorers = [_build_scorer(score_registry, name, {**params.get(name, {}), **own}, members) for name, own in specs]
     keys = [s.key for s in scorers]
     for key in keys:
@@ -158,7 +160,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
 
     if dataset_name is not None:
         check_name("dataset_name", dataset_name)
-    hooks = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+    hooks = ModelAdapter(model, head=declared_head(model), capture_block=any("block" in s.needs for s in scorers))
     if hooks.logits_only and any(s.needs_head for s in scorers):  # refused before any file is written
         hooks.close()
         score_registry.refuse_head_scores(scorers, f"the model of {checkpoint}")
@@ -168,7 +170,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     dataset = open_dataset(kind, images, labels="none", **options)
     check_name("dataset", dataset.name)
     out = Path(out)
-    run, manifests = _manifests(checkpoint, meta, scorers, dataset, kind, out, ensemble, fit_data, fit_frames, dtype,
+    run, manifests = _manifests(checkpoint, meta, scorers, dataset, kind, out, ensemble, [sha for _, sha in loaded],
+                                fit_data, fit_frames, dtype,
                                 resolution, smooth, preset)
     ckpt = provenance.checkpoint_id(meta["weights_sha256"])
     todo_keys = _check_previous_run(out, dataset, run, manifests, overwrite)
@@ -254,14 +257,21 @@ def _resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def _load_member(path: str | Path, meta: dict[str, Any], device: torch.device) -> torch.nn.Module:
-    member, member_meta = load_checkpoint(path, map_location=device, num_classes=meta["num_classes"])
+def _load_member(path: str | Path | ModelSource, meta: dict[str, Any], device: torch.device):
+    """(ensemble member, its weights' sha256) of a model source, checked against the main model's classes."""
+    member, member_meta = load_model_source(path, map_location=device, num_classes=meta["num_classes"])
     if member_meta["classes"] != meta["classes"]:
         raise OodsegError(f"{path}: ensemble member's class names differ from the main checkpoint's")
-    return member
+    return _member(member), member_meta["weights_sha256"]
 
 
-def _build_scorer(registry, name: str, params: dict[str, Any], members: list[torch.nn.Module]):
+def _member(model: torch.nn.Module):
+    """An ensemble member: the model, or its adapter on the head its source names (``head=``)."""
+    head = declared_head(model)
+    return model if head is None else ModelAdapter(model, head=head)
+
+
+def _build_scorer(registry, name: str, params: dict[str, Any], members: list):
     """The scorer for ``name``; ``ensemble`` receives all member networks (the main one first) as ``models``."""
     if name == "ensemble":
         if len(members) < 2:
@@ -283,14 +293,13 @@ def _refuse_synthstreet_root(images: str | Path, kind: str) -> None:
                           f"(e.g. --images {Path(images) / 'anomaly'}); train takes the root with --data")
 
 
-def _manifests(checkpoint, meta, scorers, dataset, kind: str, out: Path, ensemble, fit_data, fit_frames: int,
+def _manifests(checkpoint, meta, scorers, dataset, kind: str, out: Path, ensemble, ensemble_sha, fit_data, fit_frames: int,
                dtype: str, resolution: str, smooth, preset) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """``(run fields, {method key: its manifest})``: provenance per method (:mod:`oodseg.provenance`), so
     a method's identity depends only on what it uses (ensemble members, fit data)."""
     sha = meta["weights_sha256"]
-    ensemble_paths = [str(Path(p).resolve()) for p in ensemble]
-    ensemble_sha = [read_checkpoint_meta(p)["weights_sha256"] for p in ensemble]
-    common = {"schema": provenance.SCHEMA, "version": provenance.VERSION, "checkpoint": str(Path(checkpoint).resolve()),
+    ensemble_paths = [parse_model_source(p).spec() for p in ensemble]
+    common = {"schema": provenance.SCHEMA, "version": provenance.VERSION, "checkpoint": parse_model_source(checkpoint).spec(),
               "checkpoint_sha256": sha, "classes": meta["classes"], "dataset": dataset.name, "dataset_kind": kind,
               "root": str(dataset.root), "n_frames": len(dataset), "dtype": dtype, "resolution": resolution,
               "smooth": smooth, "preset": preset,

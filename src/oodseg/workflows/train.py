@@ -140,12 +140,14 @@ RESUME_FIELDS = ("recipe", "arch", "arch_params", "num_classes", "batch_size", "
 
 
 def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
-    """(model, architecture, params): from ``config.init`` or built fresh. Recipes that need the 1×1
+    """(model, architecture, params): from ``config.init`` (any model source of :mod:`oodseg.models.sources`;
+    a non-checkpoint source is recorded as the architecture ``"source"``) or built fresh. Recipes that need the 1×1
     classifier head find it themselves (``entropy-max`` and ``nflowjs`` train any segmentation module)."""
-    from oodseg.models import build_model, load_checkpoint
+    from oodseg.models import build_model
+    from oodseg.models.sources import load_model_source
 
     if config.init:
-        model, meta = load_checkpoint(config.init)
+        model, meta = load_model_source(config.init)
         if meta["num_classes"] != config.num_classes:
             raise OodsegError(f"init: {config.init} has {meta['num_classes']} classes, the data {config.num_classes}")
         return model, meta["architecture"], dict(meta["params"])
