@@ -179,6 +179,7 @@ def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``lock_file`` (created, kept) while the block runs; the kernel releases
     it when the process ends, killed or not. A second holder gets OodsegError ``"<folder>: another <what> …"``."""
     lock_file = Path(lock_file)
+    created = next((p for p in reversed(lock_file.parents) if not p.exists()), None)  # topmost folder made here
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
@@ -191,5 +192,21 @@ def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
             raise OodsegError(f"{lock_file.parent}: another {what} is writing here (it holds {lock_file.name}); "
                               "wait for it to finish or choose another folder") from None
         yield
+    except BaseException:
+        if created is not None and not any(p != lock_file for p in lock_file.parent.iterdir()):
+            _remove_created(lock_file, created)  # a refused run leaves no folder behind
+        raise
     finally:
         os.close(fd)
+
+
+def _remove_created(lock_file: Path, created: Path) -> None:
+    """Remove ``lock_file`` and its empty parent folders up to ``created`` (which this run made)."""
+    with contextlib.suppress(OSError):
+        lock_file.unlink()
+        folder = lock_file.parent
+        while True:
+            folder.rmdir()
+            if folder == created:
+                break
+            folder = folder.parent
