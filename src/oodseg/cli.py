@@ -443,10 +443,14 @@ def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_
 # --- train ---
 def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
     """A library error that names fields of ``config_type`` (``steps: …``, ``resume=True``), worded
-    with the CLI flags instead (``--steps: …``, ``--resume``); any other error unchanged."""
+    with the CLI flags instead (``--steps: …``, ``--resume``, ``recipe_params`` → ``--param``); any other
+    error unchanged."""
     import dataclasses
 
-    worded = cli_wording(str(exc), {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(config_type)})
+    flags = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(config_type)}
+    flags.update({p.name: max(p.opts, key=len) for p in click.get_current_context().command.params
+                  if isinstance(p, click.Option)})
+    worded = cli_wording(str(exc), flags)
     return exc if worded == str(exc) else OodsegError(worded)
 
 

@@ -211,3 +211,20 @@ def test_train_cli_rejects_bad_schedule_options_in_one_line(tmp_path, option, va
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and option in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "foo=1"], "error: --param (recipe baseline): unknown key(s) foo; valid keys: hard_fraction (float), "
+                      "class_weight_power (float), head_resolution (bool)"),
+    (["-p", "class_weight_power=abc"], "error: --param (recipe baseline): class_weight_power expects float, got 'abc'"),
+    (["--recipe", "entropy-max", "-p", "lam=abc"], "error: --param (recipe entropy-max): lam expects float, got 'abc'"),
+    (["--arch-param", "widths=abc"], "error: --arch-param (architecture small): widths expects list[int], got 'abc'"),
+])
+def test_train_cli_names_the_recipe_and_architecture_keys_and_types_in_one_line(data, tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from oodseg.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 2 and result.stderr == message + "\n", result.output
+    assert not (tmp_path / "run").exists()
