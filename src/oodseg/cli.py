@@ -26,7 +26,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 
 class _Group(click.Group):
     """Click group that reports :class:`OodsegError` (and missing files) as one line, exit 2,
-    and :class:`OodsegWarning` as one ``warning: ...`` line on stderr."""
+    :class:`OodsegWarning` as one ``warning: ...`` line on stderr, and Ctrl-C as one line, exit 130."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -43,6 +43,10 @@ class _Group(click.Group):
         except (FileNotFoundError, PermissionError) as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # every output is written atomically: what finished stays, a rerun continues
+            click.echo("interrupted: finished outputs are kept; run the command again to continue "
+                       "(train: with --resume)", err=True)
+            sys.exit(130)
 
 
 def cli_wording(message: str, flags: dict[str, str]) -> str:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from oodseg import distributed as dist_utils
-from oodseg.atomic import atomic_path, write_json, write_text
+from oodseg.atomic import atomic_directory, atomic_path, write_json, write_text
 from oodseg.errors import OodsegError
 from oodseg.progress import track
 from oodseg.training.config import TrainConfig
@@ -178,10 +179,36 @@ def _load_state(path: Path, config: TrainConfig) -> dict:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after ``step`` (by an interrupted run past its last trainer state)."""
+    """Drop log lines written after ``step`` (by an interrupted run past its last trainer state) and a
+    last line cut short by a crash."""
     if path.is_file():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        write_text(path, "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+        text = path.read_text(encoding="utf-8")
+        lines = [ln for ln in text.splitlines(keepends=True) if ln.endswith("\n") and ln.strip()]
+        write_text(path, "".join(ln for ln in lines if json.loads(ln)["step"] <= step))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path``; when that fails (full disk, interrupt) cut the file back to its old
+    length, so it keeps every earlier line and no partial one."""
+    size = path.stat().st_size
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(line)
+    except BaseException:
+        os.truncate(path, size)
+        raise
+
+
+@contextlib.contextmanager
+def _writing(path: Path, saved_step: int | None):
+    """Turn a failed write of ``path`` (full disk, read-only or missing folder) into one OodsegError line
+    that says which resume state is kept (``saved_step``: step of the last trainer state, None if none)."""
+    try:
+        yield
+    except OSError as exc:
+        kept = ("no trainer state was written yet" if saved_step is None else
+                f"the trainer state of step {saved_step} is kept (resume=True continues from it)")
+        raise OodsegError(f"out: cannot write {exc.filename or path} ({exc.strerror or exc}); {kept}") from exc
 
 
 def _autocast(device: torch.device, amp: str):
@@ -194,11 +221,13 @@ def _autocast(device: torch.device, amp: str):
 
 def _save(out: Path, step: int, recipe: Recipe, module: nn.Module, optimizer, scheduler, scaler,
           config: TrainConfig) -> None:
-    """Write the exported checkpoint, then the trainer state (rank 0; both atomic)."""
+    """Write the exported checkpoint folder, then the trainer state (rank 0; each replaced atomically, so a
+    failed write keeps the previous one whole)."""
     from oodseg.models import save_checkpoint
 
     model, architecture, params = recipe.export(module)
-    save_checkpoint(model, out / CHECKPOINT_DIR, architecture, params, recipe=recipe.name, step=step)
+    with atomic_directory(out / CHECKPOINT_DIR) as folder:
+        save_checkpoint(model, folder, architecture, params, recipe=recipe.name, step=step)
     state = {"step": step, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
              "recipe": recipe.state_dict(), "config": json.dumps(dataclasses.asdict(config))}
@@ -245,7 +274,7 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
     scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" and config.amp == "fp16" else None
 
-    start_step = 0
+    start_step, saved_step = 0, None
     if config.resume:
         state = _load_state(out / STATE_FILE, config)
         module.load_state_dict(state["module"])
@@ -254,13 +283,14 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
         if scaler and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         recipe.load_state_dict(state["recipe"])
-        start_step = int(state["step"])
+        start_step = saved_step = int(state["step"])
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if config.resume:
-            _truncate_log(out / LOG_FILE, start_step)
-        else:
-            write_text(out / LOG_FILE, "")
+        with _writing(out / LOG_FILE, saved_step):
+            out.mkdir(parents=True, exist_ok=True)
+            if config.resume:
+                _truncate_log(out / LOG_FILE, start_step)
+            else:
+                write_text(out / LOG_FILE, "")
     trainable = module
     if distributed:
         trainable = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -277,55 +307,57 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     stopped_early = False
     trainable.train()
     set_batchnorm_mode(trainable, config.bn)
-    with open(out / LOG_FILE, "a", encoding="utf-8") if rank == 0 else contextlib.nullcontext() as log:
-        for data in track(loader, f"train {config.recipe}", total=len(sampler)):
-            torch.manual_seed(sample_seed(config.seed, (step + 1) * 1_000_003 + rank))
-            data = {key: value.to(device) for key, value in data.items()}
-            if config.channels_last:
-                data["image"] = data["image"].contiguous(memory_format=torch.channels_last)
-            batch = recipe.batch(data, np.random.default_rng([config.seed, step, rank]))
-            with autocast:
-                loss, terms = recipe.loss(trainable, batch)
-            if not torch.isfinite(loss):
-                raise OodsegError(f"recipe {config.recipe}: loss is {float(loss)} at step {step} (lower lr?)")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            grad_norm = (nn.utils.clip_grad_norm_(params_to_clip, config.clip) if config.clip
-                         else torch.zeros(()))
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            over_budget = config.time_budget is not None and time.perf_counter() - started > config.time_budget
-            if distributed:  # every rank must stop at the same step
-                over_budget = bool(dist_utils.all_reduce_sum(torch.tensor([float(over_budget)], device=device)) > 0)
-            last = step == total_steps or over_budget
-            if step % config.log_every == 0 or last:
-                record = _log_record(step, len(train_data), config.batch_size, lr, loss, terms, grad_norm, device)
-                record["seconds"] = round(time.perf_counter() - started, 3)
-                if rank == 0:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if callback is not None:
-                    callback(step, record)
-            if step % config.ckpt_every == 0 or last:
-                if rank == 0:
+    for data in track(loader, f"train {config.recipe}", total=len(sampler)):
+        torch.manual_seed(sample_seed(config.seed, (step + 1) * 1_000_003 + rank))
+        data = {key: value.to(device) for key, value in data.items()}
+        if config.channels_last:
+            data["image"] = data["image"].contiguous(memory_format=torch.channels_last)
+        batch = recipe.batch(data, np.random.default_rng([config.seed, step, rank]))
+        with autocast:
+            loss, terms = recipe.loss(trainable, batch)
+        if not torch.isfinite(loss):
+            raise OodsegError(f"recipe {config.recipe}: loss is {float(loss)} at step {step} (lower lr?)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        grad_norm = (nn.utils.clip_grad_norm_(params_to_clip, config.clip) if config.clip
+                     else torch.zeros(()))
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        step += 1
+        over_budget = config.time_budget is not None and time.perf_counter() - started > config.time_budget
+        if distributed:  # every rank must stop at the same step
+            over_budget = bool(dist_utils.all_reduce_sum(torch.tensor([float(over_budget)], device=device)) > 0)
+        last = step == total_steps or over_budget
+        if step % config.log_every == 0 or last:
+            record = _log_record(step, len(train_data), config.batch_size, lr, loss, terms, grad_norm, device)
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            if rank == 0:
+                with _writing(out / LOG_FILE, saved_step):
+                    _append_line(out / LOG_FILE, json.dumps(record) + "\n")
+            if callback is not None:
+                callback(step, record)
+        if step % config.ckpt_every == 0 or last:
+            if rank == 0:
+                with _writing(out, saved_step):
                     _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config)
-                dist_utils.barrier()
-            if over_budget:
-                stopped_early = step < total_steps
-                break
+                saved_step = step
+            dist_utils.barrier()
+        if over_budget:
+            stopped_early = step < total_steps
+            break
     seconds = time.perf_counter() - started
     if start_step >= total_steps and rank == 0:  # resumed a finished run: nothing left to train
-        _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config)
+        with _writing(out, saved_step):
+            _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config)
     model, _, _ = recipe.export(unwrap(trainable))
     val_miou = None
     if val_data is not None and len(val_data):
@@ -335,7 +367,8 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
                "val_mIoU": val_miou, "checkpoint": str((out / CHECKPOINT_DIR).resolve()), "architecture": config.arch,
                "world_size": world}
     if rank == 0:
-        write_json(out / SUMMARY_FILE, summary)
+        with _writing(out / SUMMARY_FILE, saved_step):
+            write_json(out / SUMMARY_FILE, summary)
     dist_utils.barrier()
     return summary
 
