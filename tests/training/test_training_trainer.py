@@ -228,3 +228,14 @@ def test_train_cli_names_the_recipe_and_architecture_keys_and_types_in_one_line(
     result = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *args])
     assert result.exit_code == 2 and result.stderr == message + "\n", result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_crop_larger_than_every_training_image_is_refused(data, tmp_path):
+    # the tiny frames are 32x48; rescaled by at most 1.25 the shorter side holds a crop of floor(32·1.25) = 40
+    assert train(_config(data, tmp_path / "fits", steps=1, crop_size=40, validate=False))["steps"] == 1
+    with pytest.raises(OodsegError, match=r"^crop_size: 41 px is larger than every training image \(largest 32x48, "
+                                          r"rescaled by at most 1.25\); use at most 40$"):
+        train(_config(data, tmp_path / "big", steps=1, crop_size=41))
+    with pytest.raises(OodsegError, match=r"largest 32x48, rescaled by at most 1\); use at most 32$"):
+        train(_config(data, tmp_path / "big", steps=1, crop_size=33, scale_range=(0.5, 1.0)))
+    assert not (tmp_path / "big").exists()

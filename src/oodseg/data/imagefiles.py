@@ -12,12 +12,14 @@ from oodseg.errors import OodsegError
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def _open(path: Path, what: str, decode: bool = True) -> Image.Image:
+    """The opened file (pixels decoded unless ``decode`` is False: header only); one-line OodsegError if unreadable."""
     if not path.is_file():
         raise OodsegError(f"{path}: {what} file not found")
     try:
         img = Image.open(path)
-        img.load()
+        if decode:
+            img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise OodsegError(f"{path}: unreadable {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})") from None
     return img
@@ -48,6 +50,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise OodsegError(f"{path}: {kind} image (mode {mode}) has no defined brightness range; "
                           "save it as an 8- or 16-bit image")
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file, read from its header (no decoding)."""
+    with _open(Path(path), "image", decode=False) as img:
+        return img.height, img.width
 
 
 def read_raw_label(path: str | Path) -> np.ndarray:

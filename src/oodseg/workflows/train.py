@@ -156,6 +156,18 @@ def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
     return build_model(config.arch, **params), config.arch, params
 
 
+def _check_crop_size(train_data, config: TrainConfig) -> None:
+    """OodsegError unless some training image holds a ``crop_size``² crop at the largest rescale
+    (``scale_range[1]``); otherwise every crop would be partly padding."""
+    from oodseg.data.imagefiles import image_size
+
+    height, width = max((image_size(frame.image_path) for frame in train_data.frames), key=min)
+    limit = math.floor(min(height, width) * config.scale_range[1])
+    if config.crop_size > limit:
+        raise OodsegError(f"crop_size: {config.crop_size} px is larger than every training image (largest "
+                          f"{height}x{width}, rescaled by at most {config.scale_range[1]:g}); use at most {limit}")
+
+
 def _prepare_output(out: Path, config: TrainConfig) -> None:
     if config.resume:
         if not (out / STATE_FILE).is_file():
@@ -258,6 +270,7 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
 
     data_root, default_pool = resolve_data_root(config.data)
     train_data = open_split(data_root, "train", required=True)
+    _check_crop_size(train_data, config)
     val_data = open_split(data_root, "val", required=False) if config.validate else None
     if config.outliers is None and default_pool is not None:
         config = dataclasses.replace(config, outliers=str(default_pool))
