@@ -239,3 +239,31 @@ def test_a_crop_larger_than_every_training_image_is_refused(data, tmp_path):
     with pytest.raises(OodsegError, match=r"largest 32x48, rescaled by at most 1\); use at most 32$"):
         train(_config(data, tmp_path / "big", steps=1, crop_size=33, scale_range=(0.5, 1.0)))
     assert not (tmp_path / "big").exists()
+
+
+def test_train_cli_resume_keeps_the_saved_options_and_refuses_changed_ones(data, tmp_path):
+    from click.testing import CliRunner
+
+    from oodseg.cli import main
+
+    out = tmp_path / "run"
+    arch = sum((["--arch-param", f"{k}={json.dumps(v)}"] for k, v in TINY_ARCH.items()), [])
+    first = ["train", "--data", str(data), "--out", str(out), "--no-validate", "--log-every", "1"]
+    result = CliRunner().invoke(main, [*first, "--steps", "2", "--batch-size", "2", "--crop-size", "32",
+                                       "--lr", "0.01", "--weight-decay", "0", *arch])
+    assert result.exit_code == 0, result.output
+    state = out / STATE_FILE
+    before = state.read_bytes()
+    # a new rate would be silently undone by the restored optimizer: refused, naming every changed option
+    result = CliRunner().invoke(main, [*first, "--resume", "--lr", "0.1", "--weight-decay", "0.5", "--batch-size", "2"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: --resume: lr was 0.01 in the interrupted run, now 0.1; weight_decay was 0.0 in the "
+                             "interrupted run, now 0.5 (resume with the saved values, or start over with --overwrite)\n")
+    assert state.read_bytes() == before
+    # options left out keep the saved values (recipe, architecture, lr, ...); a new length is applied
+    result = CliRunner().invoke(main, [*first, "--resume", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["lr"] == pytest.approx(0.01 * 3 / 50)  # saved lr, baseline warm-up of 50 steps
+    meta = load_checkpoint(out / "checkpoint")[1]
+    assert meta["step"] == 3 and meta["params"]["widths"] == TINY_ARCH["widths"]

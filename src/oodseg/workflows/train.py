@@ -135,9 +135,11 @@ STATE_FILE = "trainer_state.pt"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "train.json"
 CHECKPOINT_DIR = "checkpoint"
-#: config fields a resumed run must share with the interrupted one
-RESUME_FIELDS = ("recipe", "arch", "arch_params", "num_classes", "batch_size", "crop_size", "seed", "optimizer",
-                 "recipe_params")
+#: config fields a resumed run may change: where the files are, how long and how fast it runs (a new
+#: ``steps``/``epochs`` also stretches the lr schedule from the resumed step on); every other field must
+#: equal the interrupted run's (the restored optimizer would silently keep e.g. its old lr)
+RESUME_MAY_CHANGE = ("data", "out", "outliers", "steps", "epochs", "time_budget", "device", "log_every", "ckpt_every",
+                     "num_workers", "cache_mb", "channels_last", "validate", "resume", "overwrite")
 
 
 def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
@@ -177,17 +179,43 @@ def _prepare_output(out: Path, config: TrainConfig) -> None:
             raise OodsegError(f"out: {out} holds a previous run; pass resume=True to continue it or overwrite=True")
 
 
-def _load_state(path: Path, config: TrainConfig) -> dict:
+def _read_state(path: Path, mmap: bool = False) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise OodsegError(f"{path}: corrupt trainer state ({str(exc).splitlines()[0]})") from exc
-    saved = json.loads(state["config"])
-    for name in RESUME_FIELDS:
-        now = json.loads(json.dumps(getattr(config, name)))
-        if saved.get(name) != now:
-            raise OodsegError(f"resume: {name} was {saved.get(name)!r} in the interrupted run, now {now!r}")
+
+
+def _load_state(path: Path, config: TrainConfig) -> dict:
+    """The trainer state at ``path``; OodsegError listing every field of ``config`` (outside
+    :data:`RESUME_MAY_CHANGE`) that differs from the interrupted run's."""
+    state = _read_state(path)
+    saved, now = json.loads(state["config"]), json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = [f"{name} was {saved.get(name)!r} in the interrupted run, now {now[name]!r}" for name in now
+               if name not in RESUME_MAY_CHANGE and saved.get(name) != now[name]]
+    if changed:
+        raise OodsegError(f"resume: {'; '.join(changed)} (resume with the saved values, or start over with "
+                          "overwrite=True)")
     return state
+
+
+def resumed_config(out: str, **given) -> TrainConfig:
+    """The config of the interrupted run in ``out`` with the fields ``given`` (not None) replaced — dict
+    fields (``arch_params``, ``recipe_params``) updated key by key — and ``resume=True``: what
+    ``train --resume`` runs, where an option left out means "as in the interrupted run". A given
+    field outside :data:`RESUME_MAY_CHANGE` that differs is refused by :func:`train`."""
+    path = Path(out) / STATE_FILE
+    if not path.is_file():
+        raise OodsegError(f"resume: {path} not found (nothing to resume)")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in json.loads(_read_state(path, mmap=True)["config"]).items() if k in fields}
+    for name, value in given.items():
+        if value is not None:
+            values[name] = {**values[name], **value} if isinstance(value, dict) else value
+    if given.get("epochs") is not None and given.get("steps") is None:
+        values["steps"] = None  # epochs given alone: they define the length (as in make_config)
+    values.update(out=str(out), resume=True)
+    return TrainConfig(**values)
 
 
 def _truncate_log(path: Path, step: int) -> None:
