@@ -149,7 +149,7 @@ def test_a_crash_mid_line_is_dropped_on_resume(data, straight, tmp_path):
 def test_unwritable_output_folders_fail_in_one_line_before_training(data, tmp_path, monkeypatch):
     (tmp_path / "file").write_text("not a folder")
     result = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "file" / "run"),
-                                       "--steps", "2", "--no-validate"] +
+                                       "--steps", "2", "--crop-size", "32", "--no-validate"] +
                                 sum((["--arch-param", f"{k}={json.dumps(v)}"] for k, v in TINY_ARCH.items()), []))
     assert result.exit_code == 2, result.output
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: --out: cannot write ")
