@@ -322,7 +322,6 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
 
     data_root, default_pool = resolve_data_root(config.data)
     train_data = open_split(data_root, "train", required=True)
-    _check_crop_size(train_data, config)
     val_data = open_split(data_root, "val", required=False) if config.validate else None
     if config.outliers is None and default_pool is not None:
         config = dataclasses.replace(config, outliers=str(default_pool))
@@ -330,6 +329,7 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     model, architecture, params = initial_model(config) if initial is None else given_model(initial, config)
     checkpoint_meta = dict(checkpoint_meta or {})
     config = dataclasses.replace(config, arch=architecture, arch_params=params)
+    _check_crop_size(train_data, config)
     module = recipe.setup(model, config).to(device)
     if config.channels_last:
         module = module.to(memory_format=torch.channels_last)
