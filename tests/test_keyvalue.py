@@ -1,9 +1,11 @@
 """One KEY=VALUE parser for every option: the value rule (JSON literal, else stripped text) on hand-written
-items, every form the CLI accepted before, and the one-line errors."""
+items, every form the CLI accepted before, the one-line errors, and the check of keys and types against a signature."""
+from typing import Sequence
+
 import pytest
 
 from oodseg.errors import OodsegError
-from oodseg.keyvalue import parse_pairs, parse_scoped, parse_value
+from oodseg.keyvalue import check_keywords, parse_pairs, parse_scoped, parse_value
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -46,3 +48,43 @@ def test_pair_errors(item):
 def test_scoped_errors(item):
     with pytest.raises(OodsegError, match=r"^--param '.*': expected METHOD.KEY=VALUE, e.g. odin.epsilon=0.002$"):
         parse_scoped([item], "--param", "METHOD", "odin.epsilon=0.002")
+
+
+def _factory(lam: float = 0.5, steps: int = 3, flag: bool = True, mode: str = "paste",
+             widths: Sequence[int] = (8, 16), size: tuple[float, float] = (0.1, 0.4), rate: float | None = None):
+    """A stand-in for a recipe or architecture constructor."""
+
+
+@pytest.mark.parametrize("params", [
+    {}, {"lam": 1}, {"lam": 0.25, "steps": 2, "flag": False, "mode": "mix"}, {"widths": [4, 8, 16]},
+    {"size": [0.2, 0.3]}, {"rate": None}, {"rate": 0.5}, {"widths": (1, 2)},
+])
+def test_check_keywords_accepts_values_of_the_annotated_types(params):
+    check_keywords("--param", _factory, params)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"lam": "abc"}, "--param: lam expects float, got 'abc'"),
+    ({"steps": 2.5}, "--param: steps expects int, got 2.5"),
+    ({"steps": True}, "--param: steps expects int, got True"),
+    ({"flag": 1}, "--param: flag expects bool, got 1"),
+    ({"widths": "abc"}, "--param: widths expects list[int], got 'abc'"),
+    ({"widths": [8, "x"]}, "--param: widths expects list[int], got [8, 'x']"),
+    ({"size": [0.1]}, "--param: size expects [float, float], got [0.1]"),
+    ({"rate": "high"}, "--param: rate expects float | null, got 'high'"),
+    ({"foo": 1, "bar": 2}, "--param: unknown key(s) bar, foo; valid keys: lam (float), steps (int), flag (bool), "
+                           "mode (str), widths (list[int]), size ([float, float]), rate (float | null)"),
+])
+def test_check_keywords_names_the_key_and_the_expected_type(params, message):
+    with pytest.raises(OodsegError) as error:
+        check_keywords("--param", _factory, params)
+    assert str(error.value) == message
+
+
+def test_check_keywords_passes_unknown_keys_to_a_factory_with_kwargs_unless_closed():
+    def factory(width: int = 2, **rest):
+        """Takes any further key."""
+
+    check_keywords("x", factory, {"depth": 3})
+    with pytest.raises(OodsegError, match="x: unknown key.s. depth; valid keys: width .int.$"):
+        check_keywords("x", factory, {"depth": 3}, closed=True)

@@ -26,7 +26,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
 
 class _Group(click.Group):
     """Click group that reports :class:`OodsegError` (and missing files) as one line, exit 2,
-    and :class:`OodsegWarning` as one ``warning: ...`` line on stderr."""
+    :class:`OodsegWarning` as one ``warning: ...`` line on stderr, and Ctrl-C as one line, exit 130."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -45,6 +45,10 @@ class _Group(click.Group):
         except OSError as exc:  # a read-only or full output location, a missing file: complete outputs are kept
             click.echo(f"error: {os_error_line(exc)}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # every output is written atomically: what finished stays, a rerun continues
+            click.echo("interrupted: finished outputs are kept; run the command again to continue "
+                       "(train: with --resume)", err=True)
+            sys.exit(130)
 
 
 STDOUT = "standard output"
@@ -540,16 +544,21 @@ def report_command(results_dir: str, out: str, frames: int, overwrite: bool, as_
 # --- train ---
 def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
     """A library error that names fields of ``config_type`` (``steps: …``, ``resume=True``), worded
-    with the CLI flags instead (``--steps: …``, ``--resume``); any other error unchanged."""
+    with the CLI flags instead (``--steps: …``, ``--resume``, ``recipe_params`` → ``--param``); any other
+    error unchanged."""
     import dataclasses
 
-    worded = cli_wording(str(exc), {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(config_type)})
+    flags = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(config_type)}
+    ctx = click.get_current_context(silent=True)
+    flags.update({p.name: max(p.opts, key=len) for p in (ctx.command.params if ctx else ())
+                  if isinstance(p, click.Option)})
+    worded = cli_wording(str(exc), flags)
     return exc if worded == str(exc) else OodsegError(worded)
 
 
 @main.command("train")
-@click.option("--recipe", type=RegistryChoice("oodseg.training.recipe:RECIPES"), default="baseline",
-              show_default=True, help="Training method (a loss + a data recipe).")
+@click.option("--recipe", type=RegistryChoice("oodseg.training.recipe:RECIPES"), default=None,
+              help="Training method (a loss + a data recipe; default: baseline).")
 @click.option("--data", required=True, type=click.Path(file_okay=False),
               help="SynthStreet root (oodseg synth --out DIR) or a Cityscapes root (leftImg8bit/, gtFine/).")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
@@ -592,7 +601,9 @@ def _flag_error(exc: OodsegError, config_type: type) -> OodsegError:
 @click.option("--channels-last/--no-channels-last", default=None,
               help="Channels-last memory order for the model and images (default: on; faster on CPU).")
 @click.option("--no-validate", is_flag=True, help="Skip the validation mIoU at the end.")
-@click.option("--resume", is_flag=True, help="Continue the interrupted run in --out exactly where it stopped.")
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run in --out exactly where it stopped; options left out keep its values, "
+                   "options that change its results are refused (--steps/--epochs set a new length).")
 @click.option("--overwrite", is_flag=True, help="Start over in an --out that holds a previous run.")
 @json_option("the oodseg.train summary")
 def train_command(recipe, data, out, arch, arch_params, init, weights, model_args, normalize, channel_order,
@@ -617,7 +628,7 @@ def train_command(recipe, data, out, arch, arch_params, init, weights, model_arg
     """
     from oodseg import distributed
     from oodseg.training import TrainConfig, make_config
-    from oodseg.workflows.train import train
+    from oodseg.workflows.train import resumed_config, train
 
     model_options = (weights, model_args, normalize, channel_order, output_key, head, align_corners)
     if init is None and any(v not in (None, ()) for v in model_options):
@@ -625,16 +636,18 @@ def train_command(recipe, data, out, arch, arch_params, init, weights, model_arg
     if init is not None:
         init = model_source(init, *model_options).spec()
     try:
-        config = make_config(recipe, data=data, out=out, arch=arch, init=init, outliers=outliers,
-                             outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
-                             batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
-                             optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps,
-                             class_uniform=class_uniform, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
-                             log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
-                             channels_last=channels_last, validate=False if no_validate else None, resume=resume or None,
-                             overwrite=overwrite or None,
-                             arch_params=parse_pairs(arch_params, "--arch-param") or None,
-                             recipe_params=parse_pairs(recipe_params, "--param") or None)
+        options = dict(data=data, arch=arch, init=init, outliers=outliers,
+                       outlier_mask_suffix=outlier_mask_suffix, steps=steps, epochs=epochs, time_budget=time_budget,
+                       batch_size=batch_size, crop_size=crop_size, lr=lr, weight_decay=weight_decay,
+                       optimizer=optimizer, schedule=schedule, warmup_steps=warmup_steps,
+                       class_uniform=class_uniform, clip=clip, bn=bn, seed=seed, device=device, amp=amp,
+                       log_every=log_every, ckpt_every=ckpt_every, num_workers=num_workers,
+                       channels_last=channels_last, validate=False if no_validate else None,
+                       overwrite=overwrite or None,
+                       arch_params=parse_pairs(arch_params, "--arch-param") or None,
+                       recipe_params=parse_pairs(recipe_params, "--param") or None)
+        config = (resumed_config(out, recipe=recipe, **options) if resume  # options left out: as saved
+                  else make_config(recipe or "baseline", out=out, **options))
         summary = train(config)
         is_main = distributed.is_main()
     except OodsegError as exc:

@@ -1,12 +1,16 @@
-"""Meta models: image-grouped CV, training-fold z-scoring, metrics, LARS ranking."""
+"""Meta models: image-grouped CV, training-fold z-scoring, metrics, LARS ranking, convergence warnings."""
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from oodseg.errors import OodsegError
+import oodseg.meta.models as meta_models
+from oodseg.errors import OodsegError, OodsegWarning
 from oodseg.meta.analysis import lars_ranking
-from oodseg.meta.models import classification_scores, cross_val_predict, cv_splits, parse_cv
+from oodseg.meta.models import (classification_scores, convergence_reported, cross_val_predict, cv_splits,
+                                fold_count, parse_cv)
 
 
 @pytest.mark.parametrize("cv", ["image-kfold:5", "image-kfold:3", "loo"])
@@ -78,3 +82,35 @@ def test_lars_ranks_the_informative_feature_first(rng):
     assert ranking[0] == ("f4", 1) and ranking[1] == ("f1", 2)
     assert "f5" not in [name for name, _ in ranking]
     assert [rank for _, rank in ranking] == list(range(1, len(ranking) + 1))
+
+
+def test_fold_count_is_k_or_one_per_image():
+    assert fold_count("image-kfold:5", 9) == 5 and fold_count("image-kfold:5", 3) == 3 and fold_count("loo", 7) == 7
+    assert len(cv_splits(np.repeat(np.arange(3), 4), "image-kfold:5")) == 3
+
+
+def test_scikit_learn_convergence_warnings_become_one_oodseg_warning(rng, monkeypatch):
+    """Every fold of a 1-iteration logistic regression fails to converge: 4 folds, one oodseg line; a degenerate
+    LARS path (duplicate columns) adds its own; an unrelated warning passes through unchanged."""
+    X = rng.normal(size=(80, 3))
+    y = (X[:, 0] + rng.normal(0, 0.5, 80) > 0).astype(int)
+    groups = np.repeat(np.arange(8), 10)
+    monkeypatch.setattr(meta_models, "LogisticRegression", lambda max_iter: LogisticRegression(max_iter=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with convergence_reported("meta logistic"):
+            cross_val_predict(X, y, groups, "image-kfold:4", "classification")
+            warnings.warn("unrelated", RuntimeWarning)
+    assert [w.category for w in caught] == [RuntimeWarning, OodsegWarning]
+    assert str(caught[1].message).startswith("meta logistic: scikit-learn did not converge 4 time(s); results may be "
+                                             "less reliable (first: lbfgs failed to converge")
+    assert "\n" not in str(caught[1].message)
+    degenerate = np.round(rng.normal(size=(5, 5)), 1)
+    degenerate[:, 1] = degenerate[:, 0] * 1.0000001
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with convergence_reported("meta"):
+            for _ in range(20):
+                lars_ranking(degenerate, rng.normal(size=5), list("abcde"))
+    assert [w.category for w in caught] == [OodsegWarning] and "Regressors in active set degenerate" in str(
+        caught[0].message)

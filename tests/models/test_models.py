@@ -86,8 +86,11 @@ def test_registry_names_errors_and_lazy_modules(tmp_path, monkeypatch):
         build_model("no-such-net")
     with pytest.raises(OodsegError, match="bad parameters"):
         build_model("small", widths=[8])
-    with pytest.raises(OodsegError, match="bad parameters"):
+    with pytest.raises(OodsegError, match=r"architecture 'small': unknown key\(s\) no_such_param; valid keys: "
+                                          r"num_classes \(int\), widths \(list\[int\]\)"):
         build_model("small", no_such_param=1)
+    with pytest.raises(OodsegError, match="architecture 'small': widths expects list.int., got 'abc'"):
+        build_model("small", widths="abc")
     (tmp_path / "mynets.py").write_text(
         "from oodseg.models import register_architecture, SmallSegNet\n"
         "def tiny(**kw):\n    return SmallSegNet(widths=(4, 8, 8), **kw)\n"

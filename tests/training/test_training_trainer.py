@@ -211,3 +211,59 @@ def test_train_cli_rejects_bad_schedule_options_in_one_line(tmp_path, option, va
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and option in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "foo=1"], "error: --param (recipe baseline): unknown key(s) foo; valid keys: hard_fraction (float), "
+                      "class_weight_power (float), head_resolution (bool)"),
+    (["-p", "class_weight_power=abc"], "error: --param (recipe baseline): class_weight_power expects float, got 'abc'"),
+    (["--recipe", "entropy-max", "-p", "lam=abc"], "error: --param (recipe entropy-max): lam expects float, got 'abc'"),
+    (["--arch-param", "widths=abc"], "error: --arch-param (architecture small): widths expects list[int], got 'abc'"),
+])
+def test_train_cli_names_the_recipe_and_architecture_keys_and_types_in_one_line(data, tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from oodseg.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 2 and result.stderr == message + "\n", result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_crop_larger_than_every_training_image_is_refused(data, tmp_path):
+    # the tiny frames are 32x48; rescaled by at most 1.25 the shorter side holds a crop of floor(32·1.25) = 40
+    assert train(_config(data, tmp_path / "fits", steps=1, crop_size=40, validate=False))["steps"] == 1
+    with pytest.raises(OodsegError, match=r"^crop_size: 41 px is larger than every training image \(largest 32x48, "
+                                          r"rescaled by at most 1.25\); use at most 40$"):
+        train(_config(data, tmp_path / "big", steps=1, crop_size=41))
+    with pytest.raises(OodsegError, match=r"largest 32x48, rescaled by at most 1\); use at most 32$"):
+        train(_config(data, tmp_path / "big", steps=1, crop_size=33, scale_range=(0.5, 1.0)))
+    assert not (tmp_path / "big").exists()
+
+
+def test_train_cli_resume_keeps_the_saved_options_and_refuses_changed_ones(data, tmp_path):
+    from click.testing import CliRunner
+
+    from oodseg.cli import main
+
+    out = tmp_path / "run"
+    arch = sum((["--arch-param", f"{k}={json.dumps(v)}"] for k, v in TINY_ARCH.items()), [])
+    first = ["train", "--data", str(data), "--out", str(out), "--no-validate", "--log-every", "1"]
+    result = CliRunner().invoke(main, [*first, "--steps", "2", "--batch-size", "2", "--crop-size", "32",
+                                       "--lr", "0.01", "--weight-decay", "0", *arch])
+    assert result.exit_code == 0, result.output
+    state = out / STATE_FILE
+    before = state.read_bytes()
+    # a new rate would be silently undone by the restored optimizer: refused, naming every changed option
+    result = CliRunner().invoke(main, [*first, "--resume", "--lr", "0.1", "--weight-decay", "0.5", "--batch-size", "2"])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: --resume: lr was 0.01 in the interrupted run, now 0.1; weight_decay was 0.0 in the "
+                             "interrupted run, now 0.5 (resume with the saved values, or start over with --overwrite)\n")
+    assert state.read_bytes() == before
+    # options left out keep the saved values (recipe, architecture, lr, ...); a new length is applied
+    result = CliRunner().invoke(main, [*first, "--resume", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["lr"] == pytest.approx(0.01 * 3 / 50)  # saved lr, baseline warm-up of 50 steps
+    meta = load_checkpoint(out / "checkpoint")[1]
+    assert meta["step"] == 3 and meta["params"]["widths"] == TINY_ARCH["widths"]

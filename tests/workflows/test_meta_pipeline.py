@@ -281,3 +281,35 @@ def test_suppress_segments_changes_exactly_the_removed_pixels():
     out = suppress_segments(high, np.eye(2, dtype=bool), 0.5)
     assert (out[np.eye(2, dtype=bool)] < 0.5).all() and np.float16(out[0, 0]) < np.float16(0.5)
     assert out[0, 1] == np.float32(0.8) and (score == np.array([[0.9, 0.8, 0.1], [0.5, 0.4, 0.35]], np.float32)).all()
+
+
+def test_more_folds_than_images_are_clamped_with_a_warning_and_results_state_the_folds_used(tiny, tmp_path):
+    root, scores_dir, probs_dir = tiny
+    out = tmp_path / "meta.json"
+    run = CliRunner().invoke(main, ["meta", "--dataset", "smiyc-anomaly", "--root", str(root), "--scores",
+                                    str(scores_dir), "--probs", str(probs_dir), "--segments", "entropy:0.5",
+                                    "--thresholds", "0.5", "--cv", "image-kfold:50", "--save", str(out)])
+    assert run.exit_code == 0, run.output
+    assert run.stderr == ("warning: cv image-kfold:50: only 8 of 8 images have segments at entropy:0.5; "
+                          "cross-validated with 8 folds (cv_folds in the results)\n")
+    result = json.loads(out.read_text())
+    assert result["cv"] == "image-kfold:50" and result["cv_folds"] == 8
+    result = run_meta(open_dataset("smiyc-anomaly", root), probs=probs_dir, scores_dir=scores_dir,
+                      segments="entropy:0.5", cv="image-kfold:3", thresholds=(0.5, 1.01))
+    assert result["cv_folds"] == 3
+    assert [row["classification"]["cv_folds"] for row in result["thresholds"]] == [3, None]  # no segments at 1.01
+
+
+def test_cli_meta_reports_scikit_learn_convergence_once(tiny, monkeypatch):
+    import oodseg.meta.models as meta_models
+    from sklearn.linear_model import LogisticRegression
+
+    root, scores_dir, probs_dir = tiny
+    monkeypatch.setattr(meta_models, "LogisticRegression", lambda max_iter: LogisticRegression(max_iter=1))
+    run = CliRunner().invoke(main, ["meta", "--dataset", "smiyc-anomaly", "--root", str(root), "--scores",
+                                    str(scores_dir), "--probs", str(probs_dir), "--segments", "entropy:0.5",
+                                    "--cv", "image-kfold:3", "--thresholds", "0.4,0.5", "--json"])
+    assert run.exit_code == 0, run.output
+    assert "ConvergenceWarning" not in run.stderr and "sklearn" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: meta logistic: scikit-learn did not converge ")

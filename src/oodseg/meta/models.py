@@ -8,12 +8,15 @@
 - ``cv_splits(groups, cv)``: ``"image-kfold:K"`` (GroupKFold, K folds over images) or ``"loo"``
   (leave one image out, LeaveOneGroupOut); no image is ever in a training and a test fold.
 - ``cross_val_predict(...)``: out-of-fold predictions for every segment.
+- ``convergence_reported(what)``: scikit-learn convergence warnings of a block as one OodsegWarning.
 - Classification target: 1 = false-positive segment (IoU = 0), 0 = true positive (IoU > 0),
   as in the Meta-OoD code, so AUPRC is the precision of finding false positives.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from typing import Iterator
 
 import numpy as np
 from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
@@ -24,7 +27,7 @@ from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, OodsegWarning
 
 MODEL_KINDS = ("logistic", "gbm")
 TASKS = ("classification", "regression")
@@ -58,14 +61,21 @@ def parse_cv(cv: str) -> tuple[str, int | None]:
     raise OodsegError(f"cv: {cv!r} is not image-kfold:K (K >= 2) or loo")
 
 
-def cv_splits(groups: np.ndarray, cv: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train indices, test indices) per fold; ``groups`` (n,) image index of each segment."""
+def fold_count(cv: str, n_images: int) -> int:
+    """Folds ``cv`` makes over ``n_images`` images: K, or one per image for ``loo`` and when K > ``n_images``."""
     kind, folds = parse_cv(cv)
+    return n_images if kind == "loo" else min(folds, n_images)
+
+
+def cv_splits(groups: np.ndarray, cv: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, test indices) per fold (:func:`fold_count` of them); ``groups`` (n,) image index of
+    each segment."""
     groups = np.asarray(groups)
     n_groups = len(np.unique(groups))
     if n_groups < 2:
         raise OodsegError(f"cv {cv}: cross-validation needs segments from at least 2 images, got {n_groups}")
-    splitter = LeaveOneGroupOut() if kind == "loo" else GroupKFold(n_splits=min(folds, n_groups))
+    kind, _ = parse_cv(cv)
+    splitter = LeaveOneGroupOut() if kind == "loo" else GroupKFold(n_splits=fold_count(cv, n_groups))
     index = np.zeros(len(groups))
     return [(train, test) for train, test in splitter.split(index, groups=groups)]
 
@@ -74,7 +84,8 @@ def cross_val_predict(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cv: str,
                       kind: str = "logistic") -> np.ndarray:
     """Out-of-fold predictions (n,): P(y = 1) for classification, the value for regression.
 
-    A training fold with one class only predicts that class (probability 0 or 1).
+    A training fold with one class only predicts that class (probability 0 or 1). scikit-learn's
+    convergence warnings pass through (:func:`convergence_reported` gathers them).
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
     predictions = np.zeros(len(y), dtype=np.float64)
@@ -83,9 +94,7 @@ def cross_val_predict(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cv: str,
             predictions[test] = float(y[train][0])
             continue
         model = make_model(task, kind)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(X[train], y[train])
+        model.fit(X[train], y[train])
         predictions[test] = model.predict_proba(X[test])[:, 1] if task == "classification" else model.predict(X[test])
     return predictions
 
@@ -101,3 +110,21 @@ def classification_scores(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
 def regression_score(y: np.ndarray, prediction: np.ndarray) -> float:
     """Coefficient of determination R² (NaN for fewer than 2 segments)."""
     return float(r2_score(y, prediction)) if len(y) >= 2 else float("nan")
+
+
+@contextlib.contextmanager
+def convergence_reported(what: str) -> Iterator[None]:
+    """Gather the scikit-learn convergence warnings of the block (model fits, LARS) and issue them as one
+    OodsegWarning ``"<what>: scikit-learn did not converge N time(s) (first: ...)"`` at its end; other
+    warnings are re-issued unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    converge = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if converge:
+        first = str(converge[0].message).splitlines()[0]
+        warnings.warn(OodsegWarning(f"{what}: scikit-learn did not converge {len(converge)} time(s); results may be "
+                                    f"less reliable (first: {first[:160]})"), stacklevel=3)

@@ -12,6 +12,7 @@ from typing import Callable, Union
 from torch import nn
 
 from oodseg.errors import OodsegError
+from oodseg.keyvalue import check_keywords
 
 Factory = Callable[..., nn.Module]
 
@@ -66,8 +67,10 @@ def get_factory(name: str) -> Factory:
 
 
 def build_model(architecture: str, **params) -> nn.Module:
-    """Build an untrained network of the named architecture with constructor ``params``."""
+    """Build an untrained network of the named architecture with constructor ``params`` (unknown keys and
+    values of the wrong type refused in one line listing the valid keys, :func:`oodseg.keyvalue.check_keywords`)."""
     factory = get_factory(architecture)
+    check_keywords(f"architecture {architecture!r}", factory, params)
     try:
         return factory(**params)
     except OodsegError:

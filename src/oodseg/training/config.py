@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oodseg.errors import OodsegError
+from oodseg.keyvalue import check_keywords
 from oodseg.training.recipe import RECIPES, recipe_class
 
 
@@ -105,6 +106,12 @@ class TrainConfig:
             raise OodsegError(f"time_budget: must be > 0 seconds, got {self.time_budget}")
         if self.log_every < 1 or self.ckpt_every < 1:
             raise OodsegError("log_every/ckpt_every: must be >= 1")
+        check_keywords(f"recipe_params (recipe {self.recipe})", recipe_class(self.recipe), self.recipe_params,
+                       closed=True)
+        if self.init is None:
+            from oodseg.models.registry import get_factory  # lazily: oodseg.models reads checkpoint files
+
+            check_keywords(f"arch_params (architecture {self.arch})", get_factory(self.arch), self.arch_params)
 
 
 def make_config(recipe: str = "baseline", **overrides: Any) -> TrainConfig:

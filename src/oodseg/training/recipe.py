@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from oodseg import distributed as dist_utils
 from oodseg.conventions import model_logits, resize_logits
 from oodseg.errors import OodsegError
+from oodseg.keyvalue import check_keywords
 
 if TYPE_CHECKING:
     from oodseg.training.config import TrainConfig
@@ -69,8 +70,11 @@ def recipe_class(name: str) -> type["Recipe"]:
 
 
 def get_recipe(name: str, **params: Any) -> "Recipe":
-    """Instantiate the recipe registered as ``name`` with its options ``params``."""
-    return recipe_class(name)(**params)
+    """Instantiate the recipe registered as ``name`` with its options ``params`` (unknown keys and values of
+    the wrong type refused in one line listing the recipe's keys, :func:`oodseg.keyvalue.check_keywords`)."""
+    cls = recipe_class(name)
+    check_keywords(f"recipe {name}", cls, params, closed=True)
+    return cls(**params)
 
 
 class Recipe:

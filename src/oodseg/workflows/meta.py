@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -33,10 +34,11 @@ from oodseg.atomic import atomic_directory
 from oodseg.conventions import VOID
 from oodseg.data import find_score, read_score, write_score
 from oodseg import layout
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, OodsegWarning
 from oodseg.meta.analysis import lars_ranking
 from oodseg.meta.features import dispersion_maps, segment_features, segment_means
-from oodseg.meta.models import classification_scores, cross_val_predict, parse_cv, regression_score
+from oodseg.meta.models import (classification_scores, convergence_reported, cross_val_predict, fold_count, parse_cv,
+                                regression_score)
 from oodseg.workflows.probabilities import open_probabilities, probabilities_name
 from oodseg.meta.segments import class_segments, threshold_segments
 from oodseg.meta.targets import segment_iou
@@ -119,9 +121,11 @@ def _meta_classify(collected: _Collected, cv: str, model: str) -> tuple[np.ndarr
     valid = np.isfinite(iou)
     false_positive = iou[valid] == 0
     remove = np.zeros(len(iou), dtype=bool)
+    n_images = len(np.unique(frame[valid]))
     result = {"AUROC": None, "AUPRC": None, "baseline_AUROC": None, "baseline_AUPRC": None,
-              "n_segments": int(valid.sum()), "n_false_positive": int(false_positive.sum())}
-    if len(np.unique(frame[valid])) < 2:
+              "n_segments": int(valid.sum()), "n_false_positive": int(false_positive.sum()),
+              "cv_folds": fold_count(cv, n_images) if n_images >= 2 else None}
+    if n_images < 2:
         return remove, result
     p_fp = cross_val_predict(X[valid], false_positive, frame[valid], cv, "classification", model)
     remove[valid] = p_fp > REMOVAL_PROBABILITY
@@ -200,7 +204,7 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
     """
     spec = parse_segments(segments)
     feature_sets = parse_features(features)
-    parse_cv(cv)
+    kind, folds = parse_cv(cv)
     expected_labels = "ood" if spec.kind == "entropy" else "semantic"
     if dataset.label_type != expected_labels:
         need = "OoD labels 0/1/255 (e.g. smiyc-anomaly)" if spec.kind == "entropy" else "semantic trainId labels (cityscapes)"
@@ -237,19 +241,26 @@ def run_meta(dataset, *, probs: str | Path, scores_dir: str | Path | None = None
 
     main_key = spec.threshold if spec.kind == "entropy" else "class"
     decisions, per_setting = {}, {}
-    for key in settings:
-        decisions[key], per_setting[key] = _meta_classify(collected[key], cv, model)
     main = collected[main_key]
     X, iou, _, _ = main.arrays()
     valid = np.isfinite(iou)
-    lars = lars_ranking(X[valid], (iou[valid] == 0).astype(float), main.names) if valid.sum() >= 2 else []
-    classification = {k: v for k, v in per_setting[main_key].items() if k not in ("n_segments",)}
+    with convergence_reported(f"meta {model}"):
+        for key in settings:
+            decisions[key], per_setting[key] = _meta_classify(collected[key], cv, model)
+        lars = lars_ranking(X[valid], (iou[valid] == 0).astype(float), main.names) if valid.sum() >= 2 else []
+        regression = _meta_regress(main, cv, model)
+    classification = {k: v for k, v in per_setting[main_key].items() if k not in ("n_segments", "cv_folds")}
+    cv_folds = per_setting[main_key]["cv_folds"]
+    if kind == "image-kfold" and cv_folds is not None and cv_folds < folds:
+        warnings.warn(OodsegWarning(f"cv {cv}: only {cv_folds} of {len(dataset)} images have segments at "
+                                    f"{segments}; cross-validated with {cv_folds} folds (cv_folds in the results)"))
     result = {"schema": SCHEMA, "version": VERSION, "dataset": dataset.name, "dataset_kind": dataset.kind,
               "root": str(dataset.root), "scores": str(Path(scores_dir).resolve()) if scores_dir else None,
               "probs": probabilities_name(probs), "method": method, "segments": segments,
-              "features": list(feature_sets), "model": model, "cv": cv, "n_frames": len(dataset),
+              "features": list(feature_sets), "model": model, "cv": cv, "cv_folds": cv_folds,
+              "n_frames": len(dataset),
               "n_segments": per_setting[main_key]["n_segments"], "n_features": len(main.names or []), "feature_names": main.names,
-              "classification": classification, "regression": _meta_regress(main, cv, model),
+              "classification": classification, "regression": regression,
               "thresholds": [], "lars": [[name, rank] for name, rank in lars], "filtered": None}
     if spec.kind == "entropy":
         rows = _detection_table(dataset, reader, table, collected, decisions, spec.threshold, target, main_key)

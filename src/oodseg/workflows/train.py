@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from oodseg import distributed as dist_utils
-from oodseg.atomic import atomic_path, write_json, write_text
+from oodseg.atomic import atomic_directory, atomic_path, write_json, write_text
 from oodseg.errors import OodsegError
 from oodseg.progress import track
 from oodseg.training.config import TrainConfig
@@ -134,9 +135,11 @@ STATE_FILE = "trainer_state.pt"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "train.json"
 CHECKPOINT_DIR = "checkpoint"
-#: config fields a resumed run must share with the interrupted one
-RESUME_FIELDS = ("recipe", "arch", "arch_params", "num_classes", "batch_size", "crop_size", "seed", "optimizer",
-                 "recipe_params")
+#: config fields a resumed run may change: where the files are, how long and how fast it runs (a new
+#: ``steps``/``epochs`` also stretches the lr schedule from the resumed step on); every other field must
+#: equal the interrupted run's (the restored optimizer would silently keep e.g. its old lr)
+RESUME_MAY_CHANGE = ("data", "out", "outliers", "steps", "epochs", "time_budget", "device", "log_every", "ckpt_every",
+                     "num_workers", "cache_mb", "channels_last", "validate", "resume", "overwrite")
 
 
 def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
@@ -155,6 +158,18 @@ def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
     return build_model(config.arch, **params), config.arch, params
 
 
+def _check_crop_size(train_data, config: TrainConfig) -> None:
+    """OodsegError unless some training image holds a ``crop_size``² crop at the largest rescale
+    (``scale_range[1]``); otherwise every crop would be partly padding."""
+    from oodseg.data.imagefiles import image_size
+
+    height, width = max((image_size(frame.image_path) for frame in train_data.frames), key=min)
+    limit = math.floor(min(height, width) * config.scale_range[1])
+    if config.crop_size > limit:
+        raise OodsegError(f"crop_size: {config.crop_size} px is larger than every training image (largest "
+                          f"{height}x{width}, rescaled by at most {config.scale_range[1]:g}); use at most {limit}")
+
+
 def _prepare_output(out: Path, config: TrainConfig) -> None:
     if config.resume:
         if not (out / STATE_FILE).is_file():
@@ -164,24 +179,76 @@ def _prepare_output(out: Path, config: TrainConfig) -> None:
             raise OodsegError(f"out: {out} holds a previous run; pass resume=True to continue it or overwrite=True")
 
 
-def _load_state(path: Path, config: TrainConfig) -> dict:
+def _read_state(path: Path, mmap: bool = False) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise OodsegError(f"{path}: corrupt trainer state ({str(exc).splitlines()[0]})") from exc
-    saved = json.loads(state["config"])
-    for name in RESUME_FIELDS:
-        now = json.loads(json.dumps(getattr(config, name)))
-        if saved.get(name) != now:
-            raise OodsegError(f"resume: {name} was {saved.get(name)!r} in the interrupted run, now {now!r}")
+
+
+def _load_state(path: Path, config: TrainConfig) -> dict:
+    """The trainer state at ``path``; OodsegError listing every field of ``config`` (outside
+    :data:`RESUME_MAY_CHANGE`) that differs from the interrupted run's."""
+    state = _read_state(path)
+    saved, now = json.loads(state["config"]), json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = [f"{name} was {saved.get(name)!r} in the interrupted run, now {now[name]!r}" for name in now
+               if name not in RESUME_MAY_CHANGE and saved.get(name) != now[name]]
+    if changed:
+        raise OodsegError(f"resume: {'; '.join(changed)} (resume with the saved values, or start over with "
+                          "overwrite=True)")
     return state
 
 
+def resumed_config(out: str, **given) -> TrainConfig:
+    """The config of the interrupted run in ``out`` with the fields ``given`` (not None) replaced — dict
+    fields (``arch_params``, ``recipe_params``) updated key by key — and ``resume=True``: what
+    ``train --resume`` runs, where an option left out means "as in the interrupted run". A given
+    field outside :data:`RESUME_MAY_CHANGE` that differs is refused by :func:`train`."""
+    path = Path(out) / STATE_FILE
+    if not path.is_file():
+        raise OodsegError(f"resume: {path} not found (nothing to resume)")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in json.loads(_read_state(path, mmap=True)["config"]).items() if k in fields}
+    for name, value in given.items():
+        if value is not None:
+            values[name] = {**values[name], **value} if isinstance(value, dict) else value
+    if given.get("epochs") is not None and given.get("steps") is None:
+        values["steps"] = None  # epochs given alone: they define the length (as in make_config)
+    values.update(out=str(out), resume=True)
+    return TrainConfig(**values)
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after ``step`` (by an interrupted run past its last trainer state)."""
+    """Drop log lines written after ``step`` (by an interrupted run past its last trainer state) and a
+    last line cut short by a crash."""
     if path.is_file():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        write_text(path, "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+        text = path.read_text(encoding="utf-8")
+        lines = [ln for ln in text.splitlines(keepends=True) if ln.endswith("\n") and ln.strip()]
+        write_text(path, "".join(ln for ln in lines if json.loads(ln)["step"] <= step))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line`` to ``path``; when that fails (full disk, interrupt) cut the file back to its old
+    length, so it keeps every earlier line and no partial one."""
+    size = path.stat().st_size
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(line)
+    except BaseException:
+        os.truncate(path, size)
+        raise
+
+
+@contextlib.contextmanager
+def _writing(path: Path, saved_step: int | None):
+    """Turn a failed write of ``path`` (full disk, read-only or missing folder) into one OodsegError line
+    that says which resume state is kept (``saved_step``: step of the last trainer state, None if none)."""
+    try:
+        yield
+    except OSError as exc:
+        kept = ("no trainer state was written yet" if saved_step is None else
+                f"the trainer state of step {saved_step} is kept (resume=True continues from it)")
+        raise OodsegError(f"out: cannot write {exc.filename or path} ({exc.strerror or exc}); {kept}") from exc
 
 
 def _autocast(device: torch.device, amp: str):
@@ -214,12 +281,13 @@ def given_model(initial: tuple[nn.Module, str, dict], config: TrainConfig) -> tu
 
 def _save(out: Path, step: int, recipe: Recipe, module: nn.Module, optimizer, scheduler, scaler,
           config: TrainConfig, checkpoint_meta: dict) -> None:
-    """Write the exported checkpoint, then the trainer state (rank 0; both atomic)."""
+    """Write the exported checkpoint folder, then the trainer state (rank 0; each replaced atomically, so a
+    failed write keeps the previous one whole)."""
     from oodseg.models import save_checkpoint
 
     model, architecture, params = recipe.export(module)
-    save_checkpoint(model, out / CHECKPOINT_DIR, architecture, params, recipe=recipe.name, step=step,
-                    **checkpoint_meta)
+    with atomic_directory(out / CHECKPOINT_DIR) as folder:
+        save_checkpoint(model, folder, architecture, params, recipe=recipe.name, step=step, **checkpoint_meta)
     state = {"step": step, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
              "recipe": recipe.state_dict(), "config": json.dumps(dataclasses.asdict(config))}
@@ -263,6 +331,7 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     model, architecture, params = initial_model(config) if initial is None else given_model(initial, config)
     checkpoint_meta = dict(checkpoint_meta or {})
     config = dataclasses.replace(config, arch=architecture, arch_params=params)
+    _check_crop_size(train_data, config)
     module = recipe.setup(model, config).to(device)
     if config.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -273,7 +342,7 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
     scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" and config.amp == "fp16" else None
 
-    start_step = 0
+    start_step, saved_step = 0, None
     if config.resume:
         state = _load_state(out / STATE_FILE, config)
         module.load_state_dict(state["module"])
@@ -282,13 +351,14 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
         if scaler and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
         recipe.load_state_dict(state["recipe"])
-        start_step = int(state["step"])
+        start_step = saved_step = int(state["step"])
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if config.resume:
-            _truncate_log(out / LOG_FILE, start_step)
-        else:
-            write_text(out / LOG_FILE, "")
+        with _writing(out / LOG_FILE, saved_step):
+            out.mkdir(parents=True, exist_ok=True)
+            if config.resume:
+                _truncate_log(out / LOG_FILE, start_step)
+            else:
+                write_text(out / LOG_FILE, "")
     trainable = module
     if distributed:
         trainable = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -305,56 +375,57 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     stopped_early = False
     trainable.train()
     set_batchnorm_mode(trainable, config.bn)
-    with open(out / LOG_FILE, "a", encoding="utf-8") if rank == 0 else contextlib.nullcontext() as log:
-        for data in track(loader, f"train {config.recipe}", total=len(sampler)):
-            torch.manual_seed(sample_seed(config.seed, (step + 1) * 1_000_003 + rank))
-            data = {key: value.to(device) for key, value in data.items()}
-            if config.channels_last:
-                data["image"] = data["image"].contiguous(memory_format=torch.channels_last)
-            batch = recipe.batch(data, np.random.default_rng([config.seed, step, rank]))
-            with autocast:
-                loss, terms = recipe.loss(trainable, batch)
-            if not torch.isfinite(loss):
-                raise OodsegError(f"recipe {config.recipe}: loss is {float(loss)} at step {step} (lower lr?)")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            grad_norm = (nn.utils.clip_grad_norm_(params_to_clip, config.clip) if config.clip
-                         else torch.zeros(()))
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            over_budget = config.time_budget is not None and time.perf_counter() - started > config.time_budget
-            if distributed:  # every rank must stop at the same step
-                over_budget = bool(dist_utils.all_reduce_sum(torch.tensor([float(over_budget)], device=device)) > 0)
-            last = step == total_steps or over_budget
-            if step % config.log_every == 0 or last:
-                record = _log_record(step, len(train_data), config.batch_size, lr, loss, terms, grad_norm, device)
-                record["seconds"] = round(time.perf_counter() - started, 3)
-                if rank == 0:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                if callback is not None:
-                    callback(step, record)
-            if step % config.ckpt_every == 0 or last:
-                if rank == 0:
-                    _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config,
-                          checkpoint_meta)
-                dist_utils.barrier()
-            if over_budget:
-                stopped_early = step < total_steps
-                break
+    for data in track(loader, f"train {config.recipe}", total=len(sampler)):
+        torch.manual_seed(sample_seed(config.seed, (step + 1) * 1_000_003 + rank))
+        data = {key: value.to(device) for key, value in data.items()}
+        if config.channels_last:
+            data["image"] = data["image"].contiguous(memory_format=torch.channels_last)
+        batch = recipe.batch(data, np.random.default_rng([config.seed, step, rank]))
+        with autocast:
+            loss, terms = recipe.loss(trainable, batch)
+        if not torch.isfinite(loss):
+            raise OodsegError(f"recipe {config.recipe}: loss is {float(loss)} at step {step} (lower lr?)")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        grad_norm = (nn.utils.clip_grad_norm_(params_to_clip, config.clip) if config.clip
+                     else torch.zeros(()))
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        step += 1
+        over_budget = config.time_budget is not None and time.perf_counter() - started > config.time_budget
+        if distributed:  # every rank must stop at the same step
+            over_budget = bool(dist_utils.all_reduce_sum(torch.tensor([float(over_budget)], device=device)) > 0)
+        last = step == total_steps or over_budget
+        if step % config.log_every == 0 or last:
+            record = _log_record(step, len(train_data), config.batch_size, lr, loss, terms, grad_norm, device)
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            if rank == 0:
+                with _writing(out / LOG_FILE, saved_step):
+                    _append_line(out / LOG_FILE, json.dumps(record) + "\n")
+            if callback is not None:
+                callback(step, record)
+        if step % config.ckpt_every == 0 or last:
+            if rank == 0:
+                with _writing(out, saved_step):
+                    _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config, checkpoint_meta)
+                saved_step = step
+            dist_utils.barrier()
+        if over_budget:
+            stopped_early = step < total_steps
+            break
     seconds = time.perf_counter() - started
     if start_step >= total_steps and rank == 0:  # resumed a finished run: nothing left to train
-        _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config, checkpoint_meta)
+        with _writing(out, saved_step):
+            _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config, checkpoint_meta)
     model, _, _ = recipe.export(unwrap(trainable))
     val_miou = None
     if val_data is not None and len(val_data):
@@ -364,7 +435,8 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
                "val_mIoU": val_miou, "checkpoint": str((out / CHECKPOINT_DIR).resolve()), "architecture": config.arch,
                "world_size": world}
     if rank == 0:
-        write_json(out / SUMMARY_FILE, summary)
+        with _writing(out / SUMMARY_FILE, saved_step):
+            write_json(out / SUMMARY_FILE, summary)
     dist_utils.barrier()
     return summary
 
