@@ -98,6 +98,10 @@ class RegistryChoice(click.Choice):
         pass
 
 
+WORKERS_HELP = ("Processes that {work} (default: half the cores, 1 to 8; 0 = inline, one step after the other; "
+                "more than the frames: as many as the frames; negative: an error).")
+
+
 def echo_json(obj: object) -> None:
     """Print ``obj`` as JSON on stdout (for ``--json`` machine-readable output)."""
     click.echo(json.dumps(obj, indent=2))
@@ -332,13 +336,17 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root: OUT/METHOD/DATASET/FID.hdf5.")
 @click.option("--overwrite", is_flag=True, help="Replace a finished or different run's outputs.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass (frames of equal size).")
+@click.option("--workers", type=int, default=None, help=WORKERS_HELP.format(work="decode frames; as many write the files"))
+@click.option("--precision", type=RegistryChoice("oodseg.workflows.pipeline:PRECISIONS"), default="fp32", show_default=True,
+              help="Autocast of the forward: bf16/fp16 only for logits-based scores (msp, entropy, energy, ...); "
+                   "auto = bf16 (fp16) on CUDA when every score allows it, else fp32.")
 @click.option("--dtype", type=RegistryChoice("oodseg.data.io:STORAGE_DTYPES"), default="float32", show_default=True,
               help="Precision of the stored maps: float32 evaluates exactly like the computed maps; float16 halves "
                    "the files (benchmark submissions) and warns for each method whose ranking it changes.")
 @json_option("the run summary")
 def score(checkpoint, images, dataset_kind, dataset_name, options, methods, preset, params, fit_data, fit_frames,
-          ensemble, out, overwrite, device, batch_size, dtype, as_json):
+          ensemble, out, overwrite, device, batch_size, workers, precision, dtype, as_json):
     """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
 
     Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/DATASET/FID.png (argmax
@@ -359,6 +367,8 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
           --images data/synth/anomaly --method msp --method odin --out scores
       oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\
           --dtype float16 --out submission
+      oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method msp --method energy \
+          --device cuda --precision auto --batch-size 8 --workers 8 --out scores
       oodseg score --checkpoint ckpt/rpl --images /data/dataset_AnomalyTrack --preset rpl --out scores
     """
     from oodseg import distributed
@@ -379,7 +389,7 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
                                 dataset_kind=dataset_kind, dataset_name=dataset_name,
                                 dataset_options=_parse_dataset_options(options), fit_data=fit_data,
                                 fit_frames=fit_frames, ensemble=list(ensemble), overwrite=overwrite, device=device,
-                                batch_size=batch_size, dtype=dtype, **protocol)
+                                batch_size=batch_size, dtype=dtype, workers=workers, precision=precision, **protocol)
         is_main = distributed.is_main()
     finally:
         distributed.cleanup()

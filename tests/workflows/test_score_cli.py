@@ -98,7 +98,8 @@ def test_score_writes_smiyc_files_with_correct_values(frames, checkpoint, tmp_pa
 
 def test_interrupted_run_resumes_and_finished_run_is_protected(frames, checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    args = ["--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--method", "energy", "--out", out]
+    args = ["--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--method", "energy", "--out", out,
+            "--workers", "0"]  # inline writes: the patched write_score runs in this process
     real_write = runner.write_score
     calls = []
 

@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from oodseg import distributed
 from oodseg.conventions import VOID, resize_map
@@ -53,6 +52,8 @@ def resize_score(score: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize (``align_corners=False``, SPEC §0) of a float32 ``(h, w)`` map to ``size`` ``(H, W)``."""
     if score.shape == tuple(size):
         return score
+    import torch  # only a resize needs it: evaluating score files at the label size imports no torch
+
     return resize_map(torch.from_numpy(np.ascontiguousarray(score, dtype=np.float32))[None], size)[0].numpy()
 
 

@@ -17,6 +17,7 @@ finished or different run in ``out`` is replaced only with ``overwrite=True``. U
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import time
@@ -26,12 +27,11 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from oodseg import distributed
 from oodseg.adapter import ImageResolutionAdapter, ModelAdapter
 from oodseg.conventions import image_to_tensor, resize_map
-from oodseg.atomic import atomic_path, write_json
+from oodseg.atomic import write_json
 from oodseg.data import detect_kind, open_dataset, write_score
 from oodseg.data.io import STORAGE_DTYPES
 from oodseg.data.transforms import label_to_tensor
@@ -42,15 +42,18 @@ from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
 from oodseg.scores.postprocess import check_smooth, gaussian_blur
+from oodseg.workflows.pipeline import (autocast_dtype, decoded_frames, prepare_model, resolve_workers,
+                                        to_model_input)
 from oodseg.workflows.presets import RESOLUTIONS
+from oodseg.workflows.writers import WriterPool, write_png
 
 MANIFEST_SCHEMA = "oodseg.score"
 MANIFEST_VERSION = 1
 #: Manifest fields that must agree for a rerun to count as resuming the same run.
 RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ensemble", "fit_data", "fit_frames",
-                "dtype", "resolution", "smooth")
+                "dtype", "resolution", "smooth", "precision")
 #: Values of identity fields that manifests of earlier oodseg versions do not record.
-RUN_DEFAULTS = {"resolution": "head", "smooth": None}
+RUN_DEFAULTS = {"resolution": "head", "smooth": None, "precision": "fp32"}
 
 T = TypeVar("T")
 
@@ -75,7 +78,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
                   fit_data: str | Path | None = None, fit_frames: int = 20,
                   ensemble: Sequence[str | Path] = (), overwrite: bool = False, device: str = "cpu",
                   batch_size: int = 1, dtype: str = "float32", resolution: str = "head",
-                  smooth: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+                  smooth: dict[str, Any] | None = None, preset: str | None = None, workers: int | None = None,
+                  precision: str = "fp32") -> dict[str, Any]:
     """Score every frame of the dataset at ``images`` with ``methods`` and write the files into ``out``.
 
     Args:
@@ -92,6 +96,12 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         overwrite: replace a finished or different run's files.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
         batch_size: frames per forward pass (frames of equal size only).
+        workers: frame-decoding processes and as many file-writing processes (None: half the cores,
+            1 to 8; 0: decode and write inline, one after the other; more than the frames: as many
+            as the frames). Every setting writes the same bytes.
+        precision: the forward's autocast (:data:`oodseg.workflows.pipeline.PRECISIONS`): ``fp32``
+            (default), ``bf16``/``fp16`` (logits-based scores only), ``auto`` (bf16/fp16 on CUDA when
+            every score allows it, else fp32).
         dtype: ``"float32"`` (default: files evaluate exactly like the in-memory maps) or
             ``"float16"`` (half the size; warns per method whose ranking it alters, with the
             measured change — AP/AUROC too when the dataset has OoD labels).
@@ -126,6 +136,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         raise OodsegError(f"params {unknown[0]}.*: method {unknown[0]!r} is not among the methods {', '.join(methods)}")
 
     model, meta = load_checkpoint(checkpoint, map_location=device)
+    model = prepare_model(model, device)
     members = [model] + [_load_member(path, meta, device) for path in ensemble]
     scorers = [_build_scorer(score_registry, name, {**params.get(name, {}), **own}, members) for name, own in specs]
     keys = [s.key for s in scorers]
@@ -137,6 +148,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     if any(s.needs_fit for s in scorers) and fit_data is None:
         names = ", ".join(s.name for s in scorers if s.needs_fit)
         raise OodsegError(f"fit_data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
+    autocast = autocast_dtype(precision, device, scorers)
     if resolution == "image" and any("block" in s.needs for s in scorers):
         names = ", ".join(s.key for s in scorers if "block" in s.needs)
         raise OodsegError(f"resolution: {names} use the block before the head, which exists only at the head's "
@@ -153,7 +165,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
                 "fit_frames": fit_frames if _needs_fit(scorers) else None,
                 "params": {s.key: {k: v for k, v in s.params.items() if k != "models"} for s in scorers},
                 "classes": meta["classes"], "dtype": dtype, "resolution": resolution, "smooth": smooth,
-                "preset": preset, "complete": False}
+                "preset": preset, "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32"),
+                "complete": False}
     out = Path(out)
     _check_previous_run(out, dataset, keys, manifest, overwrite)
     distributed.barrier()
@@ -173,7 +186,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         if fitted:
             _fit_on_main(fitted, adapter, Path(fit_data), fit_frames, device)
         written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size,
-                                                                audit, smooth))
+                                                                audit, smooth, workers, autocast))
     finally:
         hooks.close()
     distributed.barrier()
@@ -361,54 +374,66 @@ def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.d
 
 # -- scoring --------------------------------------------------------------------------------------
 def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: torch.device,
-                  batch_size: int, audit: _Float16Run | None, smooth: dict[str, Any] | None) -> tuple[int, int]:
+                  batch_size: int, audit: _Float16Run | None, smooth: dict[str, Any] | None,
+                  workers: int | None = 0, autocast: torch.dtype | None = None) -> tuple[int, int]:
     """Score this rank's frames that have missing outputs; returns (frames written, frames skipped).
 
-    With ``audit`` (float16 storage) every map is written as float16 and audited first; ``smooth``
-    blurs every map (see :func:`score_dataset`).
+    Frames are decoded by ``workers`` processes and the files written by as many writer processes
+    (:mod:`oodseg.workflows.pipeline`, :mod:`oodseg.workflows.writers`; 0: both inline). With ``audit``
+    (float16 storage) every map is written as float16 and audited first; ``smooth`` blurs every map
+    (see :func:`score_dataset`); ``autocast``: the forward's reduced precision (None: float32).
     """
     mine = distributed.shard(dataset.fids)
     todo = {fid: [s for s in scorers if not score_path(out, s.key, dataset.name, fid).is_file()] for fid in mine}
     pending = [fid for fid in mine if todo[fid] or not prediction_path(out, dataset.name, fid).is_file()]
+    workers = resolve_workers(workers, len(pending))
+    storage = "float32" if audit is None else "float16"
     written = 0
-    for chunk in _chunks(track(pending, f"scoring {dataset.name}", total=len(pending)), batch_size):
-        samples = [dataset[fid] for fid in chunk]
-        for group in _same_size_groups(samples):
-            images = torch.stack([image_to_tensor(s.image) for s in group]).to(device)
-            needed = [s for s in scorers if any(s in todo[x.fid] for x in group)]
-            try:
-                maps, prediction = _score_batch(adapter, needed, images, smooth)
-            except OodsegError as exc:
-                names = ", ".join(s.key for s in needed)
-                raise OodsegError(f"frame {', '.join(x.fid for x in group)} (methods {names}): {exc}") from exc
-            for i, sample in enumerate(group):
-                frame_maps = {s.key: maps[s.key][i] for s in todo[sample.fid]}
-                for key, value in frame_maps.items():
-                    if not bool(torch.isfinite(value).all()):
-                        raise OodsegError(f"frame {sample.fid}, method {key}: score contains NaN or Inf; "
-                                          "nothing written for this frame")
-                label = audit.label(sample.fid) if audit is not None else None
-                for key, value in frame_maps.items():
-                    value = value.cpu().numpy()
-                    if audit is not None:
-                        audit.audits[key].update(value, label)
-                    write_score(score_path(out, key, dataset.name, sample.fid), value,
-                                dtype="float32" if audit is None else "float16")
-                _write_prediction(prediction_path(out, dataset.name, sample.fid), prediction[i])
-                written += 1
+    frames = decoded_frames(dataset, pending, workers, device)
+    with WriterPool(workers) as writer:
+        for chunk in _chunks(track(frames, f"scoring {dataset.name}", total=len(pending)), batch_size):
+            for group in _same_size_groups(chunk):
+                fids = [fid for fid, _ in group]
+                images = to_model_input([image for _, image in group], device)
+                needed = [s for s in scorers if any(s in todo[fid] for fid in fids)]
+                try:
+                    maps, prediction = _score_batch(adapter, needed, images, smooth, autocast)
+                except OodsegError as exc:
+                    names = ", ".join(s.key for s in needed)
+                    raise OodsegError(f"frame {', '.join(fids)} (methods {names}): {exc}") from exc
+                prediction = prediction.cpu().numpy()
+                for i, fid in enumerate(fids):
+                    frame_maps = {s.key: maps[s.key][i] for s in todo[fid]}
+                    for key, value in frame_maps.items():
+                        if not bool(torch.isfinite(value).all()):
+                            raise OodsegError(f"frame {fid}, method {key}: score contains NaN or Inf; "
+                                              "nothing written for this frame")
+                    label = audit.label(fid) if audit is not None else None
+                    for key, value in frame_maps.items():
+                        value = value.cpu().numpy()
+                        if audit is not None:
+                            audit.audits[key].update(value, label)
+                        writer.submit(write_score, score_path(out, key, dataset.name, fid), value, dtype=storage)
+                    writer.submit(write_png, prediction_path(out, dataset.name, fid), prediction[i])
+                    written += 1
     return written, len(mine) - len(pending)
 
 
-def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, smooth: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, smooth: dict[str, Any] | None = None,
+                 autocast: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """All ``scorers`` on one batch: ``({key: (B, H, W) float32 at image size}, (B, H, W) uint8 argmax)``;
-    with ``smooth``, each map Gaussian-blurred at the image size."""
+    with ``smooth``, each map Gaussian-blurred at the image size; ``autocast``: the forward runs in that
+    dtype and the scores on its float32-cast logits."""
     from oodseg.scores import compute
 
     size = tuple(images.shape[-2:])
     output_based = [s for s in scorers if not s.runs_model]
     with torch.no_grad():
-        out = adapter(images)
+        with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+            out = adapter(images)
+        if autocast is not None:
+            out = dataclasses.replace(out, logits=out.logits.float(),
+                                      extras={name: value.float() for name, value in out.extras.items()})
         maps = compute(output_based, out) if output_based else {}
         prediction = out.upsampled_logits().argmax(dim=1).to(torch.uint8)
     for scorer in scorers:
@@ -421,17 +446,12 @@ def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, smooth: d
     return maps, prediction
 
 
-def _write_prediction(path: Path, prediction: torch.Tensor) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(prediction.cpu().numpy()).save(tmp, format="PNG")
-
-
 def _chunks(items, size: int) -> Iterator[list]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
 
 
-def _same_size_groups(samples) -> list[list]:
-    """Consecutive runs of samples with equal image shape (one forward pass each)."""
-    return [list(group) for _, group in itertools.groupby(samples, key=lambda s: s.image.shape)]
+def _same_size_groups(frames: list[tuple[str, torch.Tensor]]) -> list[list[tuple[str, torch.Tensor]]]:
+    """Consecutive runs of ``(fid, image)`` with equal image shape (one forward pass each)."""
+    return [list(group) for _, group in itertools.groupby(frames, key=lambda frame: frame[1].shape)]

@@ -1,0 +1,110 @@
+"""The stages of ``oodseg score`` around the model: parallel decoding, device transfer, precision.
+
+Decoding runs in ``workers`` DataLoader processes (0: inline) that hand uint8 frames to the main
+process in dataset order; the main process batches frames of equal size, moves them to the device
+(pinned memory and non-blocking copies on CUDA), runs the model once per batch and hands the maps to
+the writer pool (:mod:`oodseg.workflows.writers`). ``precision`` chooses the forward's autocast:
+``fp32`` (default), ``bf16``, ``fp16`` or ``auto`` (CUDA: bf16 where supported, else fp16; CPU: fp32).
+Reduced precision is allowed only for scores computed from the logits alone (:data:`REDUCED_PRECISION_NEEDS`):
+feature-norm and gradient scores (``feature_norm``, ``n_*``, ``pgn``, ``mahalanobis``) amplify rounding
+of the features, and ODIN's input perturbation (ε ≈ 0.0014) is below bf16's resolution near 1 (2⁻⁸).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from oodseg.errors import OodsegError, check_choice
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+#: What a score may read for it to be computed from an autocast forward (its inputs cast back to float32).
+REDUCED_PRECISION_NEEDS = frozenset({"logits", "ood_logits"})
+#: Frames each decoding worker prepares ahead (DataLoader ``prefetch_factor``): bounds the decoded frames in memory.
+PREFETCH = 2
+
+
+def default_workers() -> int:
+    """Workers when none are asked for: half the cores this process may use, 1 to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // 2))
+
+
+def resolve_workers(workers: int | None, n_items: int) -> int:
+    """``workers`` checked (negative: an error; None: :func:`default_workers`) and clamped to ``n_items``.
+
+    0 means inline: decoding and writing run in the calling process, one after the other.
+    """
+    if workers is None:
+        workers = default_workers()
+    if workers < 0:
+        raise OodsegError(f"workers: must be >= 0 (0 = inline), got {workers}")
+    return min(workers, n_items)
+
+
+class _DecodedFrames(torch.utils.data.Dataset):
+    """``dataset[fids[i]]`` as ``(fid, uint8 (H, W, 3) tensor)``, or ``(fid, error line)`` when it cannot be read
+    (a worker's exception would reach the caller as a multi-line traceback)."""
+
+    def __init__(self, dataset, fids: Sequence[str]):
+        self.dataset, self.fids = dataset, list(fids)
+
+    def __len__(self) -> int:
+        return len(self.fids)
+
+    def __getitem__(self, index: int) -> tuple[str, Any]:
+        fid = self.fids[index]
+        try:
+            return fid, torch.from_numpy(np.require(self.dataset[fid].image, np.uint8, ["C", "W"]))
+        except OodsegError as exc:
+            return fid, str(exc)
+
+
+def decoded_frames(dataset, fids: Sequence[str], workers: int, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(fid, uint8 (H, W, 3))`` for ``fids`` in order, decoded by ``workers`` processes (0: inline);
+    pinned when ``device`` is CUDA. A frame that cannot be read raises its one-line OodsegError."""
+    loader = torch.utils.data.DataLoader(_DecodedFrames(dataset, fids), batch_size=None, shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda",
+                                         prefetch_factor=PREFETCH if workers else None)
+    for fid, image in loader:
+        if isinstance(image, str):
+            raise OodsegError(image)
+        yield fid, image
+
+
+def to_model_input(frames: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """uint8 frames ``(H, W, 3)`` of one size → float32 ``(B, 3, H, W)`` in [0, 1] on ``device``
+    (as :func:`oodseg.conventions.image_to_tensor`); CUDA: a non-blocking copy, channels-last."""
+    cuda = device.type == "cuda"
+    batch = torch.stack(list(frames))
+    if cuda:
+        batch = batch.pin_memory() if not batch.is_pinned() else batch
+    batch = batch.to(device, non_blocking=cuda).permute(0, 3, 1, 2).float().div_(255.0)
+    return batch.contiguous(memory_format=torch.channels_last if cuda else torch.contiguous_format)
+
+
+def autocast_dtype(precision: str, device: torch.device, scorers: Sequence = ()) -> torch.dtype | None:
+    """The autocast dtype of the shared forward (None: float32) for ``precision`` on ``device``.
+
+    ``auto`` is bf16 on a CUDA device that supports it, fp16 on other CUDA devices, float32 on CPU
+    and whenever a score in ``scorers`` needs more than :data:`REDUCED_PRECISION_NEEDS`; asking
+    ``bf16``/``fp16`` explicitly for such a score is an error naming it.
+    """
+    check_choice("precision", precision, PRECISIONS)
+    exact = [s.key for s in scorers if not s.needs <= REDUCED_PRECISION_NEEDS]
+    if precision == "fp32" or (precision == "auto" and (device.type != "cuda" or exact)):
+        return None
+    if exact:
+        raise OodsegError(f"precision: {precision} is only for scores computed from the logits; "
+                          f"{', '.join(exact)} need fp32 (their features, gradients or input perturbations "
+                          "are below reduced precision's resolution)")
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """CUDA: channels-last weights (the convolutions' fast layout); CPU: unchanged."""
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
