@@ -226,10 +226,12 @@ def _print_semantic_table(result: dict) -> None:
               show_default=True, help="Score -> confidence for the ECE: 1-u/max u (normalised; auto when u >= 0), "
                                       "1-u (complement, e.g. msp), min-max scaled (minmax; auto when u < 0).")
 @click.option("--device", default="cpu", show_default=True, help="Where the checkpoint runs for --segmentation.")
+@click.option("--workers", type=int, default=None,
+              help=WORKERS_HELP.format(work="read the score files and labels and compute each chunk's metrics"))
 @json_and_save_options("the oodseg.evaluate result object")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --save file.")
 def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold_from, resize, roi, aggregate, options,
-             method, segmentation, probs, ood_thresholds, confidence, device, json_out, save, overwrite):
+             method, segmentation, probs, ood_thresholds, confidence, device, workers, json_out, save, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
     Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. On SMIYC layouts they follow the
@@ -241,12 +243,15 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
     labels_masks/{fid}_labels_trainIds.png (SynthStreet), StreetHazards from its annotations.
     Runs distributed under torchrun (frames sharded by rank, rank 0 writes). Prints one
     'warning:' line when score files hold fewer than 50 distinct values on frames with both
-    classes (maps stored too coarsely, e.g. ODIN at T=1000 in float16).
+    classes (maps stored too coarsely, e.g. ODIN at T=1000 in float16). Score files are read by
+    --workers processes (the metrics are the same for every count); evaluating score files imports
+    no torch (only --segmentation/--probs, or --resize of smaller maps, load it).
 
     \b
     Examples:
       oodseg evaluate --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly
       oodseg evaluate --root data/synth/anomaly --scores scores/entropy/anomaly --protocol exact
+      oodseg evaluate --root /data/dataset_AnomalyTrack --scores scores/msp/dataset_AnomalyTrack --workers 8
       oodseg evaluate --dataset lostandfound --root /data/LostAndFound -o split=testNoKnown \\
           --scores scores/pgn/LostAndFound-testNoKnown --track obstacle --save results/laf.json
       torchrun --nproc_per_node=2 "$(which oodseg)" evaluate --root data/synth/obstacle \\
@@ -283,7 +288,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
         if dataset.label_type != "semantic":
             track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
             result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
-                                      roi=roi, aggregate=aggregate, method=method, protocol=protocol)
+                                      roi=roi, aggregate=aggregate, method=method, protocol=protocol,
+                                      workers=workers)
             if provenance is not None:
                 result["component_threshold_from"] = provenance
         if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":

@@ -18,8 +18,8 @@ from PIL import Image
 from oodseg.cli import main
 from oodseg.errors import OodsegError
 from oodseg.scores import get as get_score
-from oodseg.workflows.pipeline import autocast_dtype, resolve_workers, to_model_input
-from oodseg.workflows.writers import WriterPool
+from oodseg.workflows.pipeline import autocast_dtype, to_model_input
+from oodseg.workflows.workers import WriterPool, resolve_workers
 
 from model_fixtures import confident_checkpoint
 

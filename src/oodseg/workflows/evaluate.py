@@ -17,8 +17,10 @@ states are all-reduced, and every rank returns the same result (rank 0 should wr
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from oodseg.metrics.pixel import PixelMetrics
 from oodseg.metrics.quantization import distinct_count
 from oodseg.metrics.smiyc import SMIYC_BINS, SmiycPixelMetrics, compared_threshold
 from oodseg.metrics.tally import MODES
-from oodseg.progress import track as progress
+from oodseg.workflows.workers import map_chunks, resolve_workers
 
 SCHEMA, VERSION = "oodseg.evaluate", 1
 #: Fewer distinct values than this on a frame with both classes triggers a warning.
@@ -119,9 +121,43 @@ def _warn_coarse(coarse: list[tuple[str, int]]) -> None:
                   OodsegWarning, stacklevel=3)
 
 
+def _add_components(components: ComponentMetrics, score: np.ndarray, label: np.ndarray, theta: float,
+                    protocol: str) -> None:
+    """One frame's components at θ; smiyc: ``score > θ`` in the map's dtype, as the official code under numpy 1.23."""
+    components.update(score, label, compared_threshold(theta, score.dtype) if protocol == "smiyc" else theta)
+
+
+def _pixel_pass(read: FrameReader, settings: dict, indices: list[int]):
+    """Pass 1 over ``indices`` (in a worker): ``(PixelMetrics, SmiycPixelMetrics | None,
+    ComponentMetrics at the given θ | None, coarse files)``."""
+    read = copy.copy(read)
+    read.coarse = []
+    pixel = PixelMetrics(mode=settings["mode"], aggregate=settings["aggregate"])
+    official = SmiycPixelMetrics(mode=settings["mode"]) if settings["protocol"] == "smiyc" else None
+    components = ComponentMetrics(track=settings["track"]) if settings["threshold"] is not None else None
+    for i in indices:
+        score, label = read(i, check_levels=True)
+        pixel.update(score, label)
+        if official is not None:
+            official.update(score, label, positions=[i])
+        if components is not None:
+            _add_components(components, score, label, settings["threshold"], settings["protocol"])
+    return pixel, official, components, read.coarse
+
+
+def _component_pass(read: FrameReader, settings: dict, indices: list[int]) -> ComponentMetrics:
+    """Pass 2 over ``indices`` (in a worker): the component metrics at ``settings["threshold"]``."""
+    components = ComponentMetrics(track=settings["track"])
+    for i in indices:
+        score, label = read(i)
+        _add_components(components, score, label, settings["threshold"], settings["protocol"])
+    return components
+
+
 def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "anomaly", mode: str = "exact",
                      threshold: float | None = None, resize: bool = False, roi=None, aggregate: str = "pooled",
-                     method: str | None = None, max_curve_points: int = 512, protocol: str | None = None) -> dict:
+                     method: str | None = None, max_curve_points: int = 512, protocol: str | None = None,
+                     workers: int | None = 0) -> dict:
     """Evaluate the score files in ``scores_dir`` (``{fid}.hdf5|.h5|.npy|.npz``) against ``dataset``'s labels.
 
     ``track``: component size filters (``anomaly`` 500/100 px, ``obstacle`` 50/10 px).
@@ -132,7 +168,9 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
     (StreetHazards). ``method``: name stored in the result (default: the parent folder of
     ``scores_dir``, i.e. ``{out}/{method}/{dataset}``). ``protocol``: ``smiyc`` (official
     SegmentMeIfYouCan binning; pooled only) or ``exact``; default :func:`default_protocol`.
-    ``curves`` are the exact-protocol curves under both protocols.
+    ``curves`` are the exact-protocol curves under both protocols. ``workers``: processes reading and
+    decoding the files, each computing the metrics of its chunk of frames (merged in order: the same
+    numbers as inline); 0 (default): inline; None: :func:`oodseg.workflows.workers.default_workers`.
 
     Returns the ``oodseg.evaluate`` result object (docs/results-schema.md).
     """
@@ -153,22 +191,21 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
         raise OodsegError(f"{scores_dir}: scores folder not found")
     read = FrameReader(dataset, scores_dir, resize, load_roi(roi), native=protocol == "smiyc")
     mine = distributed.shard(range(len(dataset)))
+    workers = resolve_workers(workers, len(mine))
+    settings = {"mode": mode, "aggregate": aggregate, "protocol": protocol, "track": track, "threshold": threshold}
 
-    def add_components(score: np.ndarray, label: np.ndarray, theta: float) -> None:
-        # smiyc: score > θ in the map's dtype, as the official code under numpy 1.23
-        components.update(score, label, compared_threshold(theta, score.dtype) if protocol == "smiyc" else theta)
-
-    pixel = PixelMetrics(mode=mode, aggregate=aggregate)
-    official = SmiycPixelMetrics(mode=mode) if protocol == "smiyc" else None
-    components = ComponentMetrics(track=track)
-    for i in progress(mine, f"{dataset.name}: pixel metrics" + ("" if threshold is None else " + components")):
-        score, label = read(i, check_levels=True)
-        pixel.update(score, label)
+    # pass 1 (+ components at a given θ): each worker reads its chunk of frames into its own states; merged in order
+    parts = map_chunks(partial(_pixel_pass, read, settings), mine, workers,
+                       f"{dataset.name}: pixel metrics" + ("" if threshold is None else " + components"))
+    pixel, official, components, coarse = parts[0]
+    for part in parts[1:]:
+        pixel.merge(part[0])
         if official is not None:
-            official.update(score, label, positions=[i])
-        if threshold is not None:
-            add_components(score, label, threshold)
-    _warn_coarse([item for coarse in distributed.all_gather_objects(read.coarse) for item in coarse])
+            official.merge(part[1])
+        if components is not None:
+            components.merge(part[2])
+        coarse += part[3]
+    _warn_coarse([item for found in distributed.all_gather_objects(coarse) for item in found])
     pixel.all_reduce()
     px = pixel.compute()
     if official is not None:
@@ -180,9 +217,11 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
                           "pixel metrics are undefined")
     theta = px["best_F1_threshold"] if threshold is None else float(threshold)
     if threshold is None:
-        for i in progress(mine, f"{dataset.name}: component metrics"):
-            score, label = read(i)
-            add_components(score, label, theta)
+        parts = map_chunks(partial(_component_pass, read, {**settings, "threshold": theta}), mine, workers,
+                           f"{dataset.name}: component metrics")
+        components = parts[0]
+        for part in parts[1:]:
+            components.merge(part)
     components.all_reduce()
     comp = components.compute()
 

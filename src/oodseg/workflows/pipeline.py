@@ -11,7 +11,6 @@ of the features, and ODIN's input perturbation (ε ≈ 0.0014) is below bf16's r
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -24,24 +23,6 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 REDUCED_PRECISION_NEEDS = frozenset({"logits", "ood_logits"})
 #: Frames each decoding worker prepares ahead (DataLoader ``prefetch_factor``): bounds the decoded frames in memory.
 PREFETCH = 2
-
-
-def default_workers() -> int:
-    """Workers when none are asked for: half the cores this process may use, 1 to 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores // 2))
-
-
-def resolve_workers(workers: int | None, n_items: int) -> int:
-    """``workers`` checked (negative: an error; None: :func:`default_workers`) and clamped to ``n_items``.
-
-    0 means inline: decoding and writing run in the calling process, one after the other.
-    """
-    if workers is None:
-        workers = default_workers()
-    if workers < 0:
-        raise OodsegError(f"workers: must be >= 0 (0 = inline), got {workers}")
-    return min(workers, n_items)
 
 
 class _DecodedFrames(torch.utils.data.Dataset):

@@ -42,10 +42,9 @@ from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
 from oodseg.scores.postprocess import check_smooth, gaussian_blur
-from oodseg.workflows.pipeline import (autocast_dtype, decoded_frames, prepare_model, resolve_workers,
-                                        to_model_input)
+from oodseg.workflows.pipeline import autocast_dtype, decoded_frames, prepare_model, to_model_input
 from oodseg.workflows.presets import RESOLUTIONS
-from oodseg.workflows.writers import WriterPool, write_png
+from oodseg.workflows.workers import WriterPool, resolve_workers, write_png
 
 MANIFEST_SCHEMA = "oodseg.score"
 MANIFEST_VERSION = 1
@@ -379,7 +378,7 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
     """Score this rank's frames that have missing outputs; returns (frames written, frames skipped).
 
     Frames are decoded by ``workers`` processes and the files written by as many writer processes
-    (:mod:`oodseg.workflows.pipeline`, :mod:`oodseg.workflows.writers`; 0: both inline). With ``audit``
+    (:mod:`oodseg.workflows.pipeline`, :mod:`oodseg.workflows.workers`; 0: both inline). With ``audit``
     (float16 storage) every map is written as float16 and audited first; ``smooth`` blurs every map
     (see :func:`score_dataset`); ``autocast``: the forward's reduced precision (None: float32).
     """

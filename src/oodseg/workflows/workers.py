@@ -1,5 +1,10 @@
-"""File writing off the critical path: a bounded pool of writer processes with back-pressure.
+"""Worker processes of the command engines: how many, a bounded writer pool, ordered work on chunks.
 
+How many: :func:`resolve_workers` (None: :func:`default_workers`; 0: inline in the caller; more than the
+items: as many as the items; negative: an error). :func:`map_chunks` runs a function on contiguous chunks
+of frames in worker processes and yields the results in order (``oodseg evaluate``).
+
+File writing off the critical path (``oodseg score``): a bounded pool of writer processes with back-pressure.
 ``oodseg score`` hands every finished map to :class:`WriterPool` (``submit(write_score, path, map)``)
 and goes on with the next batch. Processes, not threads: h5py serialises every call through one
 global lock, so two threads writing gzip HDF5 files take as long as one (measured: 4 writes of a
@@ -12,26 +17,48 @@ as a one-line :class:`~oodseg.errors.OodsegError`; the pool then cancels what is
 the running writes, which are atomic (:mod:`oodseg.atomic`): a file exists complete or not at all.
 A writer whose parent process died (``SIGKILL``) exits within :data:`ORPHAN_CHECK_SECONDS`.
 
-This module imports no torch: the writer processes start in a fraction of a second.
+This module imports no torch: its processes start in a fraction of a second, and ``oodseg evaluate``
+of score files never imports it.
 """
 from __future__ import annotations
 
 import collections
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from oodseg.atomic import atomic_path
 from oodseg.errors import OodsegError
+from oodseg.progress import track
 
+T, R = TypeVar("T"), TypeVar("R")
 #: How often a writer process checks that the process that started it is still alive (seconds).
 ORPHAN_CHECK_SECONDS = 0.2
+
+
+def default_workers() -> int:
+    """Workers when none are asked for: half the cores this process may use, 1 to 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // 2))
+
+
+def resolve_workers(workers: int | None, n_items: int) -> int:
+    """``workers`` checked (negative: an error; None: :func:`default_workers`) and clamped to ``n_items``.
+
+    0 means inline: decoding and writing run in the calling process, one after the other.
+    """
+    if workers is None:
+        workers = default_workers()
+    if workers < 0:
+        raise OodsegError(f"workers: must be >= 0 (0 = inline), got {workers}")
+    return min(workers, n_items)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
@@ -130,3 +157,28 @@ class WriterPool:
             raise
         except Exception as exc:  # a writer's OSError, or a writer process that died (BrokenProcessPool)
             raise OodsegError(f"{path}: writing failed ({_one_line(exc)})") from exc
+
+
+def map_chunks(work: Callable[[list[T]], R], items: Sequence[T], workers: int, description: str) -> list[R]:
+    """``[work(chunk) for chunk in chunks]`` over contiguous chunks of ``items`` (in order, about four per
+    worker so that frames of unequal cost balance), computed by ``workers`` processes; 0: inline.
+
+    ``work`` and its bound arguments are pickled (a top-level function or a ``functools.partial`` of one).
+    The processes fork when this process has not imported torch (cheap), else they are spawned.
+    """
+    items = list(items)
+    if not items:
+        return []
+    n_chunks = min(len(items), 4 * max(workers, 4))
+    bounds = [round(k * len(items) / n_chunks) for k in range(n_chunks + 1)]
+    chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    if not workers:
+        return [work(chunk) for chunk in track(chunks, description)]
+    method = "fork" if "torch" not in sys.modules and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(min(workers, n_chunks), mp_context=multiprocessing.get_context(method),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as executor:
+        try:
+            return list(track(executor.map(work, chunks), description, total=len(chunks)))
+        except BaseException:
+            executor.shutdown(wait=True, cancel_futures=True)
+            raise
