@@ -30,7 +30,7 @@ import torch
 
 from oodseg import distributed
 from oodseg.adapter import ImageResolutionAdapter, ModelAdapter
-from oodseg.conventions import image_to_tensor, resize_map
+from oodseg.conventions import image_to_tensor
 from oodseg.atomic import write_json
 from oodseg.data import detect_kind, open_dataset, write_score
 from oodseg.data.io import STORAGE_DTYPES
@@ -41,10 +41,11 @@ from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
-from oodseg.scores.postprocess import check_smooth, gaussian_blur
-from oodseg.workflows.pipeline import autocast_dtype, decoded_frames, prepare_model, to_model_input
+from oodseg.scores.postprocess import check_smooth
+from oodseg.workflows.pipeline import (autocast_dtype, decoded_frames, finish_maps, prepare_model, to_model_input,
+                                      write_map, write_prediction)
 from oodseg.workflows.presets import RESOLUTIONS
-from oodseg.workflows.workers import WriterPool, resolve_workers, write_png
+from oodseg.workflows.workers import WriterPool, resolve_workers
 
 MANIFEST_SCHEMA = "oodseg.score"
 MANIFEST_VERSION = 1
@@ -387,6 +388,7 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
     pending = [fid for fid in mine if todo[fid] or not prediction_path(out, dataset.name, fid).is_file()]
     workers = resolve_workers(workers, len(pending))
     storage = "float32" if audit is None else "float16"
+    align = adapter.align_corners
     written = 0
     frames = decoded_frames(dataset, pending, workers, device)
     with WriterPool(workers) as writer:
@@ -394,38 +396,42 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
             for group in _same_size_groups(chunk):
                 fids = [fid for fid, _ in group]
                 images = to_model_input([image for _, image in group], device)
+                size = tuple(images.shape[-2:])
                 needed = [s for s in scorers if any(s in todo[fid] for fid in fids)]
                 try:
-                    maps, prediction = _score_batch(adapter, needed, images, smooth, autocast)
+                    maps, logits = _score_batch(adapter, needed, images, autocast)
                 except OodsegError as exc:
                     names = ", ".join(s.key for s in needed)
                     raise OodsegError(f"frame {', '.join(fids)} (methods {names}): {exc}") from exc
-                prediction = prediction.cpu().numpy()
+                maps = {key: value.float().cpu() for key, value in maps.items()}
+                logits = logits.float().cpu().numpy()
                 for i, fid in enumerate(fids):
                     frame_maps = {s.key: maps[s.key][i] for s in todo[fid]}
                     for key, value in frame_maps.items():
                         if not bool(torch.isfinite(value).all()):
                             raise OodsegError(f"frame {fid}, method {key}: score contains NaN or Inf; "
                                               "nothing written for this frame")
-                    label = audit.label(fid) if audit is not None else None
                     for key, value in frame_maps.items():
-                        value = value.cpu().numpy()
-                        if audit is not None:
-                            audit.audits[key].update(value, label)
-                        writer.submit(write_score, score_path(out, key, dataset.name, fid), value, dtype=storage)
-                    writer.submit(write_png, prediction_path(out, dataset.name, fid), prediction[i])
+                        path = score_path(out, key, dataset.name, fid)
+                        if audit is None:  # upsampled, blurred and written by a writer
+                            writer.submit(write_map, path, value.numpy(), size, align, smooth, storage)
+                            continue
+                        value = finish_maps(value[None], size, align, smooth)[0].numpy()
+                        audit.audits[key].update(value, audit.label(fid))
+                        writer.submit(write_score, path, value, dtype=storage)
+                    writer.submit(write_prediction, prediction_path(out, dataset.name, fid), logits[i], size, align)
                     written += 1
     return written, len(mine) - len(pending)
 
 
-def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, smooth: dict[str, Any] | None = None,
-                 autocast: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """All ``scorers`` on one batch: ``({key: (B, H, W) float32 at image size}, (B, H, W) uint8 argmax)``;
-    with ``smooth``, each map Gaussian-blurred at the image size; ``autocast``: the forward runs in that
-    dtype and the scores on its float32-cast logits."""
+def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, autocast: torch.dtype | None = None
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """All ``scorers`` on one batch at the head's resolution: ``({key: (B, h, w)}, logits (B, C, h, w))``
+    (:func:`oodseg.workflows.pipeline.finish_maps` and :func:`~oodseg.workflows.pipeline.predict` bring
+    them to the image size); ``autocast``: the forward runs in that dtype and the scores on its
+    float32-cast logits."""
     from oodseg.scores import compute
 
-    size = tuple(images.shape[-2:])
     output_based = [s for s in scorers if not s.runs_model]
     with torch.no_grad():
         with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
@@ -434,15 +440,10 @@ def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, smooth: d
             out = dataclasses.replace(out, logits=out.logits.float(),
                                       extras={name: value.float() for name, value in out.extras.items()})
         maps = compute(output_based, out) if output_based else {}
-        prediction = out.upsampled_logits().argmax(dim=1).to(torch.uint8)
     for scorer in scorers:
         if scorer.runs_model:
             maps[scorer.key] = scorer(adapter, images).detach()
-    with torch.no_grad():
-        maps = {key: resize_map(value.float(), size, adapter.align_corners) for key, value in maps.items()}
-        if smooth is not None:
-            maps = {key: gaussian_blur(value, **smooth) for key, value in maps.items()}
-    return maps, prediction
+    return maps, out.logits
 
 
 def _chunks(items, size: int) -> Iterator[list]:

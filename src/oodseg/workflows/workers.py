@@ -17,8 +17,9 @@ as a one-line :class:`~oodseg.errors.OodsegError`; the pool then cancels what is
 the running writes, which are atomic (:mod:`oodseg.atomic`): a file exists complete or not at all.
 A writer whose parent process died (``SIGKILL``) exits within :data:`ORPHAN_CHECK_SECONDS`.
 
-This module imports no torch: its processes start in a fraction of a second, and ``oodseg evaluate``
-of score files never imports it.
+The processes are forked (DataLoader's choice on Linux): they start in milliseconds and need no
+``if __name__ == "__main__"`` guard in a caller's script. This module imports no torch, so ``oodseg
+evaluate`` of score files never loads it.
 """
 from __future__ import annotations
 
@@ -71,8 +72,18 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
     return path
 
 
+def _context():
+    """fork where the platform has it (starts in milliseconds, needs no ``__main__`` guard in the caller's
+    script), else spawn."""
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+
 def _exit_with_parent(parent: int) -> None:
-    """Writer-process initializer: a daemon thread ends this process once ``parent`` is gone."""
+    """Worker initializer: one intra-op thread if torch came with the fork (as DataLoader workers do: a
+    forked OpenMP pool is unusable), and a daemon thread that ends this process once ``parent`` is gone."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(ORPHAN_CHECK_SECONDS)
@@ -100,9 +111,9 @@ class WriterPool:
         self.max_pending = max(1, max_pending if max_pending is not None else 2 * workers)
         self._pending: collections.deque[tuple[Future, str]] = collections.deque()
         self._executor = None
-        if workers:  # spawn: the writers import only numpy, h5py and PIL, not the parent's torch state
-            self._executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_exit_with_parent, initargs=(os.getpid(),))
+        if workers:
+            self._executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_exit_with_parent,
+                                                 initargs=(os.getpid(),))
 
     def submit(self, write: Callable[..., Any], path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Run ``write(path, *args, **kwargs)`` in a writer (a top-level function: it is pickled by name)."""
@@ -164,7 +175,6 @@ def map_chunks(work: Callable[[list[T]], R], items: Sequence[T], workers: int, d
     worker so that frames of unequal cost balance), computed by ``workers`` processes; 0: inline.
 
     ``work`` and its bound arguments are pickled (a top-level function or a ``functools.partial`` of one).
-    The processes fork when this process has not imported torch (cheap), else they are spawned.
     """
     items = list(items)
     if not items:
@@ -174,8 +184,7 @@ def map_chunks(work: Callable[[list[T]], R], items: Sequence[T], workers: int, d
     chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     if not workers:
         return [work(chunk) for chunk in track(chunks, description)]
-    method = "fork" if "torch" not in sys.modules and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(min(workers, n_chunks), mp_context=multiprocessing.get_context(method),
+    with ProcessPoolExecutor(min(workers, n_chunks), mp_context=_context(),
                              initializer=_exit_with_parent, initargs=(os.getpid(),)) as executor:
         try:
             return list(track(executor.map(work, chunks), description, total=len(chunks)))
