@@ -38,7 +38,7 @@ def _extreme(reduce: str, a, b):
 
 def _sum_over_ranks(value):
     """``value`` (number or numpy array) summed over all ranks, same type and dtype."""
-    if not distributed.is_initialized():  # one process: nothing to add (and no torch to import)
+    if distributed.world_size() == 1:  # one process: nothing to add (and no torch to import)
         return value
     import torch
 
