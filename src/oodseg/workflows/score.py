@@ -42,10 +42,10 @@ from oodseg.metrics.quantization import Float16Audit
 from oodseg.models import load_checkpoint
 from oodseg.progress import track
 from oodseg.scores.postprocess import check_smooth
-from oodseg.workflows.pipeline import (autocast_dtype, decoded_frames, finish_maps, prepare_model, to_model_input,
-                                      write_map, write_prediction)
+from oodseg.workflows.pipeline import (autocast_dtype, decoded_frames, finish_maps, predict, prepare_model,
+                                      to_model_input, write_map, write_prediction)
 from oodseg.workflows.presets import RESOLUTIONS
-from oodseg.workflows.workers import WriterPool, resolve_workers
+from oodseg.workflows.workers import WriterPool, resolve_workers, write_png
 
 MANIFEST_SCHEMA = "oodseg.score"
 MANIFEST_VERSION = 1
@@ -404,7 +404,10 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
                     names = ", ".join(s.key for s in needed)
                     raise OodsegError(f"frame {', '.join(fids)} (methods {names}): {exc}") from exc
                 maps = {key: value.float().cpu() for key, value in maps.items()}
-                logits = logits.float().cpu().numpy()
+                # logits at the head's resolution go to the writers; at the image size (resolution "image")
+                # they are 16x larger than their argmax, which is taken here
+                at_image = tuple(logits.shape[-2:]) == size
+                logits = (predict(logits, size, align) if at_image else logits.float()).cpu().numpy()
                 for i, fid in enumerate(fids):
                     frame_maps = {s.key: maps[s.key][i] for s in todo[fid]}
                     for key, value in frame_maps.items():
@@ -419,7 +422,10 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
                         value = finish_maps(value[None], size, align, smooth)[0].numpy()
                         audit.audits[key].update(value, audit.label(fid))
                         writer.submit(write_score, path, value, dtype=storage)
-                    writer.submit(write_prediction, prediction_path(out, dataset.name, fid), logits[i], size, align)
+                    if at_image:
+                        writer.submit(write_png, prediction_path(out, dataset.name, fid), logits[i])
+                    else:
+                        writer.submit(write_prediction, prediction_path(out, dataset.name, fid), logits[i], size, align)
                     written += 1
     return written, len(mine) - len(pending)
 
