@@ -373,7 +373,7 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
           --images data/synth/anomaly --method msp --method odin --out scores
       oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\
           --dtype float16 --out submission
-      oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method msp --method energy \
+      oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method msp --method energy \\
           --device cuda --precision auto --batch-size 8 --workers 8 --out scores
       oodseg score --checkpoint ckpt/rpl --images /data/dataset_AnomalyTrack --preset rpl --out scores
     """
