@@ -33,16 +33,49 @@ class _Group(click.Group):
             with warnings.catch_warnings():
                 warnings.simplefilter("always", OodsegWarning)
                 warnings.showwarning = _show_warning
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+            _flush_stdout()  # printed results on a full disk fail here, as one line
+            return result
         except OodsegError as exc:
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
             flags = {p.name: max(p.opts, key=len) for p in (command.params if command else ())
                      if isinstance(p, click.Option)}
             click.echo(f"error: {cli_wording(str(exc), flags)}", err=True)
             sys.exit(2)
-        except (FileNotFoundError, PermissionError) as exc:
-            click.echo(f"error: {exc}", err=True)
+        except OSError as exc:  # a read-only or full output location, a missing file: complete outputs are kept
+            click.echo(f"error: {os_error_line(exc)}", err=True)
             sys.exit(2)
+
+
+STDOUT = "standard output"
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), STDOUT) from exc
+
+
+def os_error_line(exc: OSError) -> str:
+    """``"<file>: <reason>"`` of an ``OSError`` (``standard output`` when printing failed, which then
+    points standard output at /dev/null so that the exit does not fail a second time)."""
+    import errno
+    import os
+    import traceback
+
+    where, frames = exc.filename, [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    printing = bool(frames) and any(f"{os.sep}{package}{os.sep}" in frames[-1].f_code.co_filename
+                                    for package in ("click", "rich"))  # failed inside click.echo / rich print
+    if where == STDOUT or (where is None and printing):
+        where = STDOUT
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # not a real file (e.g. captured by a test runner)
+            pass
+    hint = {errno.ENOSPC: " (disk full)", errno.EDQUOT: " (quota exceeded)"}.get(exc.errno, "")
+    reason = f"{exc.strerror or exc}{hint}"
+    return f"{where}: {reason}" if where else reason
 
 
 def cli_wording(message: str, flags: dict[str, str]) -> str:
@@ -127,7 +160,9 @@ def json_and_save_options(what: str):
 
 
 def json_target(json_out: str | None, save: str | None, overwrite: bool) -> tuple[bool, str | None]:
-    """``(print JSON?, file to write or None)`` from ``--json``/``--save``; refuses an existing file without --overwrite."""
+    """``(print JSON?, file to write or None)`` from ``--json``/``--save``; refuses an existing file without
+    --overwrite and a folder it cannot write into."""
+    import os
     from pathlib import Path
 
     as_json = json_out is not None
@@ -139,6 +174,12 @@ def json_target(json_out: str | None, save: str | None, overwrite: bool) -> tupl
         as_json, save = False, json_out
     if save is not None and Path(save).exists() and not overwrite:
         raise OodsegError(f"{save}: already exists; pass --overwrite to replace it")
+    if save is not None:  # fail before the work, not after it
+        folder = Path(save).expanduser().absolute().parent
+        while not folder.exists():
+            folder = folder.parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            raise OodsegError(f"--save {save}: cannot write into {folder} (read-only or not a folder)")
     return as_json, save
 
 
@@ -323,7 +364,9 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Dataset root or any folder of images.")
 @click.option("--dataset-kind", type=RegistryChoice("oodseg.data:available_kinds"), default=None,
               help="Dataset layout (smiyc-anomaly, lostandfound, images, ...); default: detected.")
-@click.option("--dataset-name", default=None, help="Folder name of the dataset below each method (default: from the root).")
+@click.option("--dataset-name", default=None,
+              help="Folder name of the dataset below each method (default: from the root); one plain name "
+                   "(no /, \\, leading dot).")
 @click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset layout option, repeatable, e.g. split=testNoKnown.")
 @click.option("--method", "methods", multiple=True, help="Score name, repeatable: msp, entropy, energy, max_logit, n_energy_cw, pgn, sml, mahalanobis, "
@@ -340,7 +383,7 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--ensemble", "ensemble", multiple=True, type=click.Path(file_okay=False),
               help="Further checkpoint(s) forming the ensemble with --checkpoint (method 'ensemble').")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root: OUT/METHOD/DATASET/FID.hdf5.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished or different run's outputs.")
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of the methods asked for (others are kept).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass (frames of equal size).")
 @click.option("--workers", type=int, default=None, help=WORKERS_HELP.format(work="decode frames; as many write the files"))
@@ -355,9 +398,13 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
           ensemble, out, overwrite, device, batch_size, workers, precision, dtype, as_json):
     """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
 
-    Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/DATASET/FID.png (argmax
-    trainIds) and OUT/_manifest/DATASET.json. An interrupted run is resumed by running the
-    same command again; a finished or different run is replaced only with --overwrite.
+    Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/SHA16/DATASET/FID.png (argmax
+    trainIds of the checkpoint whose weights' sha256 starts with SHA16) and one provenance file
+    per method, OUT/_manifest/DATASET/METHOD.json (checkpoint and its sha256, parameters,
+    protocol). An interrupted run is resumed by running the same command again. A method is
+    added to an existing OUT without touching the others; a method's finished or different maps
+    are replaced only with --overwrite, which replaces only the methods asked for. One score run
+    at a time writes into OUT (a second is refused).
     Runs distributed under torchrun (frames sharded by rank). --dtype float16 writes the
     compact files the SMIYC benchmark ships; it merges nearby scores, and prints one
     'warning:' line per method whose ranking that changes (distinct values per frame before

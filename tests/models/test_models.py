@@ -180,9 +180,14 @@ def test_checkpoint_bad_files_give_one_line_errors(tmp_path):
     with pytest.raises(OodsegError, match="checksum") as info:
         load_checkpoint(ckpt)
     assert "\n" not in str(info.value)
-    _edit_meta(ckpt, weights_sha256=None)  # without the checksum the reader itself must notice
-    with pytest.raises(OodsegError, match="corrupt safetensors"):
+    _edit_meta(ckpt, weights_sha256=None)  # a model.json without the checksum is refused (issue 18)
+    with pytest.raises(OodsegError, match="weights_sha256") as info:
         load_checkpoint(ckpt)
+    assert "\n" not in str(info.value)
+    _edit_meta(ckpt, weights_sha256="0" * 63)
+    with pytest.raises(OodsegError, match="weights_sha256"):
+        load_checkpoint(ckpt)
+    _edit_meta(ckpt, weights_sha256="0" * 64)
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(OodsegError, match="model.safetensors: missing"):
         load_checkpoint(ckpt)

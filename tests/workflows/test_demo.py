@@ -87,7 +87,7 @@ def test_quick_demo_writes_results_and_report(tmp_path: Path):
            "--method", "ensemble")
     assert json.loads((out / "results.json").read_text())["tables"] == tables
     # float16 scores cached by an earlier oodseg (manifest without "dtype") are scored again, as float32.
-    manifest_file = out / "scores" / "_manifest" / "anomaly.json"
+    manifest_file = out / "scores" / "_manifest" / "anomaly" / "msp.json"
     first = sorted((out / "scores" / "msp" / "anomaly").glob("*.hdf5"))[0]
     manifest = json.loads(manifest_file.read_text())
     del manifest["dtype"]

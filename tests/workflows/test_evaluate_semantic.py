@@ -321,7 +321,7 @@ def test_streethazards_thirteen_classes_anomaly_as_outlier(tmp_path, rng):
 # --- bad input ----------------------------------------------------------------------------------
 
 def _other_class_count(root, ckpt, out, tmp):
-    (out / "_manifest" / "anomaly.json").unlink()
+    (out / "_manifest" / "anomaly" / "msp.json").unlink()
     return ["--probs", tiny_checkpoint(tmp / "ckpt13", num_classes=13)], \
         "checkpoint has 13 classes but the labels of anomaly (smiyc-anomaly) are trainIds 0..18"
 
@@ -332,14 +332,14 @@ def _other_class_count_than_scores(root, ckpt, out, tmp):
 
 
 def _no_probabilities(root, ckpt, out, tmp):
-    (out / "_manifest" / "anomaly.json").rename(tmp / "manifest.json")
+    (out / "_manifest" / "anomaly" / "msp.json").rename(tmp / "manifest.json")
     return [], "no probabilities: pass --probs"
 
 
 def _manifest_checkpoint_gone(root, ckpt, out, tmp):
-    manifest = json.loads((out / "_manifest" / "anomaly.json").read_text())
+    manifest = json.loads((out / "_manifest" / "anomaly" / "msp.json").read_text())
     manifest["checkpoint"] = str(tmp / "deleted")
-    (out / "_manifest" / "anomaly.json").write_text(json.dumps(manifest))
+    (out / "_manifest" / "anomaly" / "msp.json").write_text(json.dumps(manifest))
     return [], f"checkpoint {tmp / 'deleted'} does not exist"
 
 

@@ -114,7 +114,7 @@ def test_rpl_preset_is_energy_of_the_upsampled_logits_then_a_7x7_reflect_blur(co
     summary = json.loads(result.stdout)
     assert summary["preset"] == "rpl" and summary["methods"] == ["energy"]
     assert summary["resolution"] == "image" and summary["smooth"] == {"kernel_size": 7, "sigma": 1.0}
-    manifest = json.loads((tmp_path / "out" / "_manifest" / "imgs.json").read_text())
+    manifest = json.loads((tmp_path / "out" / "_manifest" / "imgs" / "energy.json").read_text())
     assert manifest["preset"] == "rpl" and manifest["smooth"] == summary["smooth"]
     for fid in ("a", "b"):
         energy = -logsumexp(_full_logits(model, frames / f"{fid}.png"), axis=0)

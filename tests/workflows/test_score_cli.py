@@ -1,4 +1,5 @@
 """`oodseg score` end to end: files, values, resume, overwrite protection, errors, torchrun."""
+import hashlib
 import json
 import os
 
@@ -63,6 +64,16 @@ def _read(path):
         return data[()], data.dtype, data.compression
 
 
+def _predictions(out, checkpoint, dataset="imgs"):
+    """The prediction folder of ``checkpoint``: ``_prediction/{first 16 hex of its weights' sha256}/{dataset}``."""
+    digest = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    return out / "_prediction" / digest[:16] / dataset
+
+
+def _manifest(out, method, dataset="imgs"):
+    return json.loads((out / "_manifest" / dataset / f"{method}.json").read_text())
+
+
 def _head_logits(model, image_path):
     image = torch.from_numpy(np.array(Image.open(image_path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
@@ -85,15 +96,19 @@ def test_score_writes_smiyc_files_with_correct_values(frames, checkpoint, tmp_pa
             value, dtype, compression = _read(out / method / "imgs" / f"{fid}.hdf5")
             assert dtype == np.float32 and compression == "gzip" and value.shape == (h, w)
             np.testing.assert_allclose(value, _bilinear(reference, h, w), rtol=1e-5, atol=1e-5)
-        prediction = np.asarray(Image.open(out / "_prediction" / "imgs" / f"{fid}.png"))
+        prediction = np.asarray(Image.open(_predictions(out, checkpoint) / f"{fid}.png"))
         assert prediction.dtype == np.uint8 and prediction.shape == (h, w)
         agree = (prediction == full.argmax(0)).mean()
         assert agree > 0.999  # the model's own upsampled logits (ties aside)
-    manifest = json.loads((out / "_manifest" / "imgs.json").read_text())
-    assert manifest["schema"] == "oodseg.score" and manifest["version"] == 1
-    assert manifest["checkpoint"] == str(checkpoint.resolve()) and manifest["dataset_kind"] == "images"
-    assert manifest["methods"] == ["entropy", "max_logit"] and manifest["n_frames"] == 3
-    assert manifest["root"] == str(frames.resolve())
+    assert summary["methods"] == ["entropy", "max_logit"]
+    for method in summary["methods"]:
+        manifest = _manifest(out, method)
+        assert manifest["schema"] == "oodseg.score" and manifest["version"] == 2 and manifest["method"] == method
+        assert manifest["checkpoint"] == str(checkpoint.resolve()) and manifest["dataset_kind"] == "images"
+        assert manifest["checkpoint_sha256"] == hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+        assert manifest["n_frames"] == 3 and manifest["complete"] is True
+        assert manifest["root"] == str(frames.resolve())
+        assert out / manifest["predictions"] == _predictions(out, checkpoint)
 
 
 def test_interrupted_run_resumes_and_finished_run_is_protected(frames, checkpoint, tmp_path, monkeypatch):
@@ -117,7 +132,7 @@ def test_interrupted_run_resumes_and_finished_run_is_protected(frames, checkpoin
     stamps = {p: p.stat().st_mtime_ns for p in done}
     stale = out / "msp" / "imgs" / ".c.hdf5.x1y2.partial.hdf5"  # left behind by a killed writer
     stale.write_bytes(b"half a file")
-    assert json.loads((out / "_manifest" / "imgs.json").read_text())["complete"] is False
+    assert _manifest(out, "msp")["complete"] is False
 
     result = _score(*args, "--json")
     assert result.exit_code == 0, result.output
@@ -128,8 +143,8 @@ def test_interrupted_run_resumes_and_finished_run_is_protected(frames, checkpoin
 
     again = _score(*args)
     assert again.exit_code == 2 and "already complete" in again.output and "--overwrite" in again.output
-    other = _score("--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--out", out)
-    assert other.exit_code == 2 and "different run" in other.output and "methods" in other.output
+    other = _score("--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--dtype", "float16", "--out", out)
+    assert other.exit_code == 2 and "different run" in other.output and "dtype" in other.output
     assert len(again.output.strip().splitlines()) == 1
 
     os.utime(done[0], ns=(1, 1))
@@ -220,7 +235,7 @@ def test_torchrun_two_processes_write_the_same_files(frames, checkpoint, tmp_pat
             np.testing.assert_array_equal(_read(single / rel)[0], _read(double / rel)[0])
         else:
             np.testing.assert_array_equal(np.asarray(Image.open(single / rel)), np.asarray(Image.open(double / rel)))
-    assert json.loads((double / "_manifest" / "imgs.json").read_text())["complete"] is True
+    assert _manifest(double, "entropy")["complete"] is True
 
 
 def test_model_based_scores_run_the_model(frames, checkpoint, tmp_path):

@@ -9,12 +9,13 @@ Writes are atomic; reads check shape and finiteness.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from oodseg.atomic import atomic_path
+from oodseg.atomic import atomic_path, write_bytes
 from oodseg.errors import OodsegError, check_choice
 
 HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -23,6 +24,7 @@ SCORE_SUFFIXES = (".hdf5", ".h5", ".npy", ".npz")
 #: Storage precisions of :func:`write_score`; the first is the default.
 STORAGE_DTYPES = ("float32", "float16")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: HDF5 filters of written maps, chosen by measurement (docs/performance.md: a 1024×2048 float32 map,
 #: gzip level 1 after the byte shuffle writes 13 % faster than level 4 for 1.4 % more bytes; lzf without
 #: the shuffle does not compress float32 maps at all). Every HDF5 library, h5py included, reads gzip.
@@ -30,15 +32,25 @@ HDF5_FILTERS = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
 
 
 def _as_score_array(array, path: Path, native: bool = False) -> np.ndarray:
+    """``array`` as a checked score map: real numbers, 2-D, finite, within the float32 range; float32
+    unless ``native`` keeps a float16/32/64 map as stored."""
     if hasattr(array, "detach"):  # torch tensor, any device
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
-    if not (native and array.dtype in (np.float16, np.float32, np.float64)):
-        array = array.astype(np.float32)
+    if array.dtype.kind not in "biuf":
+        what = {"c": "complex numbers", "S": "strings", "U": "strings", "O": "objects (e.g. strings)"}.get(
+            array.dtype.kind, f"values of type {array.dtype}")
+        raise OodsegError(f"{path}: score map holds {what}; expected real numbers")
     if array.ndim != 2:
         raise OodsegError(f"{path}: a score map must be 2-D (H, W), got shape {array.shape}")
     if not np.isfinite(array).all():
         raise OodsegError(f"{path}: score map contains NaN or Inf")
+    largest = float(np.abs(array).max()) if array.size else 0.0
+    if largest > _FLOAT32_MAX:
+        raise OodsegError(f"{path}: score map holds values up to {largest:.3g}, beyond the float32 range "
+                          f"(±{_FLOAT32_MAX:.3g}); rescale the scores")
+    if not (native and array.dtype in (np.float16, np.float32, np.float64)):
+        array = array.astype(np.float32)
     return array
 
 
@@ -56,7 +68,8 @@ def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
     built into every HDF5 library; ~13 % smaller float32 files than gzip alone). ``.npy``: plain. ``.npz``: compressed, array ``value``.
     ``dtype``: ``"float32"`` (default, lossless for float32 maps) or ``"float16"`` (half the size;
     a map with some |x| > 65504 is still stored as float32 rather than overflow). The official
-    SMIYC reader accepts both.
+    SMIYC reader accepts both. hdf5 files are built in memory (:func:`hdf5_image`); a full disk
+    raises ``OSError`` and leaves no file.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -64,17 +77,30 @@ def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
         raise OodsegError(f"{path}: unknown score file suffix (use {', '.join(SCORE_SUFFIXES)})")
     array = _as_score_array(array, path)
     array = array.astype(storage_dtype(array, dtype), copy=False)
+    if suffix in HDF5_SUFFIXES:
+        write_bytes(path, hdf5_image(array))
+        return path
     with atomic_path(path) as tmp:
-        if suffix in HDF5_SUFFIXES:
-            with h5py.File(tmp, "w") as f:
-                f.create_dataset("value", data=array, **HDF5_FILTERS)
-        elif suffix == ".npy":
+        if suffix == ".npy":
             with open(tmp, "wb") as f:
                 np.save(f, array)
         else:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, value=array)
     return path
+
+
+def hdf5_image(array: np.ndarray) -> bytes:
+    """The bytes of an SMIYC hdf5 file holding ``array`` as dataset ``value`` (gzip level 1 after byte shuffle, :data:`HDF5_FILTERS`).
+
+    Built in memory (HDF5 core driver, no backing file): HDF5 never writes to disk, so a full
+    disk fails in plain Python I/O (:func:`oodseg.atomic.write_bytes`) instead of inside the
+    library; the bytes equal those of a file HDF5 writes itself, and are the same on every call.
+    """
+    with h5py.File(f"oodseg-{uuid.uuid4().hex}.hdf5", "w", driver="core", backing_store=False) as f:
+        f.create_dataset("value", data=array, **HDF5_FILTERS)
+        f.flush()
+        return f.id.get_file_image()
 
 
 def read_score(path: str | os.PathLike, native: bool = False) -> np.ndarray:
@@ -93,8 +119,9 @@ def read_score(path: str | os.PathLike, native: bool = False) -> np.ndarray:
     try:
         if suffix in HDF5_SUFFIXES:
             with h5py.File(path, "r") as f:
-                if "value" not in f:
-                    raise OodsegError(f"{path}: no dataset 'value' in the HDF5 file")
+                if not isinstance(f.get("value"), h5py.Dataset):
+                    found = "a group" if "value" in f else "nothing"
+                    raise OodsegError(f"{path}: no dataset 'value' in the HDF5 file ('value' is {found})")
                 array = f["value"][()]
         elif suffix == ".npy":
             array = np.load(path, allow_pickle=False)

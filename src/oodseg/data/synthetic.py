@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import json
 import os
+import contextlib
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from oodseg.atomic import write_json
+from oodseg.atomic import publish_mode, staging_directory, write_json
 from oodseg.classes import CITYSCAPES_CLASSES
 from oodseg.data.synth.canvas import ANOMALY, VOID, Canvas, Sprite
 from oodseg.data.synth.conditions import CONDITIONS, apply_condition
@@ -377,12 +377,16 @@ def _render_into(staging: Path, seed: int, size: tuple[int, int], counts: Mappin
         _write_job(staging, seed, size, split, index, condition, summary)
 
 
-def _staging_folder(out: Path) -> Path:
+@contextlib.contextmanager
+def _staging_folder(out: Path, what: str) -> Iterator[Path]:
+    """A hidden locked sibling folder of ``out`` (removed at the end; stale ones of killed runs first,
+    :func:`oodseg.atomic.staging_directory`); an ``OSError`` becomes one OodsegError line."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        with staging_directory(out) as staging:
+            publish_mode(staging, folder=True)
+            yield staging
     except OSError as exc:
-        raise OodsegError(f"{out}: cannot write the output directory ({exc.strerror or exc})") from None
+        raise OodsegError(f"{out}: {what} ({exc.strerror or exc})") from None
 
 
 def _add_val_tracks(out: Path, manifest: dict, seed: int, size: tuple[int, int], counts: Mapping[str, int],
@@ -392,8 +396,7 @@ def _add_val_tracks(out: Path, manifest: dict, seed: int, size: tuple[int, int],
     Each track is built in a hidden sibling folder and moved in whole; the manifest is rewritten
     last, so an interrupted run leaves the folder as it was (a half-added track is redone).
     """
-    staging = _staging_folder(out)
-    try:
+    with _staging_folder(out, f"adding {', '.join(missing)} failed") as staging:
         summary: dict = {split: {} for split in missing}
         _render_into(staging, seed, size, {split: counts[split] for split in missing}, summary, progress)
         for split in missing:
@@ -406,10 +409,6 @@ def _add_val_tracks(out: Path, manifest: dict, seed: int, size: tuple[int, int],
         updated["sources"] = {**manifest["sources"], "val": sorted(set(manifest["sources"].get("val", []))
                                                                    | set(_used_sources(summary, missing)))}
         write_json(out / MANIFEST_NAME, updated)
-    except OSError as exc:
-        raise OodsegError(f"{out}: adding {', '.join(missing)} failed ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {**updated, "cached": False, "added": missing}
 
 
@@ -452,24 +451,16 @@ def generate(out: str | os.PathLike, seed: int = 0, size: Sequence[int] = DEFAUL
                 return _add_val_tracks(out, manifest, seed, size, counts, missing, progress)  # type: ignore[arg-type]
             what = "holds a SynthStreet dataset with other settings" if manifest else "is not empty"
             raise OodsegError(f"{out}: {what} (pass --overwrite to replace it)")
-    staging = _staging_folder(out)
-    try:
+    with _staging_folder(out, "cannot write the output directory") as staging:
         summary: dict = {"classes": {s: np.zeros(len(CITYSCAPES_CLASSES), bool) for s in ("train", "val", "shifted")},
                          **{split: {} for split in ("anomaly", "obstacle", "outliers", *VAL_TRACKS)}}
         _render_into(staging, seed, size, counts, summary, progress)
         manifest = _build_manifest(seed, size, counts, summary)
         write_json(staging / MANIFEST_NAME, manifest)
         if out.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, retired / "data")
-            os.replace(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
+            with staging_directory(out, "old") as retired:
+                os.replace(out, retired / "data")
+                os.replace(staging, out)
         else:
             os.replace(staging, out)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise OodsegError(f"{out}: writing failed ({exc.strerror or exc})") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {**manifest, "cached": False}

@@ -99,6 +99,10 @@ def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
     for key, kind in (("architecture", str), ("params", dict), ("num_classes", int), ("classes", list)):
         if not isinstance(meta.get(key), kind):
             raise OodsegError(f"{meta_path}: field {key!r} missing or not a {kind.__name__}")
+    digest = meta.get("weights_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise OodsegError(f"{meta_path}: field 'weights_sha256' missing or not a sha256 hex digest (every checkpoint "
+                          "oodseg writes records the checksum of its weights; re-import or re-save the checkpoint)")
     if len(meta["classes"]) != meta["num_classes"]:
         raise OodsegError(f"{meta_path}: {len(meta['classes'])} class names but num_classes={meta['num_classes']}")
     return meta
@@ -119,7 +123,7 @@ def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.devi
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise OodsegError(f"{weights_path}: missing")
-    if meta.get("weights_sha256") and _sha256(weights_path) != meta["weights_sha256"]:
+    if _sha256(weights_path) != meta["weights_sha256"]:
         raise OodsegError(f"{weights_path}: checksum differs from {META_FILE} (corrupt or replaced weights)")
     try:
         state = load_file(str(weights_path), device=str(map_location))

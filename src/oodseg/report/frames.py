@@ -2,9 +2,9 @@
 
 Follows each evaluate JSON's ``root``/``dataset_kind``/``scores``: images and decoded labels
 come from ``oodseg.data.open_dataset(kind, root)``, score maps from
-``oodseg.data.read_score(find_score(scores, fid))``, the predicted trainIds
-from ``{scores}/../../_prediction/{dataset}/{fid}.png`` and its checkpoint from
-``{scores}/../../_manifest/{dataset}.json`` (both optional: written by ``oodseg score``).
+``oodseg.data.read_score(find_score(scores, fid))``, the predicted trainIds and their checkpoint
+from the manifest of the method's maps (:func:`oodseg.provenance.manifest_of`; optional: written by
+``oodseg score``), so the prediction shown is that of the checkpoint that wrote the maps.
 A method's heatmaps share one colour scale over every frame shown (1st–99th percentile
 of its pooled scores), drawn with the same colour map, so frames compare by colour.
 """
@@ -21,9 +21,9 @@ from PIL import Image
 from oodseg.data import find_score, open_dataset, read_score
 from oodseg.data.imagefiles import read_raw_label
 from oodseg.errors import OodsegError
-from oodseg.layout import manifest_path, prediction_path, run_of
+from oodseg.provenance import manifest_of, prediction_file
 from oodseg.progress import track
-from oodseg.report.loading import Evaluation, read_json
+from oodseg.report.loading import Evaluation
 
 THUMB_WIDTH = 256
 HEATMAP_CMAP = "inferno"
@@ -124,9 +124,9 @@ def render_frames(groups: dict[str, list[Evaluation]], n_frames: int, out_dir: P
                                         .resize(size, Image.NEAREST), folder / f"{stem}__gt.png", report_dir)
         row["prediction"] = None
         for ev in groups[dataset]:
-            score_dir = Path(ev.data["scores"])
-            prediction = prediction_path(*run_of(score_dir), sample.fid)
-            if prediction.is_file():
+            manifest = manifest_of(Path(ev.data["scores"]))
+            prediction = prediction_file(manifest, sample.fid) if manifest is not None else None
+            if prediction is not None and prediction.is_file():
                 labels = read_raw_label(prediction)
                 if labels.shape != sample.image.shape[:2]:
                     raise OodsegError(f"{prediction}: prediction is {labels.shape}, image is {sample.image.shape[:2]}")
@@ -135,7 +135,7 @@ def render_frames(groups: dict[str, list[Evaluation]], n_frames: int, out_dir: P
                 row["prediction"] = _save(Image.fromarray(palette_image(labels.astype(np.uint8), True))
                                           .resize(size, Image.NEAREST), folder / f"{stem}__prediction.png",
                                           report_dir)
-                checkpoints.setdefault(dataset, _checkpoint_of(score_dir))
+                checkpoints.setdefault(dataset, manifest.get("checkpoint"))
                 break
         for m, ev in enumerate(groups[dataset]):
             score = _read_frame_score(Path(ev.data["scores"]), sample.fid)
@@ -181,17 +181,6 @@ def _read_frame_score(score_dir: Path, fid: str) -> np.ndarray:
         return read_score(find_score(score_dir, fid))
     except OodsegError as exc:
         raise OodsegError(f"{exc} (use --frames 0 to skip example frames)") from None
-
-
-def _checkpoint_of(score_dir: Path) -> str | None:
-    """The checkpoint named in ``{scores}/../../_manifest/{dataset}.json``, if that manifest exists."""
-    manifest = manifest_path(*run_of(score_dir))
-    if not manifest.is_file():
-        return None
-    obj = read_json(manifest)
-    if not isinstance(obj, dict) or obj.get("schema") != "oodseg.score":
-        raise OodsegError(f"{manifest}: not an oodseg.score manifest")
-    return obj.get("checkpoint")
 
 
 def _thumb_size(shape: tuple[int, int]) -> tuple[int, int]:

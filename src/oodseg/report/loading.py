@@ -16,7 +16,7 @@ from typing import Any
 from oodseg.errors import OodsegError
 
 SUPPORTED_VERSIONS = {"oodseg.evaluate": {1}, "oodseg.meta": {1}, "oodseg.train": {1},
-                      "oodseg.score": {1}, "oodseg.report": {1}, "oodseg.synth": {1}, "oodseg.seeds": {1}}
+                      "oodseg.score": {1, 2}, "oodseg.report": {1}, "oodseg.synth": {1}, "oodseg.seeds": {1}}
 """Schema name → versions this reader understands. ``oodseg.report`` (the report's own
 ``tables.json``) and ``oodseg.synth`` (a SynthStreet manifest) are known, so a report or a
 dataset inside RESULTS_DIR is accepted, but they are not inputs."""

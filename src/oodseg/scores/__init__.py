@@ -17,7 +17,7 @@ from oodseg.errors import OodsegError
 # importing the family modules declares (and so registers) their scorers
 from oodseg.scores import (divergence, fitted, gradient, hybrid, logits, normalized, perturbation,  # noqa: F401
                            sampling, softmax)
-from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer, compute
+from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer, compute, refuse_head_scores
 
 #: SPEC §1 order of :func:`available`, then the head-specific scores of SPEC §8; a registered score not
 #: named here is listed after these, never left out
@@ -45,4 +45,4 @@ def get(name: str, **params) -> Scorer:
     return cls(**params)
 
 
-__all__ = ["FittedScorer", "ModelScorer", "Scorer", "available", "compute", "get"]
+__all__ = ["FittedScorer", "ModelScorer", "Scorer", "available", "compute", "get", "refuse_head_scores"]

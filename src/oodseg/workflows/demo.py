@@ -23,7 +23,8 @@ from typing import Callable
 
 from oodseg.atomic import write_json, write_text
 from oodseg.errors import OodsegError
-from oodseg.layout import manifest_path, result_path, scores_dir
+from oodseg.layout import result_path, scores_dir
+from oodseg.provenance import VERSION as MANIFEST_VERSION, read_manifest
 
 TRACKS = ("anomaly", "obstacle")
 # Every post-hoc score of SPEC §1 (``ensemble`` gets the second baseline as its partner).
@@ -152,15 +153,16 @@ def score_track(config: DemoConfig, data: Path, checkpoint: Path, member: Path |
     from oodseg.workflows.score import score_dataset
 
     scores = config.out / "scores"
-    previous = manifest_path(scores, track)
-    manifest = json.loads(previous.read_text(encoding="utf-8")) if previous.is_file() else {}
-    lossy = bool(manifest) and manifest.get("dtype") != "float32"  # float16 files of an earlier oodseg
-    if manifest.get("complete") and not lossy:
+    methods = list(methods or config.methods)
+    manifests = [read_manifest(scores, method, track) or {} for method in methods]
+    # float16 files or one manifest for all methods: an earlier oodseg's demo, redone
+    outdated = any(m and (m.get("dtype") != "float32" or m.get("version") != MANIFEST_VERSION) for m in manifests)
+    if all(m.get("complete") for m in manifests) and not outdated:
         config.log(f"[demo]   {track}: scores already complete (cached)")
         return
-    score_dataset(checkpoint, data / track, list(methods or config.methods), scores, dataset_name=track,
+    score_dataset(checkpoint, data / track, methods, scores, dataset_name=track,
                   dataset_kind=f"smiyc-{track.removesuffix('_val')}", fit_data=data / "cityscapes",
-                  ensemble=[member] if member else (), overwrite=lossy)
+                  ensemble=[member] if member else (), overwrite=outdated)
 
 
 def evaluate_track(config: DemoConfig, data: Path, track: str) -> list[dict]:

@@ -5,8 +5,9 @@ Inputs per frame:
 * the model's softmax probabilities ``p`` (C, H, W): the checkpoint re-run through the
   :class:`~oodseg.adapter.ModelAdapter` (logits upsampled bilinearly to the image size, then
   softmax — the argmax is ``oodseg score``'s prediction PNG), or saved ``{fid}.npz`` maps
-  (:mod:`oodseg.workflows.probabilities`); by default the checkpoint recorded in the score run's
-  manifest ``{out}/_manifest/{dataset}.json``;
+  (:mod:`oodseg.workflows.probabilities`); by default the checkpoint recorded in the manifest of
+  the method's maps ``{out}/_manifest/{dataset}/{method}.json`` (:mod:`oodseg.provenance`), checked
+  against the weights' sha256 recorded there;
 * the method's anomaly score ``u`` (H, W) from its score files ``{out}/{method}/{dataset}/{fid}.*``;
 * the semantic label (H, W): trainIds ``0..C-1``, ``254`` GT outlier, ``255`` void.
 
@@ -24,7 +25,6 @@ all-reduced and every rank returns the same result (rank 0 should write it).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import torch
 from oodseg import distributed
 from oodseg.data.readers import Dataset, Sample, kind_options, open_dataset
 from oodseg.errors import OodsegError, check_choice
-from oodseg.layout import manifest_path, run_of
+from oodseg.provenance import manifest_of
 from oodseg.conventions import OUTLIER, VOID
 from oodseg.workflows.evaluate import SCHEMA, VERSION, FrameReader, load_roi
 from oodseg.metrics.calibration import CONFIDENCE_MAPS, CalibrationMetrics
@@ -72,20 +72,6 @@ def label_classes(dataset: Dataset) -> int:
     return max(ids) + 1
 
 
-def score_manifest(scores_dir: Path) -> dict | None:
-    """The ``oodseg score`` manifest of ``{out}/{method}/{dataset}`` (``{out}/_manifest/{dataset}.json``), if any."""
-    path = manifest_path(*run_of(scores_dir))
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise OodsegError(f"{path}: unreadable score manifest ({type(exc).__name__})") from None
-    if not isinstance(manifest, dict):
-        raise OodsegError(f"{path}: score manifest is not a JSON object")
-    return {**manifest, "path": str(path)}
-
-
 def _probability_source(probs: str | Path | None, manifest: dict | None, scores_dir: Path, device: str):
     """The probability source (checkpoint or ``.npz`` folder) and its path; checks the class names of the run."""
     from oodseg.workflows.probabilities import open_probabilities
@@ -98,6 +84,10 @@ def _probability_source(probs: str | Path | None, manifest: dict | None, scores_
         probs = manifest["checkpoint"]
         if not Path(probs).is_dir():
             raise OodsegError(f"{manifest['path']}: checkpoint {probs} does not exist; pass --probs CKPT_OR_DIR")
+        recorded = manifest.get("checkpoint_sha256")
+        if recorded and read_checkpoint_meta(probs)["weights_sha256"] != recorded:
+            raise OodsegError(f"{manifest['path']}: checkpoint {probs} now holds other weights than the ones that "
+                              f"wrote these scores (sha256 {recorded[:12]}…); pass --probs CKPT_OR_DIR")
     path = Path(probs).expanduser().resolve()
     if not path.exists():
         raise OodsegError(f"probs {path}: not found (expected a checkpoint or a folder of {{fid}}.npz)")
@@ -150,7 +140,7 @@ def evaluate_semantic(dataset: Dataset, scores_dir: str | Path, probs: str | Pat
     if not scores_dir.is_dir():
         raise OodsegError(f"{scores_dir}: scores folder not found")
     num_classes = label_classes(dataset)
-    manifest = score_manifest(scores_dir)
+    manifest = manifest_of(scores_dir)
     read = FrameReader(dataset, scores_dir, resize, load_roi(roi))
     segmentation = SegmentationMetrics(num_classes=num_classes, ood_label=OUTLIER, ood_thresholds=thresholds,
                                        mode=mode)

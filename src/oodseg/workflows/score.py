@@ -5,21 +5,25 @@ all output-based scores are computed together (:func:`oodseg.scores.compute` sha
 work), model-based ones (MC dropout, ODIN, ensembles) run the model themselves. Every map is
 upsampled bilinearly (``align_corners=False``) to the image size and written as SMIYC hdf5
 (float32 by default, so the files evaluate exactly like the maps; gzip); the argmax prediction
-goes to ``{out}/_prediction/{dataset}/{fid}.png`` and the run's description to
-``{out}/_manifest/{dataset}.json`` (schema ``oodseg.score``). With ``dtype="float16"`` (compact
+goes to ``{out}/_prediction/{checkpoint}/{dataset}/{fid}.png`` (one folder per checkpoint) and each
+method's provenance to ``{out}/_manifest/{dataset}/{method}.json`` (:mod:`oodseg.provenance`). With
+``dtype="float16"`` (compact
 benchmark submissions) every written map is audited (:class:`~oodseg.metrics.quantization.Float16Audit`)
 and a method whose ranking float16 alters gets an :class:`~oodseg.errors.OodsegWarning`.
 
 A run is resumable: a file exists under its final name only when complete (atomic writes),
-so a rerun with the same checkpoint, data and methods scores only what is missing. A
-finished or different run in ``out`` is replaced only with ``overwrite=True``. Under
-``torchrun`` every rank scores its share of the frames (rank-strided).
+so a rerun with the same checkpoint, data and methods scores only what is missing. Methods are
+independent: a new method is added to ``out`` without touching the others, and a method's
+finished or different maps are replaced only with ``overwrite=True`` (which replaces only the
+methods asked for). One ``score`` at a time writes into ``out`` (a lock file; a second is
+refused). Under ``torchrun`` every rank scores its share of the frames (rank-strided).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
-import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -36,24 +40,19 @@ from oodseg.data import detect_kind, open_dataset, write_score
 from oodseg.data.io import STORAGE_DTYPES
 from oodseg.data.transforms import label_to_tensor
 from oodseg.keyvalue import parse_pairs
-from oodseg.layout import manifest_path, prediction_path, predictions_dir, score_path, scores_dir
+from oodseg.layout import (check_name, lock_path, manifest_path, manifests_dir, prediction_path, predictions_dir,
+                           score_path, scores_dir)
+from oodseg.atomic import exclusive
+from oodseg import provenance
 from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.quantization import Float16Audit
-from oodseg.models import load_checkpoint
+from oodseg.models import load_checkpoint, read_checkpoint_meta
 from oodseg.progress import track
 from oodseg.scores.postprocess import check_smooth
 from oodseg.workflows.pipeline import (autocast_dtype, decoded_frames, finish_maps, predict, prepare_model,
                                       to_model_input, write_map, write_prediction)
 from oodseg.workflows.presets import RESOLUTIONS
 from oodseg.workflows.workers import WriterPool, resolve_workers, write_png
-
-MANIFEST_SCHEMA = "oodseg.score"
-MANIFEST_VERSION = 1
-#: Manifest fields that must agree for a rerun to count as resuming the same run.
-RUN_IDENTITY = ("checkpoint", "dataset", "dataset_kind", "root", "methods", "ensemble", "fit_data", "fit_frames",
-                "dtype", "resolution", "smooth", "precision")
-#: Values of identity fields that manifests of earlier oodseg versions do not record.
-RUN_DEFAULTS = {"resolution": "head", "smooth": None, "precision": "fp32"}
 
 T = TypeVar("T")
 
@@ -72,6 +71,18 @@ def parse_method(text: str) -> tuple[str, dict[str, Any]]:
     return name, parse_pairs([item for item in rest[:-1].split(",") if item.strip()], f"methods {text!r}")
 
 
+def _holding_output_lock(function: Callable[..., T]) -> Callable[..., T]:
+    """Run ``function(checkpoint, images, methods, out, ...)`` holding the lock of ``out`` (main process only)."""
+    @functools.wraps(function)
+    def locked(checkpoint, images, methods, out, *args, **kwargs):
+        if int(os.environ.get("RANK", "0")) != 0:
+            return function(checkpoint, images, methods, out, *args, **kwargs)
+        with exclusive(lock_path(out), "oodseg score"):
+            return function(checkpoint, images, methods, out, *args, **kwargs)
+    return locked
+
+
+@_holding_output_lock
 def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[str], out: str | Path, *,
                   params: dict[str, dict[str, Any]] | None = None, dataset_kind: str | None = None,
                   dataset_name: str | None = None, dataset_options: dict[str, Any] | None = None,
@@ -93,7 +104,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         fit_data: Cityscapes-layout root whose train split (``fit_frames`` frames, evenly spaced)
             fits the fitted scores (``sml``, ``mahalanobis``).
         ensemble: further checkpoints; with ``checkpoint`` they form the members of ``ensemble``.
-        overwrite: replace a finished or different run's files.
+        overwrite: replace the maps (and provenance) of the requested methods; other methods are never touched.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
         batch_size: frames per forward pass (frames of equal size only).
         workers: frame-decoding processes and as many file-writing processes (None: half the cores,
@@ -112,8 +123,9 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
             (reflect padding, :func:`oodseg.scores.postprocess.gaussian_blur`), as RPL does; None: no blur.
         preset: name of the :mod:`oodseg.workflows.presets` preset this run expands (recorded only).
     Returns:
-        The manifest dict plus ``written`` / ``skipped`` frame counts of this process and ``seconds``;
-        with float16 also ``float16``: ``{method: Float16Audit.summary()}`` over the frames written.
+        The run's fields (checkpoint, dataset, ``methods``, ``complete``: every requested method is complete),
+        ``manifests`` (method → manifest file), ``written`` / ``skipped`` frame counts of this process and
+        ``seconds``; with float16 also ``float16``: ``{method: Float16Audit.summary()}`` over the frames written.
     """
     from oodseg import scores as score_registry
 
@@ -140,6 +152,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     members = [model] + [_load_member(path, meta, device) for path in ensemble]
     scorers = [_build_scorer(score_registry, name, {**params.get(name, {}), **own}, members) for name, own in specs]
     keys = [s.key for s in scorers]
+    for key in keys:
+        check_name("methods", key)
     duplicate = next((k for k in keys if keys.count(k) > 1), None)
     if duplicate:
         raise OodsegError(f"methods: {duplicate!r} requested twice")
@@ -154,30 +168,31 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         raise OodsegError(f"resolution: {names} use the block before the head, which exists only at the head's "
                           "resolution; score them with resolution 'head'")
 
+    if dataset_name is not None:
+        check_name("dataset_name", dataset_name)
+    hooks = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+    if hooks.logits_only and any(s.needs_head for s in scorers):  # refused before any file is written
+        hooks.close()
+        score_registry.refuse_head_scores(scorers, f"the model of {checkpoint}")
     kind = dataset_kind or detect_kind(images)
+    _refuse_synthstreet_root(images, kind)
     options = {**(dataset_options or {}), **({"name": dataset_name} if dataset_name else {})}
     dataset = open_dataset(kind, images, labels="none", **options)
-    manifest = {"schema": MANIFEST_SCHEMA, "version": MANIFEST_VERSION,
-                "checkpoint": str(Path(checkpoint).resolve()), "dataset": dataset.name, "dataset_kind": kind,
-                "root": str(dataset.root), "methods": keys, "n_frames": len(dataset),
-                "ensemble": [str(Path(p).resolve()) for p in ensemble],
-                "fit_data": str(Path(fit_data).resolve()) if fit_data and _needs_fit(scorers) else None,
-                "fit_frames": fit_frames if _needs_fit(scorers) else None,
-                "params": {s.key: {k: v for k, v in s.params.items() if k != "models"} for s in scorers},
-                "classes": meta["classes"], "dtype": dtype, "resolution": resolution, "smooth": smooth,
-                "preset": preset, "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32"),
-                "complete": False}
+    check_name("dataset", dataset.name)
     out = Path(out)
-    _check_previous_run(out, dataset, keys, manifest, overwrite)
+    run, manifests = _manifests(checkpoint, meta, scorers, dataset, kind, out, ensemble, fit_data, fit_frames, dtype,
+                                resolution, smooth, preset, autocast)
+    ckpt = provenance.checkpoint_id(meta["weights_sha256"])
+    todo_keys = _check_previous_run(out, dataset, run, manifests, overwrite)
     distributed.barrier()
     if distributed.is_main():
         if overwrite:
-            _remove_outputs(out, dataset, keys)
-        _remove_partials(out, dataset.name, keys)
-        write_json(manifest_path(out, dataset.name), manifest)
+            _remove_outputs(out, dataset, todo_keys)
+        _remove_partials(out, dataset.name, keys, ckpt)
+        for key in todo_keys:
+            write_json(manifest_path(out, key, dataset.name), manifests[key])
     distributed.barrier()
 
-    hooks = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
     adapter = hooks if resolution == "head" else ImageResolutionAdapter(hooks, any("features" in s.needs
                                                                                    for s in scorers))
     audit = _Float16Run(keys, kind, images, options) if dtype == "float16" else None
@@ -186,15 +201,20 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         if fitted:
             _fit_on_main(fitted, adapter, Path(fit_data), fit_frames, device)
         written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size,
-                                                                audit, smooth, workers, autocast))
+                                                                audit, smooth, ckpt, workers, autocast))
     finally:
         hooks.close()
     distributed.barrier()
-    manifest["complete"] = _missing_outputs(out, dataset.name, dataset.fids, keys) == 0
+    for key in todo_keys:
+        manifests[key]["complete"] = _missing_outputs(out, dataset.name, dataset.fids, [key], ckpt) == 0
     if distributed.is_main():
-        write_json(manifest_path(out, dataset.name), manifest)
+        for key in todo_keys:
+            write_json(manifest_path(out, key, dataset.name), manifests[key])
     distributed.barrier()
-    summary = {**manifest, "out": str(out.resolve()), "written": written, "skipped": skipped,
+    summary = {**run, "methods": keys, "params": {key: manifests[key]["params"] for key in keys},
+               "manifests": {key: str(manifest_path(out, key, dataset.name).resolve()) for key in keys},
+               "complete": _missing_outputs(out, dataset.name, dataset.fids, keys, ckpt) == 0,
+               "out": str(out.resolve()), "written": written, "skipped": skipped,
                "seconds": round(time.perf_counter() - started, 3)}
     if audit is not None:
         summary["float16"] = audit.report()
@@ -266,50 +286,104 @@ def _needs_fit(scorers) -> bool:
     return any(s.needs_fit for s in scorers)
 
 
-def _check_previous_run(out: Path, dataset, keys: list[str], manifest: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to touch a finished or different run's outputs unless ``overwrite``; allow resuming."""
-    if overwrite:
-        return
-    path = manifest_path(out, dataset.name)
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise OodsegError(f"{path}: corrupt manifest ({exc}); pass --overwrite to start afresh") from exc
-        differing = [k for k in RUN_IDENTITY if previous.get(k, RUN_DEFAULTS.get(k)) != manifest.get(k)]
-        if previous.get("schema") != MANIFEST_SCHEMA or differing:
-            raise OodsegError(f"{path}: outputs of a different run ({', '.join(differing) or 'schema'} differ); "
-                              "pass --overwrite to replace them")
-        if _missing_outputs(out, dataset.name, dataset.fids, keys) == 0:
-            raise OodsegError(f"{out}: this run is already complete for dataset {dataset.name!r}; "
-                              "pass --overwrite to redo it")
-        return
-    existing = next(_existing_outputs(out, dataset.name, dataset.fids, keys), None)
-    if existing is not None:
-        raise OodsegError(f"{existing}: exists but no manifest describes it; pass --overwrite to replace it")
+def _refuse_synthstreet_root(images: str | Path, kind: str) -> None:
+    """A SynthStreet root read as a folder of images would score its label PNGs as photos: refuse it."""
+    from oodseg.data.synthetic import MANIFEST_NAME
+
+    if kind == "images" and (Path(images) / MANIFEST_NAME).is_file():
+        raise OodsegError(f"images {images}: a SynthStreet root, not a folder of photos; score one of its tracks "
+                          f"(e.g. --images {Path(images) / 'anomaly'}); train takes the root with --data")
 
 
-def _output_paths(out: Path, dataset: str, fid: str, keys: Sequence[str]) -> list[Path]:
-    return [score_path(out, key, dataset, fid) for key in keys] + [prediction_path(out, dataset, fid)]
+def _manifests(checkpoint, meta, scorers, dataset, kind: str, out: Path, ensemble, fit_data, fit_frames: int,
+               dtype: str, resolution: str, smooth, preset, autocast=None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """``(run fields, {method key: its manifest})``: provenance per method (:mod:`oodseg.provenance`), so
+    a method's identity depends only on what it uses (ensemble members, fit data)."""
+    sha = meta["weights_sha256"]
+    ensemble_paths = [str(Path(p).resolve()) for p in ensemble]
+    ensemble_sha = [read_checkpoint_meta(p)["weights_sha256"] for p in ensemble]
+    common = {"schema": provenance.SCHEMA, "version": provenance.VERSION, "checkpoint": str(Path(checkpoint).resolve()),
+              "checkpoint_sha256": sha, "classes": meta["classes"], "dataset": dataset.name, "dataset_kind": kind,
+              "root": str(dataset.root), "n_frames": len(dataset), "dtype": dtype, "resolution": resolution,
+              "smooth": smooth, "preset": preset,
+              "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32"),
+              "predictions": predictions_dir(out, provenance.checkpoint_id(sha), dataset.name).relative_to(out).as_posix()}
+    manifests = {}
+    for s in scorers:
+        members, fits = s.name == "ensemble", s.needs_fit
+        manifests[s.key] = {**common, "method": s.key, "params": {k: v for k, v in s.params.items() if k != "models"},
+                            "ensemble": ensemble_paths if members else [],
+                            "ensemble_sha256": ensemble_sha if members else [],
+                            "fit_data": str(Path(fit_data).resolve()) if fits else None,
+                            "fit_frames": fit_frames if fits else None, "complete": False}
+    fits = _needs_fit(scorers)
+    run = {**common, "ensemble": ensemble_paths, "ensemble_sha256": ensemble_sha,
+           "fit_data": str(Path(fit_data).resolve()) if fits else None, "fit_frames": fit_frames if fits else None}
+    return run, manifests
 
 
-def _existing_outputs(out: Path, dataset: str, fids: Sequence[str], keys: Sequence[str]) -> Iterator[Path]:
-    return (p for fid in fids for p in _output_paths(out, dataset, fid, keys) if p.is_file())
+def _check_previous_run(out: Path, dataset, run: dict[str, Any], manifests: dict[str, dict[str, Any]],
+                        overwrite: bool) -> list[str]:
+    """The methods to (re)score: a method whose maps the same settings completed is left alone, one with
+    other settings, an earlier oodseg's or unexplained files is refused unless ``overwrite``; maps of
+    another dataset root under the same dataset name are refused. Raises when nothing is left to do."""
+    todo = []
+    for key, manifest in manifests.items():
+        previous = provenance.read_manifest(out, key, dataset.name)
+        if previous is None:
+            existing = next(_existing_outputs(out, dataset.name, dataset.fids, [key]), None)
+            if existing is not None and not overwrite:
+                raise OodsegError(f"{existing}: exists but no manifest describes it; pass --overwrite to replace it")
+            todo.append(key)
+            continue
+        if previous["version"] != provenance.VERSION and not overwrite:
+            raise OodsegError(f"{previous['path']}: {key} maps written by an earlier oodseg (one manifest for all "
+                              f"methods, no checkpoint checksum); pass --overwrite to rescore {key}")
+        differing = [k for k in provenance.IDENTITY
+                     if previous.get(k, provenance.IDENTITY_DEFAULTS.get(k)) != manifest.get(k)]
+        if differing and not overwrite:
+            raise OodsegError(f"{previous['path']}: {key} maps of a different run ({', '.join(differing)} differ); "
+                              f"pass --overwrite to replace the {key} maps")
+        if overwrite or not previous.get("complete") or _missing_outputs(
+                out, dataset.name, dataset.fids, [key], provenance.checkpoint_id(run["checkpoint_sha256"])):
+            todo.append(key)
+    for path in sorted(manifests_dir(out, dataset.name).glob("*.json")):
+        other = provenance.read_manifest(out, path.stem, dataset.name)
+        if other is not None and (other["dataset_kind"], other["root"]) != (run["dataset_kind"], run["root"]) \
+                and not (overwrite and path.stem in manifests):
+            raise OodsegError(f"{path}: dataset name {dataset.name!r} in {out} holds maps of {other['root']}; "
+                              "give another --dataset-name or --out")
+    if not todo:
+        raise OodsegError(f"{out}: {', '.join(manifests)} already complete for dataset {dataset.name!r}; "
+                          "pass --overwrite to redo it")
+    return todo
 
 
-def _missing_outputs(out: Path, dataset: str, fids: Sequence[str], keys: Sequence[str]) -> int:
-    return sum(not p.is_file() for fid in fids for p in _output_paths(out, dataset, fid, keys))
+def _output_paths(out: Path, dataset: str, fid: str, keys: Sequence[str], ckpt: str | None) -> list[Path]:
+    """The score files of ``keys`` and, with ``ckpt`` (:func:`oodseg.provenance.checkpoint_id`), its prediction."""
+    return [score_path(out, key, dataset, fid) for key in keys] + (
+        [prediction_path(out, ckpt, dataset, fid)] if ckpt else [])
+
+
+def _existing_outputs(out: Path, dataset: str, fids: Sequence[str], keys: Sequence[str],
+                      ckpt: str | None = None) -> Iterator[Path]:
+    return (p for fid in fids for p in _output_paths(out, dataset, fid, keys, ckpt) if p.is_file())
+
+
+def _missing_outputs(out: Path, dataset: str, fids: Sequence[str], keys: Sequence[str], ckpt: str) -> int:
+    return sum(not p.is_file() for fid in fids for p in _output_paths(out, dataset, fid, keys, ckpt))
 
 
 def _remove_outputs(out: Path, dataset, keys: Sequence[str]) -> None:
-    """Delete the files this run would write (an overwrite must not be resumed onto old files)."""
+    """Delete the maps of ``keys`` (an overwrite must not be resumed onto old files); predictions are kept:
+    they are a function of the checkpoint (their folder is named by its weights' sha256) and the images."""
     for path in list(_existing_outputs(out, dataset.name, dataset.fids, keys)):
         path.unlink()
 
 
-def _remove_partials(out: Path, dataset: str, keys: Sequence[str]) -> None:
-    """Delete temporary ``.partial`` files left by an interrupted run."""
-    for folder in [scores_dir(out, key, dataset) for key in keys] + [predictions_dir(out, dataset)]:
+def _remove_partials(out: Path, dataset: str, keys: Sequence[str], ckpt: str) -> None:
+    """Delete temporary ``.partial`` files left by an interrupted run (the lock on ``out`` says none is live)."""
+    for folder in [scores_dir(out, key, dataset) for key in keys] + [predictions_dir(out, ckpt, dataset)]:
         if folder.is_dir():
             for path in folder.glob(".*.partial*"):
                 path.unlink(missing_ok=True)
@@ -375,9 +449,10 @@ def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.d
 # -- scoring --------------------------------------------------------------------------------------
 def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: torch.device,
                   batch_size: int, audit: _Float16Run | None, smooth: dict[str, Any] | None,
-                  workers: int | None = 0, autocast: torch.dtype | None = None) -> tuple[int, int]:
+                  ckpt: str, workers: int | None = 0, autocast: torch.dtype | None = None) -> tuple[int, int]:
     """Score this rank's frames that have missing outputs; returns (frames written, frames skipped).
 
+    ``ckpt``: the checkpoint's prediction folder name (:func:`oodseg.provenance.checkpoint_id`).
     Frames are decoded by ``workers`` processes and the files written by as many writer processes
     (:mod:`oodseg.workflows.pipeline`, :mod:`oodseg.workflows.workers`; 0: both inline). With ``audit``
     (float16 storage) every map is written as float16 and audited first; ``smooth`` blurs every map
@@ -385,7 +460,7 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
     """
     mine = distributed.shard(dataset.fids)
     todo = {fid: [s for s in scorers if not score_path(out, s.key, dataset.name, fid).is_file()] for fid in mine}
-    pending = [fid for fid in mine if todo[fid] or not prediction_path(out, dataset.name, fid).is_file()]
+    pending = [fid for fid in mine if todo[fid] or not prediction_path(out, ckpt, dataset.name, fid).is_file()]
     workers = resolve_workers(workers, len(pending))
     storage = "float32" if audit is None else "float16"
     align = adapter.align_corners
@@ -423,9 +498,9 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
                         audit.audits[key].update(value, audit.label(fid))
                         writer.submit(write_score, path, value, dtype=storage)
                     if at_image:
-                        writer.submit(write_png, prediction_path(out, dataset.name, fid), logits[i])
+                        writer.submit(write_png, prediction_path(out, ckpt, dataset.name, fid), logits[i])
                     else:
-                        writer.submit(write_prediction, prediction_path(out, dataset.name, fid), logits[i], size, align)
+                        writer.submit(write_prediction, prediction_path(out, ckpt, dataset.name, fid), logits[i], size, align)
                     written += 1
     return written, len(mine) - len(pending)
 
