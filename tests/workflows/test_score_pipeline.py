@@ -1,6 +1,7 @@
 """`oodseg score`'s pipeline: decoding workers and writer processes change nothing in the files;
 a killed run resumes to the same files with no writer left behind; a failing writer stops the run
 with one line; --workers and --precision are checked (issue 19)."""
+import fcntl
 import filecmp
 import os
 import signal
@@ -52,7 +53,8 @@ def run_score(*args):
 
 
 def files_of(out: Path) -> list[Path]:
-    return sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and "_manifest" not in p.parts)
+    return sorted(p.relative_to(out) for p in out.rglob("*")  # maps and predictions (not manifests, not the lock)
+                  if p.is_file() and "_manifest" not in p.parts and not p.name.startswith(".oodseg"))
 
 
 def assert_same_files(a: Path, b: Path) -> None:
@@ -115,6 +117,17 @@ def test_killed_parallel_run_resumes_to_the_uninterrupted_files(checkpoint, tmp_
     while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in helpers), "a writer or decoder outlived the killed run"
+    # every process forked from the run (also any started after the snapshot) shares its flock: free = all gone
+    deadline = time.monotonic() + 15
+    with open(killed / ".oodseg-score.lock") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "a process of the killed run still holds its lock"
+                time.sleep(0.1)
+        fcntl.flock(lock, fcntl.LOCK_UN)
     written = files_of(killed)
     assert 0 < len(written) < 16 * (len(METHODS) + 1)
 
