@@ -252,12 +252,15 @@ def test_models_without_the_attribute_keep_align_corners_false():
 
 def test_score_runner_upsamples_with_the_models_align_corners():
     from oodseg import scores
+    from oodseg.workflows.pipeline import finish_maps, predict
     from oodseg.workflows.score import _score_batch
 
     model = AlignedWithOodHead().eval()
     images = torch.rand(1, 3, 13, 18)
     with ModelAdapter(model, probe_size=(13, 18)) as adapter:
-        maps, prediction = _score_batch(adapter, [scores.get("energy")], images)
+        maps, logits = _score_batch(adapter, [scores.get("energy")], images)
+        maps = {key: finish_maps(value, (13, 18), adapter.align_corners) for key, value in maps.items()}
+        prediction = predict(logits, (13, 18), adapter.align_corners)
         with torch.no_grad():
             out = adapter(images)
     energy = -torch.logsumexp(out.logits, dim=1)

@@ -135,6 +135,10 @@ class RegistryChoice(click.Choice):
         pass
 
 
+WORKERS_HELP = ("Processes that {work} (default: half the cores, 1 to 8; 0 = inline, one step after the other; "
+                "more than the frames: as many as the frames; negative: an error).")
+
+
 def echo_json(obj: object) -> None:
     """Print ``obj`` as JSON on stdout (for ``--json`` machine-readable output)."""
     click.echo(json.dumps(obj, indent=2))
@@ -309,10 +313,12 @@ def _print_semantic_table(result: dict) -> None:
               show_default=True, help="Score -> confidence for the ECE: 1-u/max u (normalised; auto when u >= 0), "
                                       "1-u (complement, e.g. msp), min-max scaled (minmax; auto when u < 0).")
 @click.option("--device", default="cpu", show_default=True, help="Where the checkpoint runs for --segmentation.")
+@click.option("--workers", type=int, default=None,
+              help=WORKERS_HELP.format(work="read the score files and labels and compute each chunk's metrics"))
 @json_and_save_options("the oodseg.evaluate result object")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --save file.")
 def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold_from, resize, roi, aggregate, options,
-             method, segmentation, probs, ood_thresholds, confidence, device, json_out, save, overwrite):
+             method, segmentation, probs, ood_thresholds, confidence, device, workers, json_out, save, overwrite):
     """Evaluate anomaly score files against a dataset's labels (SMIYC pixel + component metrics).
 
     Prints AP, AUROC, FPR95, best F1, sIoU, PPV and mean F1. On SMIYC layouts they follow the
@@ -324,12 +330,15 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
     labels_masks/{fid}_labels_trainIds.png (SynthStreet), StreetHazards from its annotations.
     Runs distributed under torchrun (frames sharded by rank, rank 0 writes). Prints one
     'warning:' line when score files hold fewer than 50 distinct values on frames with both
-    classes (maps stored too coarsely, e.g. ODIN at T=1000 in float16).
+    classes (maps stored too coarsely, e.g. ODIN at T=1000 in float16). Score files are read by
+    --workers processes (the metrics are the same for every count); evaluating score files imports
+    no torch (only --segmentation/--probs, or --resize of smaller maps, load it).
 
     \b
     Examples:
       oodseg evaluate --dataset smiyc-anomaly --root data/synth/anomaly --scores scores/entropy/anomaly
       oodseg evaluate --root data/synth/anomaly --scores scores/entropy/anomaly --protocol exact
+      oodseg evaluate --root /data/dataset_AnomalyTrack --scores scores/msp/dataset_AnomalyTrack --workers 8
       oodseg evaluate --dataset lostandfound --root /data/LostAndFound -o split=testNoKnown \\
           --scores scores/pgn/LostAndFound-testNoKnown --track obstacle --save results/laf.json
       torchrun --nproc_per_node=2 "$(which oodseg)" evaluate --root data/synth/obstacle \\
@@ -366,7 +375,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
         if dataset.label_type != "semantic":
             track = track or ("obstacle" if kind == "smiyc-obstacle" else "anomaly")
             result = evaluate_dataset(dataset, scores_dir, track=track, mode=mode, threshold=threshold, resize=resize,
-                                      roi=roi, aggregate=aggregate, method=method, protocol=protocol)
+                                      roi=roi, aggregate=aggregate, method=method, protocol=protocol,
+                                      workers=workers)
             if provenance is not None:
                 result["component_threshold_from"] = provenance
         if segmentation or probs is not None or ood_thresholds or dataset.label_type == "semantic":
@@ -423,14 +433,18 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output root: OUT/METHOD/DATASET/FID.hdf5.")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of the methods asked for (others are kept).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Frames per forward pass (frames of equal size).")
+@click.option("--workers", type=int, default=None, help=WORKERS_HELP.format(work="decode frames; as many write the files"))
+@click.option("--precision", type=RegistryChoice("oodseg.workflows.pipeline:PRECISIONS"), default="fp32", show_default=True,
+              help="Autocast of the forward: bf16/fp16 only for logits-based scores (msp, entropy, energy, ...); "
+                   "auto = bf16 (fp16) on CUDA when every score allows it, else fp32.")
 @click.option("--dtype", type=RegistryChoice("oodseg.data.io:STORAGE_DTYPES"), default="float32", show_default=True,
               help="Precision of the stored maps: float32 evaluates exactly like the computed maps; float16 halves "
                    "the files (benchmark submissions) and warns for each method whose ranking it changes.")
 @json_option("the run summary")
 def score(checkpoint, weights, model_args, normalize, channel_order, output_key, head, align_corners, images,
           dataset_kind, dataset_name, options, methods, preset, params, fit_data, fit_frames, ensemble, out, overwrite,
-          device, batch_size, dtype, as_json):
+          device, batch_size, workers, precision, dtype, as_json):
     """Score every frame of a dataset and write SMIYC score files (hdf5 dataset 'value', gzip, float32).
 
     Writes OUT/METHOD/DATASET/FID.hdf5 per method, OUT/_prediction/SHA16/DATASET/FID.png (argmax
@@ -455,6 +469,8 @@ def score(checkpoint, weights, model_args, normalize, channel_order, output_key,
           --images data/synth/anomaly --method msp --method odin --out scores
       oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\
           --dtype float16 --out submission
+      oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method msp --method energy \\
+          --device cuda --precision auto --batch-size 8 --workers 8 --out scores
       oodseg score --checkpoint ckpt/rpl --images /data/dataset_AnomalyTrack --preset rpl --out scores
       oodseg score --model hf:my-segformer --images data/synth/anomaly --method entropy --out scores
       oodseg score --model python:mynets:build_net --weights net.pth --model-arg num_classes=19 \\
@@ -480,7 +496,7 @@ def score(checkpoint, weights, model_args, normalize, channel_order, output_key,
                                 dataset_kind=dataset_kind, dataset_name=dataset_name,
                                 dataset_options=_parse_dataset_options(options), fit_data=fit_data,
                                 fit_frames=fit_frames, ensemble=list(ensemble), overwrite=overwrite, device=device,
-                                batch_size=batch_size, dtype=dtype, **protocol)
+                                batch_size=batch_size, dtype=dtype, workers=workers, precision=precision, **protocol)
         is_main = distributed.is_main()
     finally:
         distributed.cleanup()

@@ -7,16 +7,20 @@
 - Resizing logits and score maps to the label size: :func:`resize_logits`, :func:`resize_map`
   (bilinear, ``align_corners=False`` unless the model upsamples its own logits otherwise, SPEC §8).
 - Frame → tensor: :func:`image_to_tensor`.
+
+torch is imported by the functions that need it, so the label values cost no torch import.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from oodseg.errors import OodsegError
+
+if TYPE_CHECKING:
+    import torch
 
 #: label value of ignored ("void") pixels
 VOID = 255
@@ -37,6 +41,8 @@ def model_logits(output: object) -> torch.Tensor:
     A mapping with several entries and neither key is refused: guessing (say the auxiliary
     head's output) would train on one tensor and score another.
     """
+    import torch
+
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Mapping) and output:
@@ -59,6 +65,8 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int], align_corners: bo
     ``align_corners=False`` (SPEC §0) unless a model imported from elsewhere upsamples its own
     logits with ``align_corners=True`` (SPEC §8: its scores are upsampled the same way).
     """
+    import torch.nn.functional as F
+
     size = (int(size[0]), int(size[1]))
     if tuple(logits.shape[-2:]) == size:
         return logits
@@ -72,4 +80,6 @@ def resize_map(score: torch.Tensor, size: tuple[int, int], align_corners: bool =
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 ``(H, W, 3)`` RGB frame → float32 ``(3, H, W)`` in [0, 1]."""
+    import torch
+
     return torch.tensor(image, dtype=torch.float32).permute(2, 0, 1).div_(255.0).contiguous()

@@ -1,20 +1,27 @@
 """torch.distributed helpers: rank, rank-strided sharding and reduction of small states.
 
 Everything works unchanged in a single process (rank 0 of 1). Under ``torchrun`` call
-:func:`init` once; it picks ``gloo`` on CPU and ``nccl`` when CUDA is available.
+:func:`init` once; it picks ``gloo`` on CPU and ``nccl`` when CUDA is available. torch is
+imported only by :func:`init` and when a process group exists, so a single process that never
+needed torch (``oodseg evaluate`` of score files) does not pay for importing it.
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence, TypeVar
+import sys
+from typing import TYPE_CHECKING, Sequence, TypeVar
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
 
 def is_initialized() -> bool:
+    if "torch.distributed" not in sys.modules:  # nothing imported it: no process group can exist
+        return False
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized()
 
 
@@ -32,6 +39,9 @@ def init(backend: str | None = None) -> bool:
         return True
     if not launched_by_torchrun():
         return False
+    import torch
+    import torch.distributed as dist
+
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -40,12 +50,19 @@ def init(backend: str | None = None) -> bool:
     return True
 
 
+def _dist():
+    """``torch.distributed`` (imported on first use)."""
+    import torch.distributed as dist
+
+    return dist
+
+
 def rank() -> int:
-    return dist.get_rank() if is_initialized() else 0
+    return _dist().get_rank() if is_initialized() else 0
 
 
 def world_size() -> int:
-    return dist.get_world_size() if is_initialized() else 1
+    return _dist().get_world_size() if is_initialized() else 1
 
 
 def is_main() -> bool:
@@ -59,12 +76,13 @@ def shard(items: Sequence[T]) -> list[T]:
 
 def barrier() -> None:
     if is_initialized():
-        dist.barrier()
+        _dist().barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over all ranks in place (no-op in a single process); returns it."""
     if is_initialized():
+        dist = _dist()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
@@ -74,10 +92,10 @@ def all_gather_objects(obj: T) -> list[T]:
     if not is_initialized():
         return [obj]
     out: list = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    _dist().all_gather_object(out, obj)
     return out
 
 
 def cleanup() -> None:
     if is_initialized():
-        dist.destroy_process_group()
+        _dist().destroy_process_group()

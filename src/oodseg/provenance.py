@@ -24,7 +24,9 @@ VERSION = 2
 READ_VERSIONS = (1, 2)
 #: Fields that must agree for a rerun to count as resuming the same method's maps.
 IDENTITY = ("checkpoint_sha256", "method", "dataset_kind", "root", "params", "ensemble_sha256", "fit_data",
-            "fit_frames", "dtype", "resolution", "smooth")
+            "fit_frames", "dtype", "resolution", "smooth", "precision")
+#: Values of identity fields that manifests written before the field existed imply.
+IDENTITY_DEFAULTS = {"precision": "fp32"}
 
 
 def checkpoint_id(weights_sha256: str) -> str:

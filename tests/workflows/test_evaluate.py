@@ -4,7 +4,10 @@ References are independent: scikit-learn on the pooled valid pixels (scores as s
 float16) and a brute-force loop over connected components written here from SPEC §4.2.
 """
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -396,3 +399,46 @@ def test_torchrun_two_processes_equal_one(smiyc, tmp_path, run_oodseg):
     for one, two in results.values():
         for key in KEYS:
             assert two[key] == pytest.approx(one[key], abs=1e-12), key
+
+
+@pytest.mark.parametrize("protocol, mode", [("smiyc", "exact"), ("smiyc", "streaming"), ("exact", "exact")])
+def test_worker_processes_give_the_inline_numbers(tmp_path, rng, protocol, mode):
+    """Frames read and evaluated in 3 worker processes (chunks merged in order) = inline, value for value;
+    and inline still matches the independent references."""
+    root = tmp_path / "obstacle"
+    scores_dir, labels, scores = make_smiyc(root, rng, n=9)
+    dataset = open_dataset("smiyc-obstacle", root)
+    inline = evaluate_dataset(dataset, scores_dir, track="obstacle", mode=mode, protocol=protocol, workers=0)
+    parallel = evaluate_dataset(dataset, scores_dir, track="obstacle", mode=mode, protocol=protocol, workers=3)
+    assert parallel == inline
+    given = evaluate_dataset(dataset, scores_dir, track="obstacle", mode=mode, protocol=protocol, workers=3,
+                             threshold=0.8)
+    assert given == evaluate_dataset(dataset, scores_dir, track="obstacle", mode=mode, protocol=protocol,
+                                     threshold=0.8)
+    if protocol == "exact":
+        assert_matches_reference(inline, labels, scores)
+    else:
+        assert inline["AP"] == pytest.approx(smiyc_pixel_metrics(
+            np.stack([scores[f] for f in sorted(scores)]), np.stack([labels[f] for f in sorted(labels)]))["AP"],
+            abs=1e-12)
+
+
+def test_cli_evaluation_of_score_files_imports_no_torch(smiyc, tmp_path):
+    """`oodseg evaluate` of score files in a fresh interpreter (workers and inline): torch is never imported."""
+    root, scores_dir, _, _ = smiyc
+    for workers in ("0", "2"):
+        code = ("import sys\nfrom oodseg.cli import main\n"
+                f"main(['evaluate', '--root', {str(root)!r}, '--scores', {str(scores_dir)!r}, '--workers', '{workers}',"
+                " '--json'], standalone_mode=False)\n"
+                "print('TORCH', sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "OODSEG_QUIET": "1"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout[:proc.stdout.rindex("TORCH")])["AP"] is not None
+        assert proc.stdout.strip().splitlines()[-1] == "TORCH []"
+
+
+def test_cli_workers_negative_is_one_line(smiyc):
+    root, scores_dir, _, _ = smiyc
+    res = run_cli("--root", root, "--scores", scores_dir, "--workers", "-2")
+    assert res.exit_code == 2 and res.output.strip() == "error: --workers: must be >= 0 (0 = inline), got -2"

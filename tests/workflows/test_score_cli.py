@@ -12,7 +12,7 @@ from PIL import Image
 
 from oodseg.cli import main
 from oodseg.models import load_checkpoint
-from oodseg.workflows import score as runner
+from oodseg.workflows import pipeline
 
 from model_fixtures import confident_checkpoint
 
@@ -113,8 +113,9 @@ def test_score_writes_smiyc_files_with_correct_values(frames, checkpoint, tmp_pa
 
 def test_interrupted_run_resumes_and_finished_run_is_protected(frames, checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    args = ["--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--method", "energy", "--out", out]
-    real_write = runner.write_score
+    args = ["--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--method", "energy", "--out", out,
+            "--workers", "0"]  # inline writes: the patched write_score runs in this process
+    real_write = pipeline.write_score
     calls = []
 
     def crash_on_fourth(path, array, **options):
@@ -123,9 +124,9 @@ def test_interrupted_run_resumes_and_finished_run_is_protected(frames, checkpoin
             raise RuntimeError("killed")  # the process dies mid-run
         return real_write(path, array, **options)
 
-    monkeypatch.setattr(runner, "write_score", crash_on_fourth)
+    monkeypatch.setattr(pipeline, "write_score", crash_on_fourth)
     assert _score(*args).exit_code != 0
-    monkeypatch.setattr(runner, "write_score", real_write)
+    monkeypatch.setattr(pipeline, "write_score", real_write)
     done = sorted(p for p in out.rglob("*.hdf5"))
     assert len(done) == 3
     stamps = {p: p.stat().st_mtime_ns for p in done}

@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from oodseg import distributed
 from oodseg.errors import OodsegError, check_choice
@@ -39,6 +38,10 @@ def _extreme(reduce: str, a, b):
 
 def _sum_over_ranks(value):
     """``value`` (number or numpy array) summed over all ranks, same type and dtype."""
+    if distributed.world_size() == 1:  # one process: nothing to add (and no torch to import)
+        return value
+    import torch
+
     if isinstance(value, np.ndarray):
         return distributed.all_reduce_sum(torch.from_numpy(np.ascontiguousarray(value))).numpy()
     dtype = torch.float64 if isinstance(value, float) else torch.int64

@@ -20,6 +20,7 @@ refused). Under ``torchrun`` every rank scores its share of the frames (rank-str
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import os
@@ -30,12 +31,11 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 
 from oodseg import distributed
 from oodseg.adapter import ImageResolutionAdapter, ModelAdapter
-from oodseg.conventions import image_to_tensor, resize_map
-from oodseg.atomic import atomic_path, write_json
+from oodseg.conventions import image_to_tensor
+from oodseg.atomic import write_json
 from oodseg.data import detect_kind, open_dataset, write_score
 from oodseg.data.io import STORAGE_DTYPES
 from oodseg.data.transforms import label_to_tensor
@@ -48,8 +48,11 @@ from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.quantization import Float16Audit
 from oodseg.models.sources import ModelSource, declared_head, load_model_source, parse_model_source
 from oodseg.progress import track
-from oodseg.scores.postprocess import check_smooth, gaussian_blur
+from oodseg.scores.postprocess import check_smooth
+from oodseg.workflows.pipeline import (autocast_dtype, decoded_frames, finish_maps, predict, prepare_model,
+                                      to_model_input, write_map, write_prediction)
 from oodseg.workflows.presets import RESOLUTIONS
+from oodseg.workflows.workers import WriterPool, resolve_workers, write_png
 
 T = TypeVar("T")
 
@@ -86,7 +89,8 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
                   fit_data: str | Path | None = None, fit_frames: int = 20,
                   ensemble: Sequence[str | Path] = (), overwrite: bool = False, device: str = "cpu",
                   batch_size: int = 1, dtype: str = "float32", resolution: str = "head",
-                  smooth: dict[str, Any] | None = None, preset: str | None = None) -> dict[str, Any]:
+                  smooth: dict[str, Any] | None = None, preset: str | None = None, workers: int | None = None,
+                  precision: str = "fp32") -> dict[str, Any]:
     """Score every frame of the dataset at ``images`` with ``methods`` and write the files into ``out``.
 
     Args:
@@ -104,6 +108,12 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
         overwrite: replace the maps (and provenance) of the requested methods; other methods are never touched.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
         batch_size: frames per forward pass (frames of equal size only).
+        workers: frame-decoding processes and as many file-writing processes (None: half the cores,
+            1 to 8; 0: decode and write inline, one after the other; more than the frames: as many
+            as the frames). Every setting writes the same bytes.
+        precision: the forward's autocast (:data:`oodseg.workflows.pipeline.PRECISIONS`): ``fp32``
+            (default), ``bf16``/``fp16`` (logits-based scores only), ``auto`` (bf16/fp16 on CUDA when
+            every score allows it, else fp32).
         dtype: ``"float32"`` (default: files evaluate exactly like the in-memory maps) or
             ``"float16"`` (half the size; warns per method whose ranking it alters, with the
             measured change — AP/AUROC too when the dataset has OoD labels).
@@ -139,6 +149,7 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
         raise OodsegError(f"params {unknown[0]}.*: method {unknown[0]!r} is not among the methods {', '.join(methods)}")
 
     model, meta = load_model_source(checkpoint, map_location=device)
+    model = prepare_model(model, device)
     loaded = [_load_member(path, meta, device) for path in ensemble]
     members = [_member(model)] + [member for member, _ in loaded]
     scorers = [_build_scorer(score_registry, name, {**params.get(name, {}), **own}, members) for name, own in specs]
@@ -153,6 +164,7 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
     if any(s.needs_fit for s in scorers) and fit_data is None:
         names = ", ".join(s.name for s in scorers if s.needs_fit)
         raise OodsegError(f"fit_data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
+    autocast = autocast_dtype(precision, device, scorers)
     if resolution == "image" and any("block" in s.needs for s in scorers):
         names = ", ".join(s.key for s in scorers if "block" in s.needs)
         raise OodsegError(f"resolution: {names} use the block before the head, which exists only at the head's "
@@ -172,7 +184,7 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
     out = Path(out)
     run, manifests = _manifests(checkpoint, meta, scorers, dataset, kind, out, ensemble, [sha for _, sha in loaded],
                                 fit_data, fit_frames, dtype,
-                                resolution, smooth, preset)
+                                resolution, smooth, preset, autocast)
     ckpt = provenance.checkpoint_id(meta["weights_sha256"])
     todo_keys = _check_previous_run(out, dataset, run, manifests, overwrite)
     distributed.barrier()
@@ -192,7 +204,7 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
         if fitted:
             _fit_on_main(fitted, adapter, Path(fit_data), fit_frames, device)
         written, skipped = _on_every_rank(lambda: _score_frames(adapter, scorers, dataset, out, device, batch_size,
-                                                                audit, smooth, ckpt))
+                                                                audit, smooth, ckpt, workers, autocast))
     finally:
         hooks.close()
     distributed.barrier()
@@ -294,7 +306,7 @@ def _refuse_synthstreet_root(images: str | Path, kind: str) -> None:
 
 
 def _manifests(checkpoint, meta, scorers, dataset, kind: str, out: Path, ensemble, ensemble_sha, fit_data, fit_frames: int,
-               dtype: str, resolution: str, smooth, preset) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+               dtype: str, resolution: str, smooth, preset, autocast=None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """``(run fields, {method key: its manifest})``: provenance per method (:mod:`oodseg.provenance`), so
     a method's identity depends only on what it uses (ensemble members, fit data)."""
     sha = meta["weights_sha256"]
@@ -303,6 +315,7 @@ def _manifests(checkpoint, meta, scorers, dataset, kind: str, out: Path, ensembl
               "checkpoint_sha256": sha, "classes": meta["classes"], "dataset": dataset.name, "dataset_kind": kind,
               "root": str(dataset.root), "n_frames": len(dataset), "dtype": dtype, "resolution": resolution,
               "smooth": smooth, "preset": preset,
+              "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32"),
               "predictions": predictions_dir(out, provenance.checkpoint_id(sha), dataset.name).relative_to(out).as_posix()}
     manifests = {}
     for s in scorers:
@@ -335,7 +348,8 @@ def _check_previous_run(out: Path, dataset, run: dict[str, Any], manifests: dict
         if previous["version"] != provenance.VERSION and not overwrite:
             raise OodsegError(f"{previous['path']}: {key} maps written by an earlier oodseg (one manifest for all "
                               f"methods, no checkpoint checksum); pass --overwrite to rescore {key}")
-        differing = [k for k in provenance.IDENTITY if previous.get(k) != manifest.get(k)]
+        differing = [k for k in provenance.IDENTITY
+                     if previous.get(k, provenance.IDENTITY_DEFAULTS.get(k)) != manifest.get(k)]
         if differing and not overwrite:
             raise OodsegError(f"{previous['path']}: {key} maps of a different run ({', '.join(differing)} differ); "
                               f"pass --overwrite to replace the {key} maps")
@@ -444,69 +458,82 @@ def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.d
 # -- scoring --------------------------------------------------------------------------------------
 def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: torch.device,
                   batch_size: int, audit: _Float16Run | None, smooth: dict[str, Any] | None,
-                  ckpt: str) -> tuple[int, int]:
+                  ckpt: str, workers: int | None = 0, autocast: torch.dtype | None = None) -> tuple[int, int]:
     """Score this rank's frames that have missing outputs; returns (frames written, frames skipped).
 
-    ``ckpt``: the checkpoint's prediction folder name (:func:`oodseg.provenance.checkpoint_id`). With ``audit`` (float16 storage) every map is written as float16 and audited first; ``smooth``
-    blurs every map (see :func:`score_dataset`).
+    ``ckpt``: the checkpoint's prediction folder name (:func:`oodseg.provenance.checkpoint_id`).
+    Frames are decoded by ``workers`` processes and the files written by as many writer processes
+    (:mod:`oodseg.workflows.pipeline`, :mod:`oodseg.workflows.workers`; 0: both inline). With ``audit``
+    (float16 storage) every map is written as float16 and audited first; ``smooth`` blurs every map
+    (see :func:`score_dataset`); ``autocast``: the forward's reduced precision (None: float32).
     """
     mine = distributed.shard(dataset.fids)
     todo = {fid: [s for s in scorers if not score_path(out, s.key, dataset.name, fid).is_file()] for fid in mine}
     pending = [fid for fid in mine if todo[fid] or not prediction_path(out, ckpt, dataset.name, fid).is_file()]
+    workers = resolve_workers(workers, len(pending))
+    storage = "float32" if audit is None else "float16"
+    align = adapter.align_corners
     written = 0
-    for chunk in _chunks(track(pending, f"scoring {dataset.name}", total=len(pending)), batch_size):
-        samples = [dataset[fid] for fid in chunk]
-        for group in _same_size_groups(samples):
-            images = torch.stack([image_to_tensor(s.image) for s in group]).to(device)
-            needed = [s for s in scorers if any(s in todo[x.fid] for x in group)]
-            try:
-                maps, prediction = _score_batch(adapter, needed, images, smooth)
-            except OodsegError as exc:
-                names = ", ".join(s.key for s in needed)
-                raise OodsegError(f"frame {', '.join(x.fid for x in group)} (methods {names}): {exc}") from exc
-            for i, sample in enumerate(group):
-                frame_maps = {s.key: maps[s.key][i] for s in todo[sample.fid]}
-                for key, value in frame_maps.items():
-                    if not bool(torch.isfinite(value).all()):
-                        raise OodsegError(f"frame {sample.fid}, method {key}: score contains NaN or Inf; "
-                                          "nothing written for this frame")
-                label = audit.label(sample.fid) if audit is not None else None
-                for key, value in frame_maps.items():
-                    value = value.cpu().numpy()
-                    if audit is not None:
-                        audit.audits[key].update(value, label)
-                    write_score(score_path(out, key, dataset.name, sample.fid), value,
-                                dtype="float32" if audit is None else "float16")
-                _write_prediction(prediction_path(out, ckpt, dataset.name, sample.fid), prediction[i])
-                written += 1
+    frames = decoded_frames(dataset, pending, workers, device)
+    with WriterPool(workers) as writer:
+        for chunk in _chunks(track(frames, f"scoring {dataset.name}", total=len(pending)), batch_size):
+            for group in _same_size_groups(chunk):
+                fids = [fid for fid, _ in group]
+                images = to_model_input([image for _, image in group], device)
+                size = tuple(images.shape[-2:])
+                needed = [s for s in scorers if any(s in todo[fid] for fid in fids)]
+                try:
+                    maps, logits = _score_batch(adapter, needed, images, autocast)
+                except OodsegError as exc:
+                    names = ", ".join(s.key for s in needed)
+                    raise OodsegError(f"frame {', '.join(fids)} (methods {names}): {exc}") from exc
+                maps = {key: value.float().cpu() for key, value in maps.items()}
+                # logits at the head's resolution go to the writers; at the image size (resolution "image")
+                # they are 16x larger than their argmax, which is taken here
+                at_image = tuple(logits.shape[-2:]) == size
+                logits = (predict(logits, size, align) if at_image else logits.float()).cpu().numpy()
+                for i, fid in enumerate(fids):
+                    frame_maps = {s.key: maps[s.key][i] for s in todo[fid]}
+                    for key, value in frame_maps.items():
+                        if not bool(torch.isfinite(value).all()):
+                            raise OodsegError(f"frame {fid}, method {key}: score contains NaN or Inf; "
+                                              "nothing written for this frame")
+                    for key, value in frame_maps.items():
+                        path = score_path(out, key, dataset.name, fid)
+                        if audit is None:  # upsampled, blurred and written by a writer
+                            writer.submit(write_map, path, value.numpy(), size, align, smooth, storage)
+                            continue
+                        value = finish_maps(value[None], size, align, smooth)[0].numpy()
+                        audit.audits[key].update(value, audit.label(fid))
+                        writer.submit(write_score, path, value, dtype=storage)
+                    if at_image:
+                        writer.submit(write_png, prediction_path(out, ckpt, dataset.name, fid), logits[i])
+                    else:
+                        writer.submit(write_prediction, prediction_path(out, ckpt, dataset.name, fid), logits[i], size, align)
+                    written += 1
     return written, len(mine) - len(pending)
 
 
-def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, smooth: dict[str, Any] | None = None
+def _score_batch(adapter: ModelAdapter, scorers, images: torch.Tensor, autocast: torch.dtype | None = None
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """All ``scorers`` on one batch: ``({key: (B, H, W) float32 at image size}, (B, H, W) uint8 argmax)``;
-    with ``smooth``, each map Gaussian-blurred at the image size."""
+    """All ``scorers`` on one batch at the head's resolution: ``({key: (B, h, w)}, logits (B, C, h, w))``
+    (:func:`oodseg.workflows.pipeline.finish_maps` and :func:`~oodseg.workflows.pipeline.predict` bring
+    them to the image size); ``autocast``: the forward runs in that dtype and the scores on its
+    float32-cast logits."""
     from oodseg.scores import compute
 
-    size = tuple(images.shape[-2:])
     output_based = [s for s in scorers if not s.runs_model]
     with torch.no_grad():
-        out = adapter(images)
+        with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+            out = adapter(images)
+        if autocast is not None:
+            out = dataclasses.replace(out, logits=out.logits.float(),
+                                      extras={name: value.float() for name, value in out.extras.items()})
         maps = compute(output_based, out) if output_based else {}
-        prediction = out.upsampled_logits().argmax(dim=1).to(torch.uint8)
     for scorer in scorers:
         if scorer.runs_model:
             maps[scorer.key] = scorer(adapter, images).detach()
-    with torch.no_grad():
-        maps = {key: resize_map(value.float(), size, adapter.align_corners) for key, value in maps.items()}
-        if smooth is not None:
-            maps = {key: gaussian_blur(value, **smooth) for key, value in maps.items()}
-    return maps, prediction
-
-
-def _write_prediction(path: Path, prediction: torch.Tensor) -> None:
-    with atomic_path(path) as tmp:
-        Image.fromarray(prediction.cpu().numpy()).save(tmp, format="PNG")
+    return maps, out.logits
 
 
 def _chunks(items, size: int) -> Iterator[list]:
@@ -515,6 +542,6 @@ def _chunks(items, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _same_size_groups(samples) -> list[list]:
-    """Consecutive runs of samples with equal image shape (one forward pass each)."""
-    return [list(group) for _, group in itertools.groupby(samples, key=lambda s: s.image.shape)]
+def _same_size_groups(frames: list[tuple[str, torch.Tensor]]) -> list[list[tuple[str, torch.Tensor]]]:
+    """Consecutive runs of ``(fid, image)`` with equal image shape (one forward pass each)."""
+    return [list(group) for _, group in itertools.groupby(frames, key=lambda frame: frame[1].shape)]

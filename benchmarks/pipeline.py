@@ -1,0 +1,250 @@
+"""Throughput of the `oodseg score` and `oodseg evaluate` pipelines, as ratios measured in one run (issue 19).
+
+    python benchmarks/pipeline.py            # SmallSegNet 256x512 + DeepLabv3+ R50 512x1024; evaluation at 512x1024
+    python benchmarks/pipeline.py --quick    # smaller frames, fewer of them (seconds)
+    oodseg bench pipeline [--quick]
+
+(a) `oodseg score` with every logits-only method (msp, entropy, variation_ratio, margin, max_logit, energy,
+    jsd) against the bare model forward over the same frames (preloaded tensors, no scores, no files).
+    `oodseg score` runs in a fresh process on N and 2N frames; its steady-state rate is N / (t(2N) - t(N))
+    (t: the score_dataset call), which removes start-up (model load, starting the workers). Goal >= 0.9x
+    the bare forward.
+(b) `oodseg evaluate` (SMIYC protocol, streaming tallies: pixel + component metrics) against the official SMIYC computation
+    restated in tests/metrics/ (per-frame 768-bin histograms + the per-component np.isin loop; frames read
+    with h5py and PIL as the official code does), against itself inline (--workers 0), and its scaling
+    with --workers. The numbers must agree with the official ones. Goal >= 10x the official throughput.
+(c) Peak RSS of the `oodseg score` / `oodseg evaluate` process at N and 2N frames: it must not grow.
+
+Random-weight networks (the speed of a forward does not depend on the weights). Times are medians where
+repeated; the machine may be shared and loaded, so read the ratios, not the absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
+from test_metrics_component import reference_frame_scores  # noqa: E402  (the official per-component loop)
+from test_metrics_smiyc import official_reference  # noqa: E402  (the official binned pixel metrics)
+
+from _cli import run_main  # noqa: E402
+from _timing import median_time  # noqa: E402
+
+LOGITS_ONLY = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "energy", "jsd")
+MODELS = {  # name: (architecture, params, frame size full, frame size quick)
+    "SmallSegNet": ("small", {"num_classes": 19}, (256, 512), (128, 256)),
+    "DeepLabv3+ R50": ("deeplabv3plus", {"num_classes": 19, "backbone": "resnet50"}, (512, 1024), (256, 512)),
+}
+#: a child process measuring one run: prints {"seconds" (the call, after the imports), "process_seconds",
+#: "peak_rss_mib", "torch"} as the last line
+CHILD = """
+import json, resource, sys, time
+started = time.perf_counter()
+kind, kwargs = sys.argv[1], json.loads(sys.argv[2])
+if kind == "score":
+    from oodseg.workflows.score import score_dataset
+    start = time.perf_counter()
+    score_dataset(**kwargs)
+else:
+    from oodseg.data import open_dataset
+    from oodseg.workflows.evaluate import evaluate_dataset
+    start = time.perf_counter()
+    root = kwargs.pop("root")
+    evaluate_dataset(open_dataset("smiyc-anomaly", root), **kwargs)
+end = time.perf_counter()
+print(json.dumps({"seconds": end - start, "process_seconds": end - started,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "torch": "torch" in sys.modules}))
+"""
+
+
+def street_image(rng, size: tuple[int, int]) -> np.ndarray:
+    """A smooth uint8 RGB frame (gradients and boxes: compresses and decodes like a photo, not like noise)."""
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.stack([(yy * 255 // h), (xx * 255 // w), ((yy + xx) * 127 // (h + w))], -1).astype(np.uint8)
+    for _ in range(12):
+        y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+        image[y:y + rng.integers(4, h // 4), x:x + rng.integers(4, w // 4)] = rng.integers(0, 256, 3)
+    return image
+
+
+def make_images(folder: Path, n: int, size: tuple[int, int], rng) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(street_image(rng, size)).save(folder / f"frame_{i:04d}.png")
+    return folder
+
+
+def run_child(kind: str, **kwargs) -> dict:
+    """One measured run in a fresh interpreter (its own start-up, its own peak RSS)."""
+    env = {**os.environ, "OODSEG_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, kind, json.dumps(kwargs)], capture_output=True, text=True,
+                          env=env, timeout=3600)
+    if proc.returncode:
+        raise SystemExit(f"error: {kind} run failed: {proc.stderr.strip().splitlines()[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- (a) scoring ---------------------------------------------------------------------------------
+def bare_forward_fps(checkpoint: Path, images: Path, n: int) -> float:
+    """Frames/s of the model alone: frames decoded beforehand, one forward per frame (median per frame)."""
+    import torch
+    from PIL import Image
+
+    from oodseg.conventions import image_to_tensor
+    from oodseg.models import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    tensors = [image_to_tensor(np.asarray(Image.open(p).convert("RGB")))[None]
+               for p in sorted(images.glob("*.png"))[:n]]
+    times = []
+    with torch.no_grad():
+        model(tensors[0])  # warm-up
+        for tensor in tensors:
+            start = time.perf_counter()
+            model(tensor)
+            times.append(time.perf_counter() - start)
+    return 1 / statistics.median(times)
+
+
+def bench_scoring(tmp: Path, rng, quick: bool, frames: int) -> None:
+    import torch
+
+    from oodseg.models import build_model, save_checkpoint
+    from oodseg.workflows.workers import default_workers
+
+    for name, (arch, params, size, quick_size) in MODELS.items():
+        size = quick_size if quick else size
+        torch.manual_seed(0)
+        checkpoint = tmp / f"ckpt-{arch}"
+        save_checkpoint(build_model(arch, **params).eval(), checkpoint, arch, params)
+        runs = {}
+        for n in (frames, 2 * frames):
+            images = make_images(tmp / f"images-{arch}-{n}", n, size, rng)
+            runs[n] = run_child("score", checkpoint=str(checkpoint), images=str(images), methods=list(LOGITS_ONLY),
+                                out=str(tmp / f"out-{arch}-{n}"))
+        steady = frames / max(runs[2 * frames]["seconds"] - runs[frames]["seconds"], 1e-9)
+        bare = bare_forward_fps(checkpoint, tmp / f"images-{arch}-{2 * frames}", 2 * frames)
+        print(f"[score] {name} {size[0]}x{size[1]}, {len(LOGITS_ONLY)} logits-only methods, "
+              f"workers {default_workers()} (default): bare forward {bare:.2f} frames/s; oodseg score "
+              f"{steady:.2f} frames/s steady-state (N={frames} vs 2N: {runs[frames]['seconds']:.1f}s, "
+              f"{runs[2 * frames]['seconds']:.1f}s whole runs) -> {steady / bare:.2f}x the bare forward (goal >= 0.9x)")
+        print(f"[memory] oodseg score {name}: peak RSS {runs[frames]['peak_rss_mib']:.0f} MiB at {frames} frames, "
+              f"{runs[2 * frames]['peak_rss_mib']:.0f} MiB at {2 * frames} frames (must not grow)")
+
+
+# -- (b) evaluation -----------------------------------------------------------------------------
+def make_smiyc(root: Path, n: int, size: tuple[int, int], rng) -> Path:
+    """SMIYC anomaly-track layout with float32 score files; returns the scores folder."""
+    from PIL import Image
+
+    from oodseg.data import write_score
+
+    h, w = size
+    scores_dir = root.parent / "scores" / "msp" / root.name
+    (root / "images").mkdir(parents=True)
+    (root / "labels_masks").mkdir()
+    for i in range(n):
+        fid = f"frame_{i:04d}"
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / f"{fid}.jpg")
+        label = np.zeros((h, w), np.uint8)
+        label[: h // 5] = 255
+        score = rng.random((h, w), dtype=np.float32) * 0.5
+        for _ in range(6):
+            y, x = rng.integers(h // 5, h - h // 8), rng.integers(0, w - w // 8)
+            dy, dx = rng.integers(4, h // 8), rng.integers(4, w // 8)
+            label[y:y + dy, x:x + dx] = 1
+            score[y:y + dy, x:x + dx] += 0.35
+        for _ in range(3):  # false positives
+            y, x = rng.integers(h // 5, h - 30), rng.integers(0, w - 30)
+            score[y:y + rng.integers(3, 30), x:x + rng.integers(3, 30)] += 0.6
+        Image.fromarray(label).save(root / "labels_masks" / f"{fid}_labels_semantic.png")
+        write_score(scores_dir / f"{fid}.hdf5", score)
+    return scores_dir
+
+
+def official_evaluation(root: Path, scores_dir: Path) -> dict:
+    """The official SMIYC evaluation, frame by frame: h5py + PIL reads, binned pixel metrics, component loop."""
+    import h5py
+    from PIL import Image
+
+    frames = []
+    for label_path in sorted((root / "labels_masks").glob("*_labels_semantic.png")):
+        fid = label_path.name[: -len("_labels_semantic.png")]
+        with h5py.File(scores_dir / f"{fid}.hdf5", "r") as f:
+            frames.append((f["value"][:], np.asarray(Image.open(label_path))))
+    pixel = official_reference([s for s, _ in frames], [y for _, y in frames])
+    siou, ppv = [], []
+    for score, label in frames:
+        s, p = reference_frame_scores(score, label, pixel["best_F1_threshold"], 500, 100)
+        siou += list(s)
+        ppv += list(p)
+    return {"AP": pixel["AP"], "FPR95": pixel["FPR95"], "sIoU": float(np.mean(siou)), "PPV": float(np.mean(ppv))}
+
+
+def bench_evaluation(tmp: Path, rng, quick: bool, frames: int) -> None:
+    from oodseg.data import open_dataset
+    from oodseg.workflows.evaluate import evaluate_dataset
+    from oodseg.workflows.workers import default_workers
+
+    size = (256, 512) if quick else (512, 1024)
+    roots = {}
+    for n in (frames, 2 * frames):
+        roots[n] = tmp / f"smiyc-{n}" / "anomaly"
+        make_smiyc(roots[n], n, size, rng)
+    root, scores_dir = roots[frames], roots[frames].parent / "scores" / "msp" / "anomaly"
+    dataset = open_dataset("smiyc-anomaly", root)
+
+    def ours(workers: int) -> dict:
+        return evaluate_dataset(dataset, scores_dir, protocol="smiyc", mode="streaming", workers=workers)
+
+    official = official_evaluation(root, scores_dir)
+    result = ours(0)
+    differences = {k: abs(result[k] - official[k]) for k in official}
+    t_official = median_time(lambda: official_evaluation(root, scores_dir), 1)
+    t_inline = median_time(lambda: ours(0), 3)
+    print(f"[evaluate] {frames} frames {size[0]}x{size[1]}, SMIYC protocol, pixel + component metrics: "
+          f"official (restated, one process) {t_official:.2f}s, oodseg inline {t_inline:.2f}s -> "
+          f"{t_official / t_inline:.1f}x; |difference| to the official numbers: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()))
+    best = t_inline
+    for workers in sorted({1, 2, 4, default_workers()}):
+        t = median_time(lambda: ours(workers), 3)
+        best = min(best, t)
+        print(f"[evaluate] --workers {workers}: {t:.2f}s -> {t_inline / t:.2f}x inline, {t_official / t:.1f}x official")
+    print(f"[evaluate] best: {t_official / best:.1f}x the official throughput (goal >= 10x), "
+          f"on {len(os.sched_getaffinity(0))} cores")
+    runs = {n: run_child("evaluate", root=str(roots[n]), scores_dir=str(roots[n].parent / "scores" / "msp" / "anomaly"),
+                         protocol="smiyc", mode="streaming", workers=0) for n in (frames, 2 * frames)}
+    print(f"[memory] oodseg evaluate (smiyc protocol, streaming): peak RSS {runs[frames]['peak_rss_mib']:.0f} MiB at "
+          f"{frames} frames, {runs[2 * frames]['peak_rss_mib']:.0f} MiB at {2 * frames} frames; whole process "
+          f"{runs[frames]['process_seconds']:.2f}s incl. start-up, torch imported: {runs[frames]['torch']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller frames, fewer of them")
+    parser.add_argument("--only", choices=("score", "evaluate"), default=None, help="run one part")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="oodseg-bench-pipeline-") as tmp:
+        if args.only in (None, "score"):
+            bench_scoring(Path(tmp), rng, args.quick, 2 if args.quick else 4)
+        if args.only in (None, "evaluate"):
+            bench_evaluation(Path(tmp), rng, args.quick, 8 if args.quick else 20)
+
+
+if __name__ == "__main__":
+    run_main(main)
