@@ -34,14 +34,12 @@ from torch import nn
 
 from oodseg.adapter import SegOutput, _check_images
 from oodseg.errors import OodsegError
+from oodseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD  # transformers' image processors' default
 
 #: (class logits key, mask logits key) pairs recognised in a mapping output
 OUTPUT_KEYS = (("class_queries_logits", "masks_queries_logits"), ("pred_logits", "pred_masks"))
 #: transformers' mask-classification models (by class name; transformers is imported lazily)
 TRANSFORMERS_MODELS = ("Mask2FormerForUniversalSegmentation", "MaskFormerForInstanceSegmentation")
-#: ImageNet mean and std: the normalisation of transformers' Mask2Former/MaskFormer image processors
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: floor of P before its logarithm (keeps ``log P`` finite where every mask is saturated at 0)
 PROBABILITY_FLOOR = 1e-30
 RESOLUTIONS = ("mask", "image")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from oodseg.adapter import SegOutput
 from oodseg.conventions import ANOMALY, INLIER, VOID
 from oodseg.errors import OodsegError
+from oodseg.mask_adapter import aggregate
 from oodseg.scores.base import FittedScorer, Scorer, check_choice
 from oodseg.scores.shared import ScoreInputs, as_float, check_finite
 
@@ -61,12 +62,9 @@ def class_probabilities(inputs: ScoreInputs) -> torch.Tensor:
 
 def aggregated(inputs: ScoreInputs, kind: str = "probabilities") -> torch.Tensor:
     """(B, K, h, w) SPEC §9 aggregate: ``P`` (``"probabilities"``) or ``L`` (``"logits"``)."""
-    def make() -> torch.Tensor:
-        classes, _, num_classes = query_tensors(inputs)
-        weights = class_probabilities(inputs) if kind == "probabilities" else classes
-        return torch.einsum("bqk,bqhw->bkhw", weights[..., :num_classes], mask_probabilities(inputs))
-
-    return inputs.memo(("mask", "aggregate", kind), make)
+    classes, masks, num_classes = query_tensors(inputs)
+    return inputs.memo(("mask", "aggregate", kind),
+                       lambda: aggregate(classes, masks, num_classes, probabilities=kind == "probabilities"))
 
 
 class MaskScorer(Scorer):

@@ -140,16 +140,19 @@ RESUME_FIELDS = ("recipe", "arch", "arch_params", "num_classes", "batch_size", "
 
 
 def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
-    """(model, architecture, params): from ``config.init`` (checked for a 1×1 head) or built fresh."""
+    """(model, architecture, params): from ``config.init`` (checked for a 1×1 head, or for class and mask
+    logits per query when it is a mask-classification network) or built fresh."""
     from oodseg.models import build_model, load_checkpoint
 
     if config.init:
         from oodseg.adapter import ModelAdapter
+        from oodseg.mask_adapter import MaskAdapter, is_mask_classification
 
         model, meta = load_checkpoint(config.init)
         if meta["num_classes"] != config.num_classes:
             raise OodsegError(f"init: {config.init} has {meta['num_classes']} classes, the data {config.num_classes}")
-        ModelAdapter(model).close()  # raises OodsegError when no final 1×1 classifier conv is found
+        # raises OodsegError when no final 1×1 classifier conv (or no per-query outputs) is found
+        (MaskAdapter if is_mask_classification(model) else ModelAdapter)(model).close()
         return model, meta["architecture"], dict(meta["params"])
     params = {**config.arch_params, "num_classes": config.num_classes}
     return build_model(config.arch, **params), config.arch, params
