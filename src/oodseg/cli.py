@@ -325,7 +325,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Score parameter, repeatable, e.g. odin.epsilon=0.002 or pgn.label=uniform.")
 @click.option("--fit-data", type=click.Path(file_okay=False), default=None,
-              help="Cityscapes-layout root; its train split fits sml / mahalanobis.")
+              help="Cityscapes-layout root; its train split fits sml / mahalanobis. For maskomaly: an "
+                   "OoD-labelled validation set (e.g. SynthStreet's anomaly_val) whose anomalies rank the queries.")
 @click.option("--fit-frames", type=int, default=20, show_default=True, help="Frames of --fit-data used for fitting.")
 @click.option("--ensemble", "ensemble", multiple=True, type=click.Path(file_okay=False),
               help="Further checkpoint(s) forming the ensemble with --checkpoint (method 'ensemble').")
@@ -360,6 +361,8 @@ def score(checkpoint, images, dataset_kind, dataset_name, options, methods, pres
       oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\
           --dtype float16 --out submission
       oodseg score --checkpoint ckpt/rpl --images /data/dataset_AnomalyTrack --preset rpl --out scores
+      oodseg score --checkpoint ckpt/mask2former --images data/synth/anomaly --method rba --method m2a \\
+          --method eam --method maskomaly --fit-data data/synth/anomaly_val --out scores
     """
     from oodseg import distributed
     from oodseg.workflows.presets import get_preset

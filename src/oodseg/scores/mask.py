@@ -160,6 +160,8 @@ class Maskomaly(FittedScorer):
     name = "maskomaly"
     needs = frozenset({"masks", "fit"})
     pixelwise = False
+    #: fitted on OoD labels (0 / 1 / 255) of annotated validation frames, not on trainIds
+    fit_labels = "ood"
 
     def __init__(self, *, queries: int = 2) -> None:
         if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
