@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from oodseg.adapter import SegOutput, _check_images
+from oodseg.conventions import IMAGENET_MEAN, IMAGENET_STD
 from oodseg.errors import OodsegError
-from oodseg.models.blocks import IMAGENET_MEAN, IMAGENET_STD  # transformers' image processors' default
 
 #: (class logits key, mask logits key) pairs recognised in a mapping output
 OUTPUT_KEYS = (("class_queries_logits", "masks_queries_logits"), ("pred_logits", "pred_masks"))
