@@ -600,20 +600,26 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
 @click.option("--method", "methods", multiple=True, help="Score only these methods (default: every post-hoc score).")
 @click.option("--frames", "report_frames", default=4, show_default=True, help="Example frames per track in the report.")
 @click.option("--quick", is_flag=True, help="Tiny data and a few training steps (a smoke test in seconds).")
+@click.option("--family", type=click.Choice(["pixel", "mask", "all"]), default="pixel", show_default=True,
+              help="pixel: the per-pixel scores on the small DeepLabv3+-style model; mask: the small Mask2Former "
+                   "(closed-set + RbA fine-tuning) with rba, m2a, eam, maskomaly and the logit scores on its "
+                   "aggregated P; all: both. The tables and report rank every method evaluated in --out.")
 @json_option("the ranking tables and timings")
-def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: int, quick: bool, as_json: bool) -> None:
+def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: int, quick: bool, family: str,
+                 as_json: bool) -> None:
     """Run everything on SynthStreet: generate, train, score, evaluate, rank, report.
 
     \b
     Example:
       oodseg demo --out demo-out        # ~10 min on 2 CPU cores the first time, ~1-2 min after
+      oodseg demo --out demo-out --family mask   # adds the Mask2Former detectors to the same tables
       open demo-out/report/index.html
     """
     from oodseg.workflows.demo import DEMO_METHODS, DemoConfig, run_demo
 
     log = (lambda message: click.echo(message, err=True))
     config = DemoConfig(out=out, seed=seed, methods=methods or DEMO_METHODS, report_frames=report_frames,
-                        quick=quick, log=log)
+                        quick=quick, family=family, log=log)
     result = run_demo(config)
     if as_json:
         echo_json(result)
