@@ -1,6 +1,8 @@
 """``oodseg demo --family all --quick``: the mask detectors are trained, scored, evaluated and ranked next to the
 per-pixel scores; the reported AP of a mask detector agrees with scikit-learn on its written files."""
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,23 @@ def test_quick_demo_ranks_mask_detectors_next_to_pixel_scores(tmp_path: Path):
 def test_demo_rejects_an_unknown_family(tmp_path: Path):
     result = CliRunner().invoke(main, ["demo", "--quick", "--family", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+@pytest.mark.slow  # two seeds of the quick mask family (~2-5 min on a loaded CPU)
+def test_mask_seeds_quick_mean_and_std_of_the_per_seed_evaluations(tmp_path):
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(benchmarks))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_mask_seeds", benchmarks / "mask_seeds.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(benchmarks))
+    result = module.main(["--quick", "--out", str(tmp_path)])
+    for table in result["tables"]:
+        assert table["seeds"] == [0, 1] and {row["method"] for row in table["rows"]} == MASK_LABELS
+        for row in table["rows"]:
+            values = [json.loads((tmp_path / f"seed-{s}" / "evaluate" / table["dataset"] / f"{row['method']}.json")
+                                 .read_text())["AP"] for s in (0, 1)]
+            assert row["AP"]["mean"] == pytest.approx(np.mean(values))
+            assert row["AP"]["std"] == pytest.approx(np.std(values, ddof=1))
