@@ -15,38 +15,25 @@ Writes ``OUT/mask_seeds.md`` and ``OUT/mask_seeds.json`` (schema ``oodseg.seeds`
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 
-from oodseg.atomic import write_json, write_text
-from oodseg.data.synthetic import MANIFEST_NAME, complete, generate
-from oodseg.errors import OodsegError
-from oodseg.report.seeds import parse_seeds, seed_tables, seeds_json, seeds_markdown
+from oodseg.report.seeds import seed_tables, seeds_json, seeds_markdown
 from oodseg.workflows.demo import TRACKS, DemoConfig, ranking_tables
 from oodseg.workflows.demo_mask import run_mask_family
+from _seeds import ensure_data, out_and_seeds, seed_parser, write_summary  # noqa: E402
 from _cli import run_main  # noqa: E402  (benchmarks/ is on sys.path as a script and under oodseg bench)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="SynthStreet root (default OUT/data, generated when missing)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (required; a temporary one with --quick)")
-    parser.add_argument("--seeds", default=None, help="training seeds (default 0,1,2; 0,1 with --quick)")
+    parser = seed_parser(__doc__.splitlines()[0])
     parser.add_argument("--mask-steps", type=int, default=None, help="closed-set steps (default: the mask-baseline recipe's)")
     parser.add_argument("--rba-steps", type=int, default=None, help="RbA fine-tuning steps (default: the demo's)")
     parser.add_argument("--quick", action="store_true", help="tiny data and a few training steps (a smoke test)")
     args = parser.parse_args(argv)
-    if args.out is None and not args.quick:
-        raise OodsegError("--out is required (or --quick)")
-    out = args.out or Path(tempfile.mkdtemp(prefix="mask-seeds-"))
-    seeds = parse_seeds(args.seeds or ("0,1" if args.quick else "0,1,2"))
+    out, seeds = out_and_seeds(args, "mask-seeds-")
     shape = DemoConfig(out=out, quick=args.quick, family="mask")  # data size and counts
     data = args.data or out / "data"
-    if (data / MANIFEST_NAME).is_file():
-        complete(data)  # a folder of an earlier oodseg gets the validation tracks
-    else:
-        generate(data, seed=0, size=shape.size, frames=shape.frames)
+    ensure_data(data, shape.size, shape.frames)
     per_seed = {}
     for seed in seeds:
         print(f"== seed {seed}", flush=True)
@@ -59,9 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = seeds_markdown(tables)
     result = seeds_json(tables)
     result["data"] = str(Path(data).resolve())
-    write_json(out / "mask_seeds.json", result)
-    write_text(out / "mask_seeds.md", text)
-    print("\n" + text + f"\nwrote {out / 'mask_seeds.md'} and mask_seeds.json")
+    write_summary(out, "mask_seeds", text, result)
     return result
 
 

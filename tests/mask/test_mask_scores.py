@@ -41,23 +41,22 @@ def _reference_p(classes, masks, known, raw=False):
     return out
 
 
-def _reference_eam(classes, masks, known):
+def _reference_query_sum(classes, masks, known, confidence, start):
+    """``start + Σ_q σ(m_q) · confidence(softmax(c_q))`` by a loop over batch and queries."""
     b, q, _ = classes.shape
-    out = np.ones((b, *masks.shape[2:]))
+    out = np.full((b, *masks.shape[2:]), float(start))
     for i in range(b):
         for j in range(q):
-            out[i] -= _softmax(classes[i, j])[:known].max() * _sigmoid(masks[i, j])
+            out[i] += confidence(_softmax(classes[i, j])) * _sigmoid(masks[i, j])
     return out
+
+
+def _reference_eam(classes, masks, known):
+    return _reference_query_sum(classes, masks, known, lambda p: -p[:known].max(), 1.0)
 
 
 def _reference_uno(classes, masks, known):
-    b, q, _ = classes.shape
-    out = np.zeros((b, *masks.shape[2:]))
-    for i in range(b):
-        for j in range(q):
-            p = _softmax(classes[i, j])
-            out[i] -= (p[:known].max() - p[known]) * _sigmoid(masks[i, j])
-    return out
+    return _reference_query_sum(classes, masks, known, lambda p: p[known] - p[:known].max(), 0.0)
 
 
 CASES = [  # (batch, queries, classes K, h, w, mask logit scale)
