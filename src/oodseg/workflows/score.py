@@ -141,6 +141,7 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
     if per_query and not is_mask_classification(model):
         raise OodsegError(f"methods: {', '.join(per_query)} need a mask-classification model (class and mask logits "
                           f"per query, SPEC §9); {checkpoint} is a per-pixel network")
+    _ood_fitted([s for s in scorers if s.needs_fit])
     if any(s.needs_fit for s in scorers) and fit_data is None:
         names = ", ".join(s.name for s in scorers if s.needs_fit)
         raise OodsegError(f"fit_data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
@@ -350,15 +351,22 @@ def _one_line(exc: Exception) -> str:
 
 
 # -- fitting --------------------------------------------------------------------------------------
-def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.device) -> None:
-    """Fit each fitted scorer on ``frames`` evenly spaced frames of ``root``: the Cityscapes train split
-    (trainId labels), or, for scores that fit on anomaly labels (``fit_labels == "ood"``: ``maskomaly``),
-    the annotated OoD dataset at ``root`` (kind detected; 0/1/255 labels)."""
+def _ood_fitted(fitted) -> list[str]:
+    """Names of the fitted scorers that fit on OoD labels (``fit_labels == "ood"``); OodsegError when they are
+    mixed with scorers fitted on Cityscapes trainIds (one ``fit_data`` cannot serve both)."""
     ood = [s.name for s in fitted if getattr(s, "fit_labels", "trainIds") == "ood"]
     if ood and len(ood) < len(fitted):
         others = ", ".join(s.name for s in fitted if s.name not in ood)
         raise OodsegError(f"fit_data: {', '.join(ood)} fit on anomaly labels, {others} on Cityscapes train; "
                           "score them in separate runs")
+    return ood
+
+
+def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.device) -> None:
+    """Fit each fitted scorer on ``frames`` evenly spaced frames of ``root``: the Cityscapes train split
+    (trainId labels), or, for scores that fit on anomaly labels (``fit_labels == "ood"``: ``maskomaly``),
+    the annotated OoD dataset at ``root`` (kind detected; 0/1/255 labels)."""
+    ood = _ood_fitted(fitted)
     if ood:
         data, where = open_dataset(detect_kind(root), root, labels="auto"), f"fitting on {root.name} (OoD labels)"
     else:
