@@ -150,7 +150,7 @@ class MaskAdapter:
         reference = next(iter(self.model.parameters()), None)
         device = reference.device if reference is not None else torch.device("cpu")
         probe = torch.rand((1, 3, *probe_size), generator=torch.Generator().manual_seed(0)).to(device)
-        was_training = self.model.training
+        modes = {module: module.training for module in self.model.modules()}
         try:
             self.model.eval()
             with torch.no_grad():
@@ -159,7 +159,8 @@ class MaskAdapter:
             raise OodsegError(f"model {type(self.model).__name__}: probe forward pass on a {probe_size} image failed "
                               f"({str(exc).splitlines()[0]}); pass probe_size=(H, W)") from exc
         finally:
-            self.model.train(was_training)
+            for module, training in modes.items():  # per module: a recursive train() would lose mixed modes
+                module.training = training
         return int(classes.shape[1]), int(classes.shape[2])
 
     def __call__(self, images: torch.Tensor) -> SegOutput:
