@@ -517,6 +517,8 @@ def train_command(recipe, data, out, arch, arch_params, init, recipe_params, out
       oodseg train --recipe entropy-max --data /data/cityscapes --outliers /data/coco_ood \\
           --init ckpt/deeplab --lr 1e-5 --epochs 4 --crop-size 480 -p mode=mix --device cuda
       torchrun --nproc_per_node=2 "$(which oodseg)" train --data data/synth --out ckpt/ddp --bn sync
+      oodseg train --recipe mask-baseline --data data/synth --out ckpt/m2f      # small-mask2former
+      oodseg train --recipe rba --data data/synth --init ckpt/m2f/checkpoint --out ckpt/m2f-rba
     """
     from oodseg import distributed
     from oodseg.training import TrainConfig, make_config
