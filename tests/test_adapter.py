@@ -13,6 +13,8 @@ from oodseg.conventions import model_logits
 from oodseg.errors import OodsegError
 from oodseg.models import DeepLabV3Plus, SmallSegNet
 
+from model_fixtures import randomise_batchnorm
+
 
 class AuxAfterHead(nn.Module):
     """Head 'cls' is registered before an auxiliary 1×1 conv 'aux' with the same class count,
@@ -49,20 +51,9 @@ def _models():
     }
 
 
-def _randomise_bn(model):
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model
-
-
 @pytest.mark.parametrize("name", ["deeplab-r18", "small", "aux-after-head"])
 def test_captured_head_reproduces_logits(name, rng):
-    model = _randomise_bn(_models()[name]).eval()
+    model = randomise_batchnorm(_models()[name]).eval()
     expected_head = "cls" if name == "aux-after-head" else "classifier"
     images = torch.from_numpy(rng.random((2, 3, 48, 64), dtype=np.float32))
     with ModelAdapter(model) as adapter, torch.no_grad():
@@ -82,7 +73,7 @@ def test_captured_head_reproduces_logits(name, rng):
 
 @pytest.mark.parametrize("name", ["deeplab-r18", "small"])
 def test_block_capture_reproduces_block_output(name, rng):
-    model = _randomise_bn(_models()[name]).eval()
+    model = randomise_batchnorm(_models()[name]).eval()
     images = torch.from_numpy(rng.random((1, 3, 32, 48), dtype=np.float32))
     with ModelAdapter(model, capture_block=True) as adapter, torch.no_grad():
         out = adapter(images)
@@ -109,14 +100,16 @@ def test_block_is_not_claimed_without_conv_bn_relu():
 
 def test_head_by_name_and_errors():
     model = AuxAfterHead()
-    with ModelAdapter(model, head="aux") as adapter:
-        assert adapter.head is model.aux
+    with ModelAdapter(model, head="cls") as adapter:
+        assert adapter.head is model.cls
+    with pytest.raises(OodsegError, match="'aux': its output does not reproduce the logits of AuxAfterHead"):
+        ModelAdapter(model, head="aux")  # same shape as the logits, but not the model's classifier
     with pytest.raises(OodsegError, match="'down': is a Conv2d.*not a 1×1"):
         ModelAdapter(model, head="down")
     with pytest.raises(OodsegError, match="no module of that name"):
         ModelAdapter(model, head="nope")
-    with pytest.raises(OodsegError, match="no 1×1 Conv2d classifier head"):
-        ModelAdapter(NoHead())
+    with ModelAdapter(NoHead()) as adapter:  # no 1×1 classifier: the output itself is the logits
+        assert adapter.logits_only and adapter.head is None and adapter.head_name is None
     with pytest.raises(OodsegError, match="expected a torch.nn.Module"):
         ModelAdapter(lambda x: x)
     with pytest.raises(OodsegError, match=r"probe forward pass on a \(2, 2\) image failed.*probe_size"):
@@ -134,7 +127,7 @@ def test_bad_images_are_rejected():
 
 
 def test_gradients_flow_to_the_input_like_a_plain_forward(rng):
-    model = _randomise_bn(_models()["small"]).eval()
+    model = randomise_batchnorm(_models()["small"]).eval()
     x = torch.from_numpy(rng.random((1, 3, 32, 32), dtype=np.float32))
     through_adapter = x.clone().requires_grad_(True)
     with ModelAdapter(model) as adapter:
@@ -164,14 +157,19 @@ def test_close_removes_hooks_and_nothing_is_kept_between_calls():
         adapter(torch.rand(1, 3, 32, 32))
 
 
-def test_train_mode_is_kept_and_dropout_stays_stochastic():
+def test_calls_run_in_eval_mode_and_only_stochastic_modules_train():
     model = _models()["small"].train()
     adapter = ModelAdapter(model)
     assert model.training  # the probe pass does not change the mode
-    model.eval()
-    model.decoder.dropout.train()
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
+        a, b = adapter(x).logits, adapter(x).logits
+        expected = model.eval()(x)
+    model.train()
+    assert torch.equal(a, b)  # a train-mode model is scored in eval mode (dropout off) ...
+    torch.testing.assert_close(adapter(x).upsampled_logits().detach(), expected)
+    assert all(m.training for m in model.modules())  # ... and keeps its own mode
+    with adapter.stochastic([model.decoder.dropout]), torch.no_grad():
         a, b = adapter(x).logits, adapter(x).logits
     assert not torch.equal(a, b)
     adapter.close()

@@ -3,11 +3,18 @@
 The adapter returns a :class:`SegOutput` holding everything a score needs — logits at
 the head's resolution, the head's input features ``z``, its weight and bias, and (when
 the head is fed by ``conv3×3 → BN → ReLU``) the inputs of that block — so that no
-scoring method has to know a network's internals.
+scoring method has to know a network's internals. A model without a 1×1 classifier that
+reproduces its output (a k×k head, summed heads, mask classification) is seen in
+*logits-only* mode: its output is the logits, with no features or weight.
+
+The model always runs in eval mode through the adapter (:func:`evaluation_mode`), so scoring
+never updates BatchNorm statistics; the modes the user set are restored after every call.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -89,6 +96,27 @@ class SegOutput:
                          extras={name: up(value) for name, value in self.extras.items()})
 
 
+#: A 1×1 conv is the model's classifier when its output, bilinearly resized to the model's output size,
+#: differs from that output by at most this fraction of the output's largest magnitude (relative L∞).
+HEAD_TOLERANCE = 1e-3
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module, keep_training: Iterable[nn.Module] = ()) -> Iterator[nn.Module]:
+    """Within: every module of ``model`` in eval mode except ``keep_training`` (in training mode);
+    afterwards each module's own mode is restored (a recursive ``train()`` would lose mixed modes)."""
+    keep = {id(module) for module in keep_training}
+    # only the modules whose flag differs are touched (nn.Module.__setattr__ is slow; ``eval()`` recurses)
+    flips = [(module, module.training) for module in model.modules() if module.training != (id(module) in keep)]
+    try:
+        for module, training in flips:
+            module.training = not training
+        yield model
+    finally:
+        for module, training in flips:
+            module.training = training
+
+
 def _is_classifier_conv(module: nn.Module) -> bool:
     """A 1×1, stride-1, unpadded, ungrouped ``Conv2d`` (pixel-aligned ``W z + b``)."""
     return (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1) and tuple(module.stride) == (1, 1)
@@ -122,23 +150,39 @@ class ModelAdapter:
     ``ModelAdapter(model, head=None)(images (B,3,H,W) floats in [0,1]) -> SegOutput`` with
     logits (B,C,h,w) at the head's resolution, features ``z`` (B,D,h,w), weight (C,D), bias (C,).
 
-    The head is found with one probe forward pass (random input of ``probe_size``): among the
-    1×1 convs that run, the one whose output (bilinearly resized) equals the network's output
-    logits; or give its module name as ``head``. With ``capture_block=True`` and a head fed by
-    ``Conv2d(k×k) → BatchNorm2d → ReLU`` (Dropout allowed in between), ``SegOutput.block`` is
-    filled too. Works under ``torch.no_grad`` and with gradients (tensors keep their graph).
-    Hooks are removed by :meth:`close` or on leaving a ``with`` block.
+    The head is found with one probe forward pass (random input of ``probe_size``): the 1×1 conv
+    (stride 1, no padding, one group) whose output *reproduces* the network's output logits, i.e.
+    bilinearly resized to the output size it lies within :data:`HEAD_TOLERANCE` (relative L∞) of
+    them. A model that declares ``align_corners`` is checked with that setting; otherwise both are
+    tried and the one that reproduces the output becomes :attr:`align_corners` (how the model
+    upsamples; DPT and smp use True). Among several 1×1 convs with the class count (auxiliary heads)
+    the one that reproduces the output wins. A ``head`` given by name must reproduce the output
+    too, else OodsegError (LRASPP's ``high_classifier``: the model sums two classifiers).
 
-    The model may declare ``align_corners`` (how it upsamples its logits; default False) and
-    ``extra_heads`` (``{name: module name}``, see :class:`oodseg.models.source.SourceConventions`):
-    the outputs of those modules are returned in ``SegOutput.extras``. When the head runs more than
-    once per forward (RPL's shared ``final``), its last call is the one captured.
+    When no 1×1 conv reproduces the output (or with ``logits_only=True``) the adapter is in
+    *logits-only* mode (:attr:`logits_only`): ``SegOutput.logits`` is the model's output itself,
+    ``features``/``weight``/``bias`` are None, :attr:`head` and :attr:`head_name` are None, and
+    scores that need the head's input features refuse with one line.
+
+    With ``capture_block=True`` and a head fed by ``Conv2d(k×k) → BatchNorm2d → ReLU`` (Dropout
+    allowed in between), ``SegOutput.block`` is filled too. Every call runs the model in eval mode
+    (:func:`evaluation_mode`; :meth:`stochastic` keeps chosen modules training, for MC dropout) and
+    restores the user's modes; parameters and buffers are never changed. Works under
+    ``torch.no_grad`` and with gradients (tensors keep their graph). Hooks are removed by
+    :meth:`close` or on leaving a ``with`` block.
+
+    The model may declare ``align_corners`` (how it upsamples its logits) and ``extra_heads``
+    (``{name: module name}``, see :class:`oodseg.models.source.SourceConventions`): the outputs of
+    those modules are returned in ``SegOutput.extras``. When the head runs more than once per
+    forward (RPL's shared ``final``), its last call is the one captured.
     """
 
     def __init__(self, model: nn.Module, head: str | None = None, capture_block: bool = False,
-                 probe_size: tuple[int, int] = (128, 128)):
+                 probe_size: tuple[int, int] = (128, 128), logits_only: bool = False):
         if not isinstance(model, nn.Module):
             raise OodsegError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if logits_only and head is not None:
+            raise OodsegError(f"head {head!r}: cannot be combined with logits_only=True")
         self.model = model
         self.capture_block = capture_block
         self._modules = dict(model.named_modules())
@@ -148,10 +192,12 @@ class ModelAdapter:
                 raise OodsegError(f"head {head!r}: no module of that name in {type(model).__name__}")
             if not _is_classifier_conv(module):
                 raise OodsegError(f"head {head!r}: is a {_describe(module)}, not a 1×1 stride-1 Conv2d")
-        self.head_name, self._block = self._probe(head, probe_size)
-        self.head: nn.Conv2d = self._modules[self.head_name]
-        self.num_classes = int(self.head.out_channels)
-        self.align_corners = bool(getattr(model, "align_corners", False))
+        declared = getattr(model, "align_corners", None)
+        self.head_name, self.align_corners, self.num_classes, self._block = self._probe(
+            head, probe_size, None if declared is None else bool(declared), logits_only)
+        #: True when the model's output is the logits and no 1×1 classifier conv is read (no features, no weight)
+        self.logits_only = self.head_name is None
+        self.head: nn.Conv2d | None = None if self.logits_only else self._modules[self.head_name]
         self.extra_heads = dict(getattr(model, "extra_heads", None) or {})
         for name, module_name in self.extra_heads.items():
             if not isinstance(self._modules.get(module_name), nn.Module):
@@ -159,11 +205,15 @@ class ModelAdapter:
                                   f"which is not one of its modules")
         self._captured: dict[str, torch.Tensor] = {}
         self._handles: list = []
+        self._keep_training: tuple[nn.Module, ...] = ()
+        self._open = True
         self._attach()
 
     # -- discovery -------------------------------------------------------------------------
-    def _probe(self, head: str | None, probe_size: tuple[int, int]) -> tuple[str, _BlockModules | None]:
-        """One eval-mode forward pass recording, per leaf module in execution order, its input and output."""
+    def _probe(self, head: str | None, probe_size: tuple[int, int], declared: bool | None,
+               logits_only: bool) -> tuple[str | None, bool, int, _BlockModules | None]:
+        """One eval-mode forward pass recording, per leaf module in execution order, its input and output:
+        (head name or None for logits-only, align_corners, class count, block feeding the head)."""
         names = {id(m): n for n, m in self._modules.items()}
         calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
@@ -172,48 +222,44 @@ class ModelAdapter:
                 calls.append((names[id(module)], inputs[0].detach().clone(), output.detach().clone()))
 
         leaves = [m for m in self._modules.values() if not list(m.children())]
-        handles = [m.register_forward_hook(record) for m in leaves]
+        handles = [] if logits_only else [m.register_forward_hook(record) for m in leaves]
         reference = next(iter(self.model.parameters()), None)
         device = reference.device if reference is not None else torch.device("cpu")
         dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
         generator = torch.Generator().manual_seed(0)
         probe = torch.rand((1, 3, *probe_size), generator=generator).to(device=device, dtype=dtype)
-        modes = {module: module.training for module in self.model.modules()}
         try:
-            self.model.eval()
-            with torch.no_grad():
+            with evaluation_mode(self.model), torch.no_grad():
                 logits = model_logits(self.model(probe))
         except RuntimeError as exc:
             raise OodsegError(f"model {type(self.model).__name__}: probe forward pass on a {probe_size} image failed "
                               f"({str(exc).splitlines()[0]}); pass probe_size=(H, W) or head=NAME") from exc
         finally:
-            for module, training in modes.items():  # per module: a recursive train() would lose mixed modes
-                module.training = training
             for h in handles:
                 h.remove()
         if logits.dim() != 4:
             raise OodsegError(f"model output: expected logits of shape (B, C, H, W), got {tuple(logits.shape)}")
-        if head is None:
-            head = self._find_head(calls, logits)
-        elif not any(name == head for name, _, _ in calls):
+        num_classes = int(logits.shape[1])
+        if logits_only:
+            return None, bool(declared), num_classes, None
+        if head is not None and not any(name == head for name, _, _ in calls):
             raise OodsegError(f"head {head!r}: did not run in a forward pass of {type(self.model).__name__}")
-        return head, self._find_block(calls, head)
-
-    def _find_head(self, calls, logits: torch.Tensor) -> str:
-        candidates = [(name, out) for name, _, out in calls if _is_classifier_conv(self._modules[name])]
-        if not candidates:
-            raise OodsegError(f"model {type(self.model).__name__}: no 1×1 Conv2d classifier head found; pass head=NAME")
-        align_corners = bool(getattr(self.model, "align_corners", False))
-        errors = {name: _mismatch(out, logits, align_corners) for name, out in candidates}
-        best = min(errors, key=errors.get)
-        if errors[best] <= 1e-4:
-            return best
-        right_channels = [name for name, out in candidates if out.shape[1] == logits.shape[1]]
-        if len(set(right_channels)) == 1:
-            return right_channels[0]
-        raise OodsegError(f"model {type(self.model).__name__}: cannot tell which 1×1 conv produces the logits "
-                          f"(candidates: {', '.join(sorted(set(right_channels))) or 'none with matching channels'}); "
-                          f"pass head=NAME")
+        outputs = {name: out for name, _, out in calls  # the last call of each conv (a shared head runs twice)
+                   if (name == head if head is not None else _is_classifier_conv(self._modules[name]))}
+        settings = (False, True) if declared is None else (declared,)
+        errors = {(name, corners): _mismatch(out, logits, corners) for name, out in outputs.items()
+                  for corners in settings}
+        best = min(errors, key=errors.get) if errors else None
+        if best is None or errors[best] > HEAD_TOLERANCE:
+            if head is not None:
+                corners = "either align_corners" if declared is None else f"align_corners={declared}"
+                raise OodsegError(f"head {head!r}: its output does not reproduce the logits of "
+                                  f"{type(self.model).__name__} (relative difference {errors[best]:.3g} after bilinear "
+                                  f"resizing with {corners}, tolerance {HEAD_TOLERANCE:g}); name the 1×1 conv that "
+                                  f"produces them, or give no head to score in logits-only mode")
+            return None, bool(declared), num_classes, None
+        name, corners = best
+        return name, corners, num_classes, self._find_block(calls, name)
 
     def _find_block(self, calls, head: str) -> _BlockModules | None:
         """The ``conv → BN → ReLU`` feeding the head (skipping ReLU/Dropout modules), verified on the probe's values."""
@@ -240,7 +286,8 @@ class ModelAdapter:
             self._captured["z"] = inputs[0]
             self._captured["logits"] = output
 
-        self._handles.append(self.head.register_forward_hook(on_head))
+        if self.head is not None:
+            self._handles.append(self.head.register_forward_hook(on_head))
         for name, module_name in self.extra_heads.items():
             def on_extra(module, inputs, output, key=f"extra:{name}"):
                 self._captured[key] = output
@@ -261,12 +308,23 @@ class ModelAdapter:
         """Whether the head is fed by a ``conv → BN → ReLU`` block (captured when ``capture_block``)."""
         return self._block is not None
 
+    @contextlib.contextmanager
+    def stochastic(self, modules: Iterable[nn.Module]) -> Iterator["ModelAdapter"]:
+        """Within: calls run ``modules`` (e.g. the dropout layers, for MC dropout) in training mode and
+        every other module in eval mode."""
+        previous, self._keep_training = self._keep_training, tuple(modules)
+        try:
+            yield self
+        finally:
+            self._keep_training = previous
+
     def close(self) -> None:
         """Remove the hooks (the adapter cannot be called afterwards)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._captured.clear()
+        self._open = False
 
     def __enter__(self) -> "ModelAdapter":
         return self
@@ -276,16 +334,25 @@ class ModelAdapter:
 
     # -- forward ---------------------------------------------------------------------------
     def __call__(self, images: torch.Tensor) -> SegOutput:
-        """Run the model on ``images`` (B, 3, H, W) floats in [0, 1] and return the head's view of it."""
-        if not self._handles:
+        """Run the model (eval mode) on ``images`` (B, 3, H, W) floats in [0, 1]; the head's view of it."""
+        if not self._open:
             raise OodsegError("adapter: closed (hooks removed); create a new ModelAdapter")
         _check_images(images)
         self._captured.clear()
         try:
-            self.model(images)
+            with evaluation_mode(self.model, self._keep_training):
+                output = self.model(images)
             captured = dict(self._captured)
         finally:
             self._captured.clear()
+        image_size = (int(images.shape[-2]), int(images.shape[-1]))
+        missing = [name for name in self.extra_heads if f"extra:{name}" not in captured]
+        if missing:
+            raise OodsegError(f"extra head {missing[0]!r} ({self.extra_heads[missing[0]]}): did not run in this forward pass")
+        extras = {name: captured[f"extra:{name}"] for name in self.extra_heads}
+        if self.logits_only:
+            return SegOutput(logits=model_logits(output), image_size=image_size, align_corners=self.align_corners,
+                             extras=extras)
         if "logits" not in captured:
             raise OodsegError(f"head {self.head_name!r}: did not run in this forward pass")
         block = None
@@ -295,12 +362,8 @@ class ModelAdapter:
             block = HeadBlock(input=captured["block_input"], conv_weight=conv.weight,
                               stride=tuple(conv.stride), padding=tuple(conv.padding), dilation=tuple(conv.dilation),
                               bn_scale=gamma / torch.sqrt(bn.running_var + bn.eps), pre_relu=captured["pre_relu"])
-        missing = [name for name in self.extra_heads if f"extra:{name}" not in captured]
-        if missing:
-            raise OodsegError(f"extra head {missing[0]!r} ({self.extra_heads[missing[0]]}): did not run in this forward pass")
-        extras = {name: captured[f"extra:{name}"] for name in self.extra_heads}
         return SegOutput(logits=captured["logits"], features=captured["z"], weight=self.head.weight.flatten(1),
-                         bias=self.head.bias, image_size=(int(images.shape[-2]), int(images.shape[-1])), block=block,
+                         bias=self.head.bias, image_size=image_size, block=block,
                          align_corners=self.align_corners, extras=extras)
 
 

@@ -211,7 +211,7 @@ def test_bad_inputs_raise_one_line_errors(rng, logit_path):
         (lambda: functional.msp(logits=out.logits[:, :1]), "at least 2 classes"),
         (lambda: functional.msp(logits=torch.where(out.logits > 1, float("nan"), out.logits)), "NaN or Inf"),
         (lambda: functional.energy(logits=torch.where(out.logits > 1, float("inf"), out.logits)), "NaN or Inf"),
-        (lambda: scores.get("n_energy")(SegOutput(logits=out.logits)), "SegOutput.features: missing"),
+        (lambda: scores.get("n_energy")(SegOutput(logits=out.logits)), "n_energy: needs the input features of a 1×1"),
         (lambda: scores.get("n_energy")(SegOutput(logits=out.logits, features=out.features)), "weight: missing"),
         (lambda: functional.n_energy(features=out.features, weight=out.weight[:, :3]), "weight: shape"),
         (lambda: scores.get("n_energy")(SegOutput(logits=out.logits, features=out.features[..., :3],

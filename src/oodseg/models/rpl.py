@@ -75,6 +75,40 @@ def _aspp_layout(module: nn.Module) -> tuple[int, list[int]] | None:
     return None
 
 
+def feature_candidates(base: nn.Module, head: str, probe_size: tuple[int, int] = (128, 128),
+                       limit: int = 5) -> list[str]:
+    """Names of up to ``limit`` modules (the last to run) whose input is a 4-D tensor at the coarsest
+    resolution any module sees before ``head`` runs: where RPL's ``feature_module`` may attach.
+
+    One eval-mode probe forward pass on a random (1, 3, *probe_size) image."""
+    from oodseg.adapter import evaluation_mode
+
+    seen: list[tuple[str, int]] = []
+    done: list[bool] = []
+
+    def record(name):
+        def hook(module, inputs):
+            if name == head:
+                done.append(True)
+            if not done and name and inputs and isinstance(inputs[0], Tensor) and inputs[0].dim() == 4:
+                seen.append((name, int(inputs[0].shape[-2] * inputs[0].shape[-1])))
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name)) for name, module in base.named_modules()]
+    reference = next(iter(base.parameters()))
+    probe = torch.rand((1, 3, *probe_size), generator=torch.Generator().manual_seed(0))
+    try:
+        with evaluation_mode(base), torch.no_grad():
+            base(probe.to(device=reference.device, dtype=reference.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    coarsest = min((area for _, area in seen), default=None)
+    names = list(dict.fromkeys(name for name, area in seen if area == coarsest
+                                  and not (head == name or head.startswith(name + "."))))
+    return names[-limit:]
+
+
 class RPLModel(nn.Module):
     """A frozen segmentation network plus an RPL residual on the input of its classifier (block).
 
@@ -87,7 +121,8 @@ class RPLModel(nn.Module):
 
     Args:
         base: the closed-set network; frozen (``requires_grad=False``, always eval mode).
-        feature_module: name of the module whose INPUT are the high-level features.
+        feature_module: name of the module whose INPUT are the high-level features (when it does not
+            exist, the one-line error lists candidates: :func:`feature_candidates`).
         head: name of the final 1×1 classifier conv (found by :class:`ModelAdapter` when None).
         residual_module: name of the module whose input receives the residual (see the module docstring);
             None: the network's ``rpl_residual_module``, else the head.
@@ -103,12 +138,18 @@ class RPLModel(nn.Module):
                  residual_module: str | None = None):
         super().__init__()
         modules = dict(base.named_modules())
-        if feature_module not in modules or not feature_module:
-            raise OodsegError(f"feature_module {feature_module!r}: no module of that name in "
-                              f"{type(base).__name__} (RPL needs the module fed by the high-level features)")
-        features = modules[feature_module]
         with ModelAdapter(base, head=head, probe_size=probe_size) as adapter:
-            self.head_name = adapter.head_name
+            if adapter.logits_only:
+                raise OodsegError(f"model {type(base).__name__}: RPL adds its residual to the input of the 1×1 "
+                                  f"classifier head, and no 1×1 conv reproduces this model's output; name it with "
+                                  f"head=NAME")
+            self.head_name, align_corners = adapter.head_name, adapter.align_corners
+        if feature_module not in modules or not feature_module:
+            candidates = ", ".join(feature_candidates(base, self.head_name, probe_size)) or "none found"
+            raise OodsegError(f"feature_module {feature_module!r}: no module of that name in {type(base).__name__} "
+                              f"(RPL needs the module fed by the high-level features; modules fed by the coarsest "
+                              f"4-D features before the head: {candidates})")
+        features = modules[feature_module]
         head_module = modules[self.head_name]
         self.residual_name = residual_module or getattr(base, "rpl_residual_module", None) or self.head_name
         if self.residual_name not in modules:
@@ -116,8 +157,8 @@ class RPLModel(nn.Module):
                               f"{type(base).__name__}")
         self.base = base
         self.feature_module = feature_module
-        # the adapter reads the base network's conventions through this wrapper
-        self.align_corners = bool(getattr(base, "align_corners", False))
+        # the adapter reads the base network's conventions (declared or detected) through this wrapper
+        self.align_corners = align_corners
         self.extra_heads = {name: f"base.{module}" for name, module in (getattr(base, "extra_heads", None) or {}).items()}
         self._mode = "capture"
         self._captured: dict[str, Tensor] = {}

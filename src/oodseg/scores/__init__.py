@@ -17,7 +17,7 @@ from oodseg.errors import OodsegError
 # importing the family modules declares (and so registers) their scorers
 from oodseg.scores import (divergence, fitted, gradient, hybrid, logits, mask, normalized,  # noqa: F401
                            perturbation, sampling, softmax)
-from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer, compute
+from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer, compute, refuse_head_scores
 
 #: SPEC §1 order of :func:`available`, then the head-specific scores of SPEC §8 and the mask-classification
 #: scores of SPEC §9; a registered score not
@@ -46,4 +46,4 @@ def get(name: str, **params) -> Scorer:
     return cls(**params)
 
 
-__all__ = ["FittedScorer", "ModelScorer", "Scorer", "available", "compute", "get"]
+__all__ = ["FittedScorer", "ModelScorer", "Scorer", "available", "compute", "get", "refuse_head_scores"]

@@ -26,6 +26,8 @@ TILE_PIXELS = 1 << 15
 
 #: every scorer class by ``name``, filled when a class declaring a ``name`` is defined
 REGISTRY: dict[str, type["Scorer"]] = {}
+#: ``needs`` that only a model with a 1×1 classifier head provides (none in the adapter's logits-only mode)
+HEAD_INPUTS = frozenset({"features", "weight", "block"})
 
 
 class Scorer:
@@ -56,6 +58,11 @@ class Scorer:
     def needs_fit(self) -> bool:
         """True when the score must be fitted (``fit`` or ``load_state_dict``) before use."""
         return "fit" in self.needs
+
+    @property
+    def needs_head(self) -> bool:
+        """True when the score needs the 1×1 classifier head: its input features ``z``, weight or block."""
+        return bool(self.needs & HEAD_INPUTS)
 
     @property
     def runs_model(self) -> bool:
@@ -137,6 +144,15 @@ def as_adapter(model: Any) -> Any:
     raise OodsegError(f"model: expected an nn.Module or a ModelAdapter, got {type(model).__name__}")
 
 
+def refuse_head_scores(scorers: Sequence[Scorer], model: str) -> None:
+    """OodsegError naming every scorer that needs a 1×1 classifier head, for a ``model`` seen in logits-only mode."""
+    names = [scorer.key for scorer in scorers if scorer.needs_head]
+    if names:
+        raise OodsegError(f"{', '.join(names)}: need{'s' if len(names) == 1 else ''} the input features of a 1×1 "
+                          f"classifier head, and {model} has none that reproduces its output (logits-only mode); "
+                          f"scores of the logits or of the model (msp, entropy, energy, sml, odin, ...) still work")
+
+
 def check_images(images: object) -> torch.Tensor:
     """``images`` if it is a finite floating-point (B, 3, H, W) tensor (dtype kept), else :class:`OodsegError`."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -186,6 +202,8 @@ def compute(scorers: Sequence[Scorer | str] | Scorer | str, out: SegOutput) -> d
     # NaN/Inf: each tile checks its own rows (while they are in the cache) unless a score needs the whole map
     tiles_check = all(s.pixelwise for s in resolved)
     whole = ScoreInputs(out, checked=tiles_check)
+    if out.features is None and out.weight is None:
+        refuse_head_scores(resolved, "this SegOutput")
     needed = set().union(*(s.needs for s in resolved)) if resolved else set()
     for attribute in ("logits", "features", "weight"):  # validate each input once, as a whole
         if attribute in needed:

@@ -199,6 +199,7 @@ class Mahalanobis(FittedScorer):
     ``Σ`` is the pooled within-class covariance (divisor N); its inverse is the pseudo-inverse
     (eigenvalues below ``1e-10·λ_max`` dropped), applied as a whitening ``A = Λ^{-1/2} Vᵀ`` so
     the distance is ``‖A z - A μ_c‖²`` without cancellation. Classes without pixels are skipped.
+    Features without any variance (all-zero ``z``: a zero covariance) are refused when fitting.
     """
 
     name = "mahalanobis"
@@ -269,6 +270,9 @@ class Mahalanobis(FittedScorer):
         covariance = (covariance + covariance.T) / 2
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         keep = eigenvalues > 1e-10 * eigenvalues.abs().max().clamp_min(1e-300)
+        if not bool(keep.any()):
+            raise OodsegError(f"mahalanobis: the fitted features have zero covariance ({int(count.sum())} pixels, "
+                              f"e.g. all-zero head features z); the distance is undefined")
         transform = eigenvectors[:, keep].T / eigenvalues[keep].sqrt().unsqueeze(1)
         self.means, self.covariance, self.count = means, covariance, count
         self.transform = transform.float()

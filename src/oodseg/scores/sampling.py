@@ -5,11 +5,13 @@ resolution; ``mc_dropout(mutual_information=True)`` returns ``(H(p̄) - mean_k H
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from oodseg.adapter import evaluation_mode
 from oodseg.conventions import resize_logits
 from oodseg.errors import OodsegError
 from oodseg.scores.base import ModelScorer, as_adapter, check_images
@@ -25,6 +27,8 @@ class MCDropout(ModelScorer):
 
     Every other module is put in eval mode (BN uses running statistics); all modes are
     restored afterwards, also on error. ``seed`` (optional) makes the dropout masks reproducible.
+    A model whose dropout layers all have ``p = 0`` is refused (the passes would be identical and
+    the score would equal ``entropy``).
     """
 
     name = "mc_dropout"
@@ -45,19 +49,17 @@ class MCDropout(ModelScorer):
         dropouts = [m for m in model.modules() if isinstance(m, DROPOUT_TYPES)]
         if not dropouts:
             raise OodsegError("mc_dropout: the model has no dropout layers")
-        modes = [(m, m.training) for m in model.modules()]
-        try:
-            model.eval()
-            for module in dropouts:
-                module.train()
-            with torch.no_grad(), torch.random.fork_rng(enabled=self.params["seed"] is not None,
-                                                        devices=[images.device] if images.is_cuda else []):
-                if self.params["seed"] is not None:
-                    torch.manual_seed(self.params["seed"])
-                mean_probs, mean_entropy = self._sample(adapter, images)
-        finally:
-            for module, training in modes:
-                module.train(training)
+        if all(float(m.p) == 0.0 for m in dropouts):
+            raise OodsegError(f"mc_dropout: all {len(dropouts)} dropout layers of the model have p=0, so every "
+                              f"pass is the same and the score would equal 'entropy'")
+        # a ModelAdapter runs the model in eval mode: it keeps the dropouts training only inside ``stochastic``
+        stochastic = getattr(adapter, "stochastic", None)
+        with evaluation_mode(model, dropouts), (stochastic(dropouts) if stochastic else contextlib.nullcontext()), \
+                torch.no_grad(), torch.random.fork_rng(enabled=self.params["seed"] is not None,
+                                                       devices=[images.device] if images.is_cuda else []):
+            if self.params["seed"] is not None:
+                torch.manual_seed(self.params["seed"])
+            mean_probs, mean_entropy = self._sample(adapter, images)
         score = normalized_entropy(mean_probs)
         if self.params["mutual_information"]:
             score = (score - mean_entropy).clamp_(min=0.0)

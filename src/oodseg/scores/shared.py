@@ -92,7 +92,7 @@ class ScoreInputs:
         """(B, D, h, w) float32 head input ``z``, checked against the logits' batch and size."""
         if self.out.features is None:
             raise OodsegError("SegOutput.features: missing; this score needs the head input features z "
-                              "(use oodseg.adapter.ModelAdapter)")
+                              "(a ModelAdapter gives them unless the model has no 1×1 classifier head: logits-only)")
         features = as_float("features", self.out.features, 4, "(B, D, h, w)")
         logits = self.out.logits
         if isinstance(logits, torch.Tensor) and logits.dim() == 4 and (

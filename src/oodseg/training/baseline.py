@@ -53,6 +53,10 @@ class BaselineRecipe(Recipe):
                     self.head = adapter.head
             except OodsegError as exc:
                 raise OodsegError(f"recipe baseline: {exc} (or pass -p head_resolution=false)") from exc
+            if self.head is None:
+                raise OodsegError(f"recipe baseline: model {type(model).__name__}: no 1×1 Conv2d classifier head "
+                                  f"reproduces its output, so there is no head resolution to train at "
+                                  f"(pass -p head_resolution=false)")
         return super().setup(model, config)
 
     def loss(self, module, batch):

@@ -150,6 +150,14 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         raise OodsegError(f"resolution: {names} use the block before the head, which exists only at the head's "
                           "resolution; score them with resolution 'head'")
 
+    if is_mask_classification(model):  # SPEC §9: per-query class and mask logits, aggregated per pixel
+        hooks = MaskAdapter(model, resolution="mask" if resolution == "head" else "image")
+        score_registry.refuse_head_scores(scorers, f"the mask-classification model of {checkpoint}")
+    else:
+        hooks = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
+        if hooks.logits_only and any(s.needs_head for s in scorers):  # refused before any file is written
+            hooks.close()
+            score_registry.refuse_head_scores(scorers, f"the model of {checkpoint}")
     kind = dataset_kind or detect_kind(images)
     options = {**(dataset_options or {}), **({"name": dataset_name} if dataset_name else {})}
     dataset = open_dataset(kind, images, labels="none", **options)
@@ -172,12 +180,8 @@ def score_dataset(checkpoint: str | Path, images: str | Path, methods: Sequence[
         write_json(manifest_path(out, dataset.name), manifest)
     distributed.barrier()
 
-    if is_mask_classification(model):  # SPEC §9: per-query class and mask logits, aggregated per pixel
-        hooks = adapter = MaskAdapter(model, resolution="mask" if resolution == "head" else "image")
-    else:
-        hooks = ModelAdapter(model, capture_block=any("block" in s.needs for s in scorers))
-        adapter = hooks if resolution == "head" else ImageResolutionAdapter(hooks, any("features" in s.needs
-                                                                                       for s in scorers))
+    adapter = hooks if resolution == "head" or isinstance(hooks, MaskAdapter) else ImageResolutionAdapter(
+        hooks, any("features" in s.needs for s in scorers))
     audit = _Float16Run(keys, kind, images, options) if dtype == "float16" else None
     try:
         fitted = [s for s in scorers if s.needs_fit]

@@ -140,19 +140,14 @@ RESUME_FIELDS = ("recipe", "arch", "arch_params", "num_classes", "batch_size", "
 
 
 def initial_model(config: TrainConfig) -> tuple[nn.Module, str, dict]:
-    """(model, architecture, params): from ``config.init`` (checked for a 1×1 head, or for class and mask
-    logits per query when it is a mask-classification network) or built fresh."""
+    """(model, architecture, params): from ``config.init`` or built fresh. Recipes that need the 1×1
+    classifier head find it themselves (``entropy-max`` and ``nflowjs`` train any segmentation module)."""
     from oodseg.models import build_model, load_checkpoint
 
     if config.init:
-        from oodseg.adapter import ModelAdapter
-        from oodseg.mask_adapter import MaskAdapter, is_mask_classification
-
         model, meta = load_checkpoint(config.init)
         if meta["num_classes"] != config.num_classes:
             raise OodsegError(f"init: {config.init} has {meta['num_classes']} classes, the data {config.num_classes}")
-        # raises OodsegError when no final 1×1 classifier conv (or no per-query outputs) is found
-        (MaskAdapter if is_mask_classification(model) else ModelAdapter)(model).close()
         return model, meta["architecture"], dict(meta["params"])
     params = {**config.arch_params, "num_classes": config.num_classes}
     return build_model(config.arch, **params), config.arch, params
@@ -195,13 +190,34 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def given_model(initial: tuple[nn.Module, str, dict], config: TrainConfig) -> tuple[nn.Module, str, dict]:
+    """``initial`` = (any segmentation module, architecture, params that rebuild it) after checking its class
+    count against the data's; a module without ``num_classes`` gets the attribute (the checkpoint records it)."""
+    from oodseg.adapter import ModelAdapter
+
+    model, architecture, params = initial
+    if config.init:
+        raise OodsegError(f"init: {config.init} given together with an initial model; give one of them")
+    if not isinstance(model, nn.Module):
+        raise OodsegError(f"initial model: expected a torch.nn.Module, got {type(model).__name__}")
+    with ModelAdapter(model, logits_only=True) as adapter:  # one probe pass: the output's class count
+        classes = adapter.num_classes
+    if classes != config.num_classes:
+        raise OodsegError(f"initial model: {type(model).__name__} outputs {classes} classes, the data has "
+                          f"{config.num_classes}")
+    if getattr(model, "num_classes", None) is None:
+        model.num_classes = classes
+    return model, architecture, dict(params)
+
+
 def _save(out: Path, step: int, recipe: Recipe, module: nn.Module, optimizer, scheduler, scaler,
-          config: TrainConfig) -> None:
+          config: TrainConfig, checkpoint_meta: dict) -> None:
     """Write the exported checkpoint, then the trainer state (rank 0; both atomic)."""
     from oodseg.models import save_checkpoint
 
     model, architecture, params = recipe.export(module)
-    save_checkpoint(model, out / CHECKPOINT_DIR, architecture, params, recipe=recipe.name, step=step)
+    save_checkpoint(model, out / CHECKPOINT_DIR, architecture, params, recipe=recipe.name, step=step,
+                    **checkpoint_meta)
     state = {"step": step, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else {},
              "recipe": recipe.state_dict(), "config": json.dumps(dataclasses.asdict(config))}
@@ -209,12 +225,18 @@ def _save(out: Path, step: int, recipe: Recipe, module: nn.Module, optimizer, sc
         torch.save(state, tmp)
 
 
-def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = None) -> dict:
+def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = None, *,
+          initial: tuple[nn.Module, str, dict] | None = None, checkpoint_meta: dict | None = None) -> dict:
     """Run ``config.recipe`` and return the ``oodseg.train`` summary (also written to ``OUT/train.json``).
 
     Every input is checked before the first step. ``callback(step, log_record)`` is called after
     each logged step (on every rank). Under ``torchrun`` each rank takes a rank-strided share of
     every global batch; rank 0 writes all files.
+
+    ``initial = (module, architecture, params)`` starts from any segmentation ``nn.Module`` instead
+    of ``config.init`` / ``config.arch`` (:func:`given_model`); ``architecture`` and ``params`` must
+    rebuild it (``oodseg.models.build_model``) for the checkpoint to reload. ``checkpoint_meta``:
+    extra JSON keys written into every checkpoint's ``model.json`` (e.g. the model's source).
     """
     from oodseg.data.transforms import SegmentationTrainSet, TrainAugment
 
@@ -236,7 +258,8 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
     if config.outliers is None and default_pool is not None:
         config = dataclasses.replace(config, outliers=str(default_pool))
     torch.manual_seed(config.seed)  # same initial weights on every rank and in every run
-    model, architecture, params = initial_model(config)
+    model, architecture, params = initial_model(config) if initial is None else given_model(initial, config)
+    checkpoint_meta = dict(checkpoint_meta or {})
     config = dataclasses.replace(config, arch=architecture, arch_params=params)
     module = recipe.setup(model, config).to(device)
     if config.channels_last:
@@ -321,14 +344,15 @@ def train(config: TrainConfig, callback: Callable[[int, dict], None] | None = No
                     callback(step, record)
             if step % config.ckpt_every == 0 or last:
                 if rank == 0:
-                    _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config)
+                    _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config,
+                          checkpoint_meta)
                 dist_utils.barrier()
             if over_budget:
                 stopped_early = step < total_steps
                 break
     seconds = time.perf_counter() - started
     if start_step >= total_steps and rank == 0:  # resumed a finished run: nothing left to train
-        _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config)
+        _save(out, step, recipe, unwrap(trainable), optimizer, scheduler, scaler, config, checkpoint_meta)
     model, _, _ = recipe.export(unwrap(trainable))
     val_miou = None
     if val_data is not None and len(val_data):
