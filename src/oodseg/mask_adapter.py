@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oodseg.adapter import SegOutput, _check_images
+from oodseg.adapter import ModelAdapter, SegOutput, _check_images, evaluation_mode
 from oodseg.conventions import IMAGENET_MEAN, IMAGENET_STD
 from oodseg.errors import OodsegError
 
@@ -125,6 +125,7 @@ class MaskAdapter:
             raise OodsegError(f"resolution: expected one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
         self.model = model
         self.resolution = resolution
+        self._keep_training: tuple[nn.Module, ...] = ()
         self.transformers = is_transformers_model(model)
         negative = getattr(model, "negative_class", False) if negative_class is None else negative_class
         if not isinstance(negative, bool):
@@ -150,23 +151,20 @@ class MaskAdapter:
         reference = next(iter(self.model.parameters()), None)
         device = reference.device if reference is not None else torch.device("cpu")
         probe = torch.rand((1, 3, *probe_size), generator=torch.Generator().manual_seed(0)).to(device)
-        modes = {module: module.training for module in self.model.modules()}
         try:
-            self.model.eval()
-            with torch.no_grad():
+            with evaluation_mode(self.model), torch.no_grad():
                 classes, _ = self._forward(probe)
         except RuntimeError as exc:
             raise OodsegError(f"model {type(self.model).__name__}: probe forward pass on a {probe_size} image failed "
                               f"({str(exc).splitlines()[0]}); pass probe_size=(H, W)") from exc
-        finally:
-            for module, training in modes.items():  # per module: a recursive train() would lose mixed modes
-                module.training = training
         return int(classes.shape[1]), int(classes.shape[2])
 
     def __call__(self, images: torch.Tensor) -> SegOutput:
-        """Run the model on ``images`` (B, 3, H, W) floats in [0, 1]; the outputs keep their graph."""
+        """Run the model (eval mode, as ModelAdapter) on ``images`` (B, 3, H, W) floats in [0, 1]; the outputs keep
+        their graph."""
         _check_images(images)
-        classes, masks = self._forward(images)
+        with evaluation_mode(self.model, self._keep_training):
+            classes, masks = self._forward(images)
         if classes.shape[1] != self.num_queries or classes.shape[2] != self.num_classes + 1 + int(self.negative_class):
             raise OodsegError(f"model output: class logits of shape {tuple(classes.shape)}, expected "
                               f"(B, {self.num_queries}, {self.num_classes + 1 + int(self.negative_class)}) "
@@ -178,6 +176,9 @@ class MaskAdapter:
         return SegOutput(logits=torch.log(probabilities.clamp_min(PROBABILITY_FLOOR)), image_size=size,
                          align_corners=self.align_corners,
                          extras={"class_logits": classes, "mask_logits": masks})
+
+    #: within: calls run the given modules (MC dropout's dropouts) in training mode, the rest in eval mode
+    stochastic = ModelAdapter.stochastic
 
     def close(self) -> None:
         """Nothing to release (no hooks); present so that the adapter is used like ModelAdapter."""

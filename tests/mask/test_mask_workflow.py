@@ -47,3 +47,34 @@ def test_negative_class_from_the_architecture_reaches_uno(tmp_path):
         out = adapter(torch.rand(1, 3, 32, 32))
     assert out.extras["class_logits"].shape == (1, 5, 21) and out.logits.shape == (1, 19, 8, 8)
     assert scores.get("uno")(out).shape == (1, 8, 8)
+
+
+def test_mask_scores_leave_parameters_buffers_and_modes_untouched():
+    """As tests/test_adapter_safety.py for per-pixel models: a train-mode mask model is scored in eval mode
+    (its eval-mode output), every mask score and odin leave its state, modes and gradients as they were."""
+    torch.manual_seed(0)
+    model = build_model("small-mask2former", **{**MASK_ARCH, "negative_class": True})
+    model.train()
+    model.backbone.eval()  # a mixed state the user chose: it must come back as it was
+    modes = [m.training for m in model.modules()]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        model.eval()
+        expected = model(images)["masks_queries_logits"]
+        for module, training in zip(model.modules(), modes):
+            module.training = training
+    adapter = MaskAdapter(model)
+    out = adapter(images)
+    assert torch.equal(out.extras["mask_logits"], expected)
+    label = torch.zeros(1, 32, 32, dtype=torch.int64)
+    label[0, 10:20, 10:20] = 1
+    for name in ("rba", "m2a", "eam", "uno", "maskomaly", "msp", "odin"):
+        scorer = scores.get(name)
+        if scorer.needs_fit:
+            scorer.fit([adapter(images)], [label])
+        result = scorer(adapter, images) if scorer.runs_model else scorer(adapter(images))
+        assert torch.isfinite(result).all(), name
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [m.training for m in model.modules()] == modes
+    assert all(p.grad is None for p in model.parameters())
