@@ -18,16 +18,13 @@ and the Meta-OoD numbers likewise. ``make demo`` itself stays one seed (its 15-m
 """
 from __future__ import annotations
 
-import argparse
-import tempfile
 from pathlib import Path
 
-from oodseg.atomic import write_json, write_text
-from oodseg.data.synthetic import MANIFEST_NAME, complete, generate
 from oodseg.errors import OodsegError
-from oodseg.report.seeds import format_spread, parse_seeds, seed_tables, seeds_json, seeds_markdown, spread
+from oodseg.report.seeds import format_spread, seed_tables, seeds_json, seeds_markdown, spread
 from oodseg.workflows.demo import (DEMO_METHODS, TRACKS, DemoConfig, evaluate_track, meta_anomaly, ranking_tables,
                                    score_track, train_model)
+from _seeds import ensure_data, out_and_seeds, seed_parser, write_summary  # noqa: E402
 from _cli import run_main  # noqa: E402  (benchmarks/ is on sys.path as a script and under oodseg bench)
 
 QUICK_METHODS = ("msp", "entropy", "energy", "ensemble")
@@ -101,19 +98,13 @@ def run_seed(seed: int, data: Path, out: Path, methods: tuple[str, ...], baselin
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="SynthStreet root (default OUT/data, generated when missing)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (required; a temporary one with --quick)")
-    parser.add_argument("--seeds", default=None, help="training seeds (default 0,1,2; 0,1 with --quick)")
+    parser = seed_parser(__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=None, help="baseline checkpoint or run folder per seed, with {seed}")
     parser.add_argument("--member", default=None, help="ensemble partner per seed, with {seed} (default: trained as the demo does)")
     parser.add_argument("--method", dest="methods", action="append", default=None, help="a demo method, repeatable (default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny data, a few training steps, 4 methods (a smoke test)")
     args = parser.parse_args(argv)
-    if args.out is None and not args.quick:
-        raise OodsegError("--out is required (or --quick)")
-    out = args.out or Path(tempfile.mkdtemp(prefix="demo-seeds-"))
-    seeds = parse_seeds(args.seeds or ("0,1" if args.quick else "0,1,2"))
+    out, seeds = out_and_seeds(args, "demo-seeds-")
     methods = tuple(args.methods or (QUICK_METHODS if args.quick else DEMO_METHODS))
     shape = DemoConfig(out=out, quick=args.quick, methods=methods)  # validates the methods; data size and counts
     for seed in seeds:  # checked before anything is written
@@ -121,10 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             if pattern:
                 checkpoint_of(pattern, seed, option)
     data = args.data or out / "data"
-    if (data / MANIFEST_NAME).is_file():
-        complete(data)  # a folder of an earlier oodseg gets the validation tracks
-    else:
-        generate(data, seed=0, size=shape.size, frames=shape.frames)
+    ensure_data(data, shape.size, shape.frames)
     per_seed, metas = {}, {}
     for seed in seeds:
         print(f"== seed {seed}", flush=True)
@@ -138,9 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         meta_text, result["meta"] = meta_table(metas)
         text += "\n" + meta_text
     result["data"], result["methods"] = str(Path(data).resolve()), list(methods)
-    write_json(out / "demo_seeds.json", result)
-    write_text(out / "demo_seeds.md", text)
-    print("\n" + text + f"\nwrote {out / 'demo_seeds.md'} and demo_seeds.json")
+    write_summary(out, "demo_seeds", text, result)
     return result
 
 

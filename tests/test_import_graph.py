@@ -18,7 +18,7 @@ import oodseg
 
 SRC = Path(oodseg.__file__).parent
 PURE_PACKAGES = ("scores", "metrics", "meta")
-EXTRA_PURE = ("oodseg.training.losses", "oodseg.conventions")
+EXTRA_PURE = ("oodseg.training.losses", "oodseg.training.mask_losses", "oodseg.conventions")
 FORBIDDEN = ("oodseg.data", "oodseg.models.checkpoint", "oodseg.workflows", "oodseg.report", "oodseg.cli",
              "PIL", "h5py")
 

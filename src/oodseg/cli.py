@@ -425,7 +425,8 @@ def evaluate(kind, root, scores_dir, track, mode, protocol, threshold, threshold
 @click.option("--param", "params", multiple=True, metavar="METHOD.KEY=VALUE",
               help="Score parameter, repeatable, e.g. odin.epsilon=0.002 or pgn.label=uniform.")
 @click.option("--fit-data", type=click.Path(file_okay=False), default=None,
-              help="Cityscapes-layout root; its train split fits sml / mahalanobis.")
+              help="Cityscapes-layout root; its train split fits sml / mahalanobis. For maskomaly: an "
+                   "OoD-labelled validation set (e.g. SynthStreet's anomaly_val) whose anomalies rank the queries.")
 @click.option("--fit-frames", type=int, default=20, show_default=True, help="Frames of --fit-data used for fitting.")
 @click.option("--ensemble", "ensemble", multiple=True,
               help="Further model(s) forming the ensemble with --checkpoint (method 'ensemble'), each an " +
@@ -475,6 +476,8 @@ def score(checkpoint, weights, model_args, normalize, channel_order, output_key,
       oodseg score --model hf:my-segformer --images data/synth/anomaly --method entropy --out scores
       oodseg score --model python:mynets:build_net --weights net.pth --model-arg num_classes=19 \\
           --normalize imagenet --head classifier.3 --images data/synth/anomaly --method msp --out scores
+      oodseg score --checkpoint ckpt/mask2former --images data/synth/anomaly --method rba --method m2a \\
+          --method eam --method maskomaly --fit-data data/synth/anomaly_val --out scores
     """
     from oodseg import distributed
     from oodseg.workflows.presets import get_preset
@@ -641,6 +644,8 @@ def train_command(recipe, data, out, arch, arch_params, init, weights, model_arg
           --init ckpt/deeplab --lr 1e-5 --epochs 4 --crop-size 480 -p mode=mix --device cuda
       oodseg train --recipe entropy-max --data data/synth --init hf:my-segformer --out ckpt/emax-segformer
       torchrun --nproc_per_node=2 "$(which oodseg)" train --data data/synth --out ckpt/ddp --bn sync
+      oodseg train --recipe mask-baseline --data data/synth --out ckpt/m2f      # small-mask2former
+      oodseg train --recipe rba --data data/synth --init ckpt/m2f/checkpoint --out ckpt/m2f-rba
     """
     from oodseg import distributed
     from oodseg.training import TrainConfig, make_config
@@ -731,20 +736,26 @@ def synth_command(out: str, seed: int, size: str, frames: str | None, overwrite:
 @click.option("--method", "methods", multiple=True, help="Score only these methods (default: every post-hoc score).")
 @click.option("--frames", "report_frames", default=4, show_default=True, help="Example frames per track in the report.")
 @click.option("--quick", is_flag=True, help="Tiny data and a few training steps (a smoke test in seconds).")
+@click.option("--family", type=click.Choice(["pixel", "mask", "all"]), default="pixel", show_default=True,
+              help="pixel: the per-pixel scores on the small DeepLabv3+-style model; mask: the small Mask2Former "
+                   "(closed-set + RbA fine-tuning) with rba, m2a, eam, maskomaly and the logit scores on its "
+                   "aggregated P; all: both. The tables and report rank every method evaluated in --out.")
 @json_option("the ranking tables and timings")
-def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: int, quick: bool, as_json: bool) -> None:
+def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: int, quick: bool, family: str,
+                 as_json: bool) -> None:
     """Run everything on SynthStreet: generate, train, score, evaluate, rank, report.
 
     \b
     Example:
       oodseg demo --out demo-out        # ~10 min on 2 CPU cores the first time, ~1-2 min after
+      oodseg demo --out demo-out --family mask   # adds the Mask2Former detectors to the same tables
       open demo-out/report/index.html
     """
     from oodseg.workflows.demo import DEMO_METHODS, DemoConfig, run_demo
 
     log = (lambda message: click.echo(message, err=True))
     config = DemoConfig(out=out, seed=seed, methods=methods or DEMO_METHODS, report_frames=report_frames,
-                        quick=quick, log=log)
+                        quick=quick, family=family, log=log)
     result = run_demo(config)
     if as_json:
         echo_json(result)

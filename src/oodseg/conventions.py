@@ -29,6 +29,10 @@ OUTLIER = 254
 #: OoD label values of in-distribution and anomalous pixels
 INLIER, ANOMALY = 0, 1
 
+#: ImageNet mean and std of RGB images in [0, 1] (the networks' input normalisation; transformers' image processors')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 #: keys of a model's output mapping that hold the segmentation logits, in order of preference
 LOGITS_KEYS = ("logits", "out")
 

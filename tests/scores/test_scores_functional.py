@@ -172,12 +172,13 @@ def test_kernel_equals_torch_on_awkward_layouts(rng, monkeypatch, kernel_built):
 
 def test_every_available_name_is_reachable(rng):
     names = scores.available()
-    assert len(names) == 18 and set(LOGIT_ONLY) <= set(names)
+    assert len(names) == 23 and set(LOGIT_ONLY) <= set(names)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
     for name in names:
         scorer = scores.get(name, models=[module]) if name == "ensemble" else scores.get(name)
         assert scorer.name == name and scorer.key == name
-        assert scorer.needs <= {"logits", "features", "weight", "block", "model", "fit", "ood_logits"} and scorer.needs
+        assert scorer.needs <= {"logits", "features", "weight", "block", "model", "fit", "ood_logits",
+                                "masks"} and scorer.needs
         assert isinstance(scorer.params, dict)
 
 

@@ -9,7 +9,7 @@ from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer
 
 def test_every_declared_scorer_is_available_in_spec_order():
     declared = {cls.name for cls in _subclasses(Scorer) if cls.__dict__.get("name")}
-    assert set(scores.available()) == declared and len(declared) == 18  # SPEC §1 + densehybrid (§8)
+    assert set(scores.available()) == declared and len(declared) == 23  # SPEC §1 + densehybrid (§8) + §9
     assert scores.available()[:3] == ["msp", "entropy", "variation_ratio"]
 
 
@@ -34,7 +34,7 @@ def test_fitted_and_model_questions_have_one_answer_each():
     member = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
     for name in scores.available():
         scorer = scores.get(name, models=[member]) if name == "ensemble" else scores.get(name)
-        assert scorer.needs_fit == isinstance(scorer, FittedScorer) == (name in ("sml", "mahalanobis"))
+        assert scorer.needs_fit == isinstance(scorer, FittedScorer) == (name in ("sml", "mahalanobis", "maskomaly"))
         assert scorer.runs_model == isinstance(scorer, ModelScorer) == (name in ("mc_dropout", "ensemble", "odin"))
 
 

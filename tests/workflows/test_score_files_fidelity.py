@@ -19,6 +19,7 @@ from oodseg.conventions import image_to_tensor, resize_map
 from oodseg.data import open_dataset
 from oodseg.data.synthetic import generate
 from oodseg.data.transforms import label_to_tensor
+from oodseg.mask_adapter import MaskAdapter, is_mask_classification
 from oodseg.metrics.component import ComponentMetrics
 from oodseg.models import build_model, load_checkpoint, save_checkpoint
 from oodseg.scores.base import REGISTRY
@@ -28,11 +29,18 @@ from model_fixtures import confident_checkpoint
 TINY = {"num_classes": 19, "widths": [4, 8, 8], "aspp_channels": 8, "low_channels": 4, "decoder_channels": 8}
 FRAMES = {"train": 3, "val": 1, "anomaly": 3, "obstacle": 1, "shifted": 1, "outliers": 1}
 SEEDED = {"mc_dropout": {"seed": 0}}  # only the dropout masks fixed; every other parameter at its default
-OOD_HEAD = "ood_logits"  # scores that read this extra head run on an LDN-121 (DenseHybrid's network), the rest on SmallSegNet
+OOD_HEAD = "ood_logits"  # scores that read this extra head run on an LDN-121 (DenseHybrid's network)
+MASKS = "masks"  # scores of per-query outputs run on a small-mask2former with a negative class; the rest on SmallSegNet
+MASK_ARCH = {"num_classes": 19, "widths": [4, 8, 8], "hidden": 16, "queries": 5, "heads": 2, "feedforward": 16,
+             "negative_class": True}
 
 
 def _needs_ood_head(name: str) -> bool:
     return OOD_HEAD in REGISTRY[name].needs
+
+
+def _needs_masks(name: str) -> bool:
+    return MASKS in REGISTRY[name].needs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,11 +69,20 @@ def hybrid_checkpoint(setup):
 
 
 @pytest.fixture(scope="module")
-def memory_maps(setup, hybrid_checkpoint):
+def mask_checkpoint(setup):
+    """A randomly initialised small-mask2former with UNO's negative class, saved as an oodseg checkpoint."""
+    torch.manual_seed(0)
+    save_checkpoint(build_model("small-mask2former", **MASK_ARCH), setup[0] / "m2f", "small-mask2former", MASK_ARCH)
+    return setup[0] / "m2f"
+
+
+@pytest.fixture(scope="module")
+def memory_maps(setup, hybrid_checkpoint, mask_checkpoint):
     root, ckpt, member = setup
     hybrid = _in_memory_maps(root, hybrid_checkpoint, member, [n for n in scores.available() if _needs_ood_head(n)])
-    return {**_in_memory_maps(root, ckpt, member, [n for n in scores.available() if not _needs_ood_head(n)]),
-            **hybrid}
+    masks = _in_memory_maps(root, mask_checkpoint, member, [n for n in scores.available() if _needs_masks(n)])
+    pixel = [n for n in scores.available() if not _needs_ood_head(n) and not _needs_masks(n)]
+    return {**_in_memory_maps(root, ckpt, member, pixel), **hybrid, **masks}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +99,8 @@ def _score_args(root, ckpt, member, methods):
     args = ["score", "--checkpoint", ckpt, "--images", root / "synth" / "anomaly"]
     if {"sml", "mahalanobis"} & set(methods):
         args += ["--fit-data", root / "synth" / "cityscapes", "--fit-frames", FRAMES["train"]]
+    if "maskomaly" in methods:  # fitted on the anomaly labels of the scored track itself (files vs memory only)
+        args += ["--fit-data", root / "synth" / "anomaly", "--fit-frames", FRAMES["anomaly"]]
     if "ensemble" in methods:
         args += ["--ensemble", member]
     for name in methods:
@@ -93,11 +112,13 @@ def _in_memory_maps(root, ckpt, member, names) -> dict[str, list[np.ndarray]]:
     """The scores ``names`` on every anomaly frame through the Python API, float32 at image size."""
     model, _ = load_checkpoint(ckpt)
     partner, _ = load_checkpoint(member)
-    adapter = ModelAdapter(model, capture_block=True)
+    mask_model = is_mask_classification(model)
+    adapter = MaskAdapter(model) if mask_model else ModelAdapter(model, capture_block=True)
     scorers = {name: scores.get(name, **SEEDED.get(name, {}), **({"models": [model, partner]}
                                                                   if name == "ensemble" else {}))
                for name in names}
-    fit = open_dataset("cityscapes", root / "synth" / "cityscapes", split="train", labels="auto")
+    fit = (open_dataset("smiyc-anomaly", root / "synth" / "anomaly") if mask_model else
+           open_dataset("cityscapes", root / "synth" / "cityscapes", split="train", labels="auto"))
     with torch.no_grad():
         pairs = [(adapter(image_to_tensor(s.image)[None]), label_to_tensor(s.label)[None]) for s in fit]
     for scorer in scorers.values():
@@ -136,17 +157,19 @@ def _same(a, b) -> bool:
     return (a is None and (b is None or math.isnan(b))) or a == b
 
 
-def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup, hybrid_checkpoint, memory_maps,
-                                                                           labels, tmp_path):
+def test_files_evaluate_like_the_in_memory_maps_for_every_registered_score(setup, hybrid_checkpoint, mask_checkpoint,
+                                                                           memory_maps, labels, tmp_path):
     root, ckpt, member = setup
     out = tmp_path / "scores"
     keys = []
-    for checkpoint, with_head in ((ckpt, False), (hybrid_checkpoint, True)):
-        names = [n for n in scores.available() if _needs_ood_head(n) == with_head]
+    groups = ((ckpt, lambda n: not _needs_ood_head(n) and not _needs_masks(n)), (hybrid_checkpoint, _needs_ood_head),
+              (mask_checkpoint, _needs_masks))
+    for checkpoint, member_of in groups:
+        names = [n for n in scores.available() if member_of(n)]
         result = _cli(*_score_args(root, checkpoint, member, names), "--out", out / checkpoint.name, "--json")
         assert result.exit_code == 0, result.output
         keys += [(checkpoint.name, key) for key in json.loads(result.stdout)["methods"]]
-    assert len(keys) == len(scores.available()) == 18
+    assert len(keys) == len(scores.available()) == 23
     assert sorted(memory_maps) == sorted(key for _, key in keys)
     assert all((y == 1).any() and (y == 0).any() for y in labels)
     for folder, key in keys:

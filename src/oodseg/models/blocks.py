@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from oodseg.conventions import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported to the networks)
 
 
 class ImageNormalize(nn.Module):

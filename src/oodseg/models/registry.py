@@ -23,6 +23,7 @@ _ARCHITECTURES: dict[str, Union[Factory, str]] = {
     "deepwv3plus-th": "oodseg.models.deepwv3:DeepWV3PlusTH",
     "ldn121": "oodseg.models.ldn:LDN121",
     "small": "oodseg.models.small:SmallSegNet",
+    "small-mask2former": "oodseg.models.maskformer:SmallMask2Former",
     "rpl": "oodseg.models.rpl:build_rpl_model",
     "source": "oodseg.models.sources:build_source_model",
 }

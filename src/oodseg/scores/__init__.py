@@ -15,15 +15,16 @@ import inspect
 
 from oodseg.errors import OodsegError
 # importing the family modules declares (and so registers) their scorers
-from oodseg.scores import (divergence, fitted, gradient, hybrid, logits, normalized, perturbation,  # noqa: F401
-                           sampling, softmax)
+from oodseg.scores import (divergence, fitted, gradient, hybrid, logits, mask, normalized,  # noqa: F401
+                           perturbation, sampling, softmax)
 from oodseg.scores.base import REGISTRY, FittedScorer, ModelScorer, Scorer, compute, refuse_head_scores
 
-#: SPEC §1 order of :func:`available`, then the head-specific scores of SPEC §8; a registered score not
+#: SPEC §1 order of :func:`available`, then the head-specific scores of SPEC §8 and the mask-classification
+#: scores of SPEC §9; a registered score not
 #: named here is listed after these, never left out
 SPEC_ORDER = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "sml", "energy", "jsd", "feature_norm",
               "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble", "odin", "mahalanobis",
-              "densehybrid")
+              "densehybrid", "rba", "m2a", "eam", "uno", "maskomaly")
 
 
 def available() -> list[str]:

@@ -81,8 +81,10 @@ class ScoreInputs:
 
     @property
     def map_shape(self) -> tuple[int, int, int]:
-        """(B, h, w) of the score maps: from the logits, else from the features."""
-        source = self.logits if self.out.logits is not None else self.features
+        """(B, h, w) of the score maps: from the logits (any class count, e.g. K = 1 of a mask-classification
+        model, whose scores read the per-query outputs), else from the features."""
+        source = (as_float("logits", self.out.logits, 4, "(B, C, h, w)") if self.out.logits is not None
+                  else self.features)
         return (source.shape[0], *source.shape[2:])
 
     @cached_property

@@ -29,7 +29,8 @@ Recipe interface (stable; every recipe module implements it)::
 
 Recipes are registered by name with a lazy import (:data:`RECIPES`): ``baseline``
 (:mod:`oodseg.training.baseline`), ``entropy-max`` (:mod:`oodseg.training.entropy_max`),
-``nflowjs`` (:mod:`oodseg.training.nflowjs`), ``rpl`` (:mod:`oodseg.training.rpl`).
+``nflowjs`` (:mod:`oodseg.training.nflowjs`), ``rpl`` (:mod:`oodseg.training.rpl`); for mask-classification
+networks ``mask-baseline`` (:mod:`oodseg.training.mask_baseline`) and ``rba`` (:mod:`oodseg.training.rba`).
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ RECIPES: dict[str, str] = {
     "entropy-max": "oodseg.training.entropy_max:EntropyMaxRecipe",
     "nflowjs": "oodseg.training.nflowjs:NFlowJSRecipe",
     "rpl": "oodseg.training.rpl:RPLRecipe",
+    "mask-baseline": "oodseg.training.mask_baseline:MaskBaselineRecipe",
+    "rba": "oodseg.training.rba:RbARecipe",
 }
 
 

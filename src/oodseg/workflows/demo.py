@@ -12,6 +12,9 @@ Every step is cached in the output folder, so a second run only redoes what is m
     OUT/meta/anomaly.json     Meta-OoD false-positive removal on the entropy segments at that t (``oodseg meta``)
     OUT/results.{json,csv,md} the ranking tables
     OUT/report/               the HTML report (``oodseg report``)
+
+``--family mask`` (or ``all``) trains and scores the small Mask2Former instead (or as well):
+see :mod:`oodseg.workflows.demo_mask`.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from oodseg.atomic import write_json, write_text
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, check_choice
 from oodseg.layout import result_path, scores_dir
 from oodseg.provenance import VERSION as MANIFEST_VERSION, read_manifest
 
@@ -31,13 +34,21 @@ TRACKS = ("anomaly", "obstacle")
 DEMO_METHODS = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "sml", "energy", "jsd",
                 "feature_norm", "n_max_logit", "n_energy", "n_energy_cw", "pgn", "mc_dropout", "ensemble",
                 "odin", "mahalanobis")
+#: what the demo trains and scores: the per-pixel family (SPEC §1), the mask-classification one (SPEC §9), both
+FAMILIES = ("pixel", "mask", "all")
 #: Training overrides of ``--quick`` runs (tiny crops and batches, validation kept for val mIoU).
 QUICK_TRAINING = {"batch_size": 2, "crop_size": 32, "validate": True, "log_every": 1, "ckpt_every": 1000}
 
 
 @dataclass
 class DemoConfig:
-    """What the demo runs. ``quick`` shrinks data and training for tests (minutes → seconds)."""
+    """What the demo runs. ``quick`` shrinks data and training for tests (minutes → seconds).
+
+    ``family``: ``"pixel"`` (the per-pixel scores of SPEC §1 on the small DeepLabv3+-style model),
+    ``"mask"`` (the small Mask2Former and its detectors, SPEC §9, :mod:`oodseg.workflows.demo_mask`;
+    ``mask_steps`` / ``rba_steps`` its training steps) or ``"all"``. Tables and report cover every
+    evaluation in ``out``, so a mask run after a pixel run (or ``"all"``) ranks both side by side.
+    """
 
     out: Path = Path("demo-out")
     seed: int = 0
@@ -46,6 +57,9 @@ class DemoConfig:
     train_steps: int | None = None
     member_steps: int | None = None
     methods: tuple[str, ...] = DEMO_METHODS
+    family: str = "pixel"
+    mask_steps: int | None = None
+    rba_steps: int | None = None
     report_frames: int = 4
     quick: bool = False
     log: Callable[[str], None] = print
@@ -59,7 +73,10 @@ class DemoConfig:
                                           "outliers": 4, "anomaly_val": 4, "obstacle_val": 2}
             self.train_steps = self.train_steps or 6
             self.member_steps = self.member_steps or 3
+            self.mask_steps = self.mask_steps or 4
+            self.rba_steps = self.rba_steps or 2
             self.report_frames = min(self.report_frames, 2)
+        check_choice("family", self.family, FAMILIES)
         unknown = sorted(set(self.methods) - set(DEMO_METHODS))
         if unknown:
             raise OodsegError(f"methods: {unknown[0]!r} is not a demo method (choose from {', '.join(DEMO_METHODS)})")
@@ -70,6 +87,22 @@ def run_demo(config: DemoConfig) -> dict:
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     data = _step(config, "synth", lambda: _synth(config))
+    evaluations = []
+    if config.family in ("pixel", "all"):
+        evaluations += _pixel_family(config, data)
+    if config.family in ("mask", "all"):
+        from oodseg.workflows.demo_mask import run_mask_family
+
+        evaluations += _step(config, "mask family", lambda: run_mask_family(config, data, TRACKS))
+    tables = _step(config, "tables", lambda: _write_tables(config))
+    if config.report_frames >= 0:
+        _step(config, "report", lambda: _report(config))
+    write_json(out / "timings.json", config.timings)
+    return {"out": str(out.resolve()), "tables": tables, "timings": config.timings, "evaluations": len(evaluations)}
+
+
+def _pixel_family(config: DemoConfig, data: Path) -> list[dict]:
+    """The per-pixel demo: baseline (+ ensemble member), every SPEC §1 score on both tracks, Meta-OoD."""
     baseline = _step(config, "train baseline", lambda: train_model(config, data, "baseline", seed=config.seed,
                                                                    steps=config.train_steps))
     member = None
@@ -84,11 +117,7 @@ def run_demo(config: DemoConfig) -> dict:
         evaluations += _step(config, f"evaluate {track}", lambda: evaluate_track(config, data, track))
     if "entropy" in config.methods:
         _step(config, "meta anomaly", lambda: meta_anomaly(config, data, baseline))
-    tables = _step(config, "tables", lambda: _write_tables(config))
-    if config.report_frames >= 0:
-        _step(config, "report", lambda: _report(config))
-    write_json(out / "timings.json", config.timings)
-    return {"out": str(out.resolve()), "tables": tables, "timings": config.timings, "evaluations": len(evaluations)}
+    return evaluations
 
 
 def _step(config: DemoConfig, name: str, work: Callable):
@@ -110,8 +139,10 @@ def _synth(config: DemoConfig) -> Path:
     return root
 
 
-def train_model(config: DemoConfig, data: Path, name: str, seed: int, steps: int | None, member: bool = False) -> Path:
-    """Train (or reuse) a closed-set baseline on SynthStreet ``data`` into ``OUT/train/{name}``; return its checkpoint."""
+def train_model(config: DemoConfig, data: Path, name: str, seed: int, steps: int | None, member: bool = False,
+                recipe: str = "baseline", **options) -> Path:
+    """Train (or reuse) a model on SynthStreet ``data`` into ``OUT/train/{name}`` with ``recipe`` (default: the
+    closed-set baseline) and further TrainConfig ``options``; return its checkpoint."""
     from oodseg.training import make_config
     from oodseg.workflows.train import train
 
@@ -128,7 +159,7 @@ def train_model(config: DemoConfig, data: Path, name: str, seed: int, steps: int
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         config.log(f"[demo]   {name}: reusing the trained checkpoint (val mIoU {_pct(summary.get('val_mIoU'))})")
         return out / "checkpoint"
-    overrides = {"seed": seed}
+    overrides = {"seed": seed, **options}
     if steps is not None:
         overrides["steps"] = steps
     if member:  # the ensemble partner: same recipe, another seed; a third of the steps keeps the demo short
@@ -136,7 +167,7 @@ def train_model(config: DemoConfig, data: Path, name: str, seed: int, steps: int
     if config.quick:
         overrides.update(QUICK_TRAINING)
     resume = (out / "trainer_state.pt").is_file()
-    train_config = make_config("baseline", data=str(data), out=str(out), resume=resume, **overrides)
+    train_config = make_config(recipe, data=str(data), out=str(out), resume=resume, **overrides)
     summary = train(train_config)
     config.log(f"[demo]   {name}: {summary['steps']} steps in {summary['seconds']:.0f} s, "
                f"val mIoU {_pct(summary.get('val_mIoU'))}")
@@ -165,23 +196,27 @@ def score_track(config: DemoConfig, data: Path, checkpoint: Path, member: Path |
                   ensemble=[member] if member else (), overwrite=outdated)
 
 
-def evaluate_track(config: DemoConfig, data: Path, track: str) -> list[dict]:
-    """Evaluate every method's scores on ``track`` (best-F1 θ of the track, as SMIYC); cached per method."""
+def evaluate_track(config: DemoConfig, data: Path, track: str, runs: dict[str, Path] | None = None) -> list[dict]:
+    """Evaluate every method's scores on ``track`` (best-F1 θ of the track, as SMIYC); cached per method.
+
+    ``runs``: ``{method label: score folder}``; default every configured method under ``OUT/scores``.
+    """
     from oodseg.data import open_dataset
     from oodseg.workflows.evaluate import default_protocol, evaluate_dataset
 
     dataset = open_dataset(f"smiyc-{track}", data / track)
     protocol = default_protocol(dataset.kind)  # smiyc: the official SegmentMeIfYouCan numbers
+    if runs is None:
+        runs = {method: scores_dir(config.out / "scores", method, track) for method in config.methods}
     results = []
-    for method in config.methods:
+    for method, folder in runs.items():
         path = result_path(config.out / "evaluate", track, method)
         if path.is_file():
             cached = json.loads(path.read_text(encoding="utf-8"))
             if cached.get("protocol", "exact") == protocol:  # results from before the protocol are redone
                 results.append(cached)
                 continue
-        result = evaluate_dataset(dataset, scores_dir(config.out / "scores", method, track), track=track, method=method,
-                                  protocol=protocol)
+        result = evaluate_dataset(dataset, folder, track=track, method=method, protocol=protocol)
         write_json(path, result)
         results.append(result)
     return results

@@ -1,6 +1,7 @@
 """Score a dataset into files: ``{out}/{method}/{dataset}/{fid}.hdf5`` for every requested method.
 
-Per batch of frames the model runs once through the :class:`~oodseg.adapter.ModelAdapter`;
+Per batch of frames the model runs once through the :class:`~oodseg.adapter.ModelAdapter` (a
+mask-classification model through :class:`~oodseg.mask_adapter.MaskAdapter`);
 all output-based scores are computed together (:func:`oodseg.scores.compute` shares the
 work), model-based ones (MC dropout, ODIN, ensembles) run the model themselves. Every map is
 upsampled bilinearly (``align_corners=False``) to the image size and written as SMIYC hdf5
@@ -44,6 +45,7 @@ from oodseg.layout import (check_name, lock_path, manifest_path, manifests_dir, 
                            score_path, scores_dir)
 from oodseg.atomic import exclusive
 from oodseg import provenance
+from oodseg.mask_adapter import MaskAdapter, is_mask_classification
 from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.metrics.quantization import Float16Audit
 from oodseg.models.sources import ModelSource, declared_head, load_model_source, parse_model_source
@@ -103,7 +105,8 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
         out: output root. ``dataset_name`` overrides the dataset's folder name below it;
             ``dataset_options`` are layout options of :func:`oodseg.data.open_dataset` (e.g. ``split``).
         fit_data: Cityscapes-layout root whose train split (``fit_frames`` frames, evenly spaced)
-            fits the fitted scores (``sml``, ``mahalanobis``).
+            fits the fitted scores (``sml``, ``mahalanobis``); for ``maskomaly`` an OoD-labelled dataset
+            root (e.g. a validation track), whose anomalies rank the queries.
         ensemble: further model sources; with ``checkpoint`` they form the members of ``ensemble``.
         overwrite: replace the maps (and provenance) of the requested methods; other methods are never touched.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
@@ -161,6 +164,11 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
         raise OodsegError(f"methods: {duplicate!r} requested twice")
     if ensemble and not any(s.name == "ensemble" for s in scorers):
         raise OodsegError("ensemble: given but method 'ensemble' is not requested")
+    per_query = [s.key for s in scorers if "masks" in s.needs]
+    if per_query and not is_mask_classification(model):
+        raise OodsegError(f"methods: {', '.join(per_query)} need a mask-classification model (class and mask logits "
+                          f"per query, SPEC §9); {checkpoint} is a per-pixel network")
+    _ood_fitted([s for s in scorers if s.needs_fit])
     if any(s.needs_fit for s in scorers) and fit_data is None:
         names = ", ".join(s.name for s in scorers if s.needs_fit)
         raise OodsegError(f"fit_data: required by the fitted score(s) {names} (a Cityscapes-layout root)")
@@ -172,10 +180,14 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
 
     if dataset_name is not None:
         check_name("dataset_name", dataset_name)
-    hooks = ModelAdapter(model, head=declared_head(model), capture_block=any("block" in s.needs for s in scorers))
-    if hooks.logits_only and any(s.needs_head for s in scorers):  # refused before any file is written
-        hooks.close()
-        score_registry.refuse_head_scores(scorers, f"the model of {checkpoint}")
+    if is_mask_classification(model):  # SPEC §9: per-query class and mask logits, aggregated per pixel
+        hooks = MaskAdapter(model, resolution="mask" if resolution == "head" else "image")
+        score_registry.refuse_head_scores(scorers, f"the mask-classification model of {checkpoint}")
+    else:
+        hooks = ModelAdapter(model, head=declared_head(model), capture_block=any("block" in s.needs for s in scorers))
+        if hooks.logits_only and any(s.needs_head for s in scorers):  # refused before any file is written
+            hooks.close()
+            score_registry.refuse_head_scores(scorers, f"the model of {checkpoint}")
     kind = dataset_kind or detect_kind(images)
     _refuse_synthstreet_root(images, kind)
     options = {**(dataset_options or {}), **({"name": dataset_name} if dataset_name else {})}
@@ -196,8 +208,8 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
             write_json(manifest_path(out, key, dataset.name), manifests[key])
     distributed.barrier()
 
-    adapter = hooks if resolution == "head" else ImageResolutionAdapter(hooks, any("features" in s.needs
-                                                                                   for s in scorers))
+    adapter = hooks if resolution == "head" or isinstance(hooks, MaskAdapter) else ImageResolutionAdapter(
+        hooks, any("features" in s.needs for s in scorers))
     audit = _Float16Run(keys, kind, images, options) if dtype == "float16" else None
     try:
         fitted = [s for s in scorers if s.needs_fit]
@@ -436,14 +448,34 @@ def _one_line(exc: Exception) -> str:
 
 
 # -- fitting --------------------------------------------------------------------------------------
+def _ood_fitted(fitted) -> list[str]:
+    """Names of the fitted scorers that fit on OoD labels (``fit_labels == "ood"``); OodsegError when they are
+    mixed with scorers fitted on Cityscapes trainIds (one ``fit_data`` cannot serve both)."""
+    ood = [s.name for s in fitted if getattr(s, "fit_labels", "trainIds") == "ood"]
+    if ood and len(ood) < len(fitted):
+        others = ", ".join(s.name for s in fitted if s.name not in ood)
+        raise OodsegError(f"fit_data: {', '.join(ood)} fit on anomaly labels, {others} on Cityscapes train; "
+                          "score them in separate runs")
+    return ood
+
+
 def _fit(fitted, adapter: ModelAdapter, root: Path, frames: int, device: torch.device) -> None:
-    """Fit each fitted scorer on ``frames`` evenly spaced Cityscapes train frames (outputs + trainId labels)."""
-    data = open_dataset("cityscapes", root, split="train", labels="auto")
+    """Fit each fitted scorer on ``frames`` evenly spaced frames of ``root``: the Cityscapes train split
+    (trainId labels), or, for scores that fit on anomaly labels (``fit_labels == "ood"``: ``maskomaly``),
+    the annotated OoD dataset at ``root`` (kind detected; 0/1/255 labels)."""
+    ood = _ood_fitted(fitted)
+    if ood:
+        data, where = open_dataset(detect_kind(root), root, labels="auto"), f"fitting on {root.name} (OoD labels)"
+    else:
+        data, where = open_dataset("cityscapes", root, split="train", labels="auto"), "fitting on Cityscapes train"
     picks = np.unique(np.linspace(0, len(data) - 1, min(frames, len(data))).round().astype(int))
 
     def pairs() -> Iterator[tuple]:
-        for index in track(picks.tolist(), "fitting on Cityscapes train"):
+        for index in track(picks.tolist(), where):
             sample = data[index]
+            if ood and sample.label is None:
+                raise OodsegError(f"fit_data: frame {sample.fid} of {root} has no OoD label; {', '.join(ood)} "
+                                  "fit on annotated validation frames")
             images = image_to_tensor(sample.image)[None].to(device)
             with torch.no_grad():
                 out = adapter(images)
