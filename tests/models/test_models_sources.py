@@ -269,7 +269,9 @@ np.savez(sys.argv[1], **out)
 def _reloaded_in_fresh_process(tmp_path, checkpoints) -> list:
     """The logits each checkpoint gives on the same random images, loaded by a new Python process."""
     result = tmp_path / "reloaded.npz"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+    # the parent's thread count: convolutions split over another number of threads may differ in the last bit
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     subprocess.run([sys.executable, "-c", _RELOAD, str(result), *map(str, checkpoints)], env=env, check=True,
                    timeout=300, capture_output=True)
     reloaded = np.load(result)

@@ -172,12 +172,17 @@ def test_ctrl_c_exits_130_in_one_line_and_leaves_a_resumable_run(data, tmp_path)
                "--steps", "100000", "--batch-size", "2", "--crop-size", "32", "--ckpt-every", "1", "--no-validate",
                *arch]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OODSEG_QUIET": "1"}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # stderr goes to a file, not a pipe: data-loader workers that outlive the interrupted process by a few
+    # seconds must not hold the test on an open pipe; the process itself must exit within the timeout
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
     deadline = time.monotonic() + 240
     while not (out / STATE_FILE).exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    stderr = log.read_text()
     assert proc.returncode == 130, stderr
     assert stderr.startswith("interrupted: ") and stderr.count("\n") == 1, stderr
     step = torch.load(out / STATE_FILE, weights_only=True)["step"]  # the last trainer state is whole
