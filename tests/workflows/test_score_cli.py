@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from oodseg.cli import main
+from oodseg.layout import LOCK_FILE
 from oodseg.models import load_checkpoint
 from oodseg.workflows import pipeline
 
@@ -227,9 +228,14 @@ def test_torchrun_two_processes_write_the_same_files(frames, checkpoint, tmp_pat
     common = ["score", "--checkpoint", checkpoint, "--images", frames, "--method", "entropy", "--method", "energy"]
     run_oodseg(*common, "--out", single)
     run_oodseg(*common, "--out", double, nproc=2)
-    files = sorted(p.relative_to(single) for p in single.rglob("*") if p.is_file() and "_manifest" not in p.parts)
+    def outputs(root):  # the maps and predictions; not the manifests nor the output folder's lock file
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and "_manifest" not in p.parts and p.name != LOCK_FILE)
+
+    files = outputs(single)
     assert len(files) == 9
-    assert files == sorted(p.relative_to(double) for p in double.rglob("*") if p.is_file() and "_manifest" not in p.parts)
+    assert files == outputs(double)
+    assert (single / LOCK_FILE).is_file() and (double / LOCK_FILE).is_file()
     for rel in files:
         if rel.suffix == ".hdf5":
             np.testing.assert_array_equal(_read(single / rel)[0], _read(double / rel)[0])
