@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from oodseg.conventions import model_logits
+from oodseg.conventions import IMAGENET_MEAN, IMAGENET_STD, model_logits
 from oodseg.errors import OodsegError, OodsegWarning, check_choice
 from oodseg.keyvalue import parse_value
 from oodseg.models.checkpoint import (META_FILE, RESERVED_KEYS, check_state_dict, default_classes,
@@ -56,7 +56,7 @@ OPTION_KEYS = ("weights", "normalize", "channel_order", "output_key", "head", "a
 #: the architecture name under which imported sources are saved (:func:`build_source_model`)
 ARCHITECTURE = "source"
 #: ImageNet mean and std on the [0, 1] scale (torchvision's and most HF processors' statistics)
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 CHANNEL_ORDERS = ("rgb", "bgr")
 #: side of the square random image of the check forward pass (class count, output entry)
 PROBE_SIZE = 64
