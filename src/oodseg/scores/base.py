@@ -178,6 +178,13 @@ def check_positive(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` when it is an int >= 1 (not a bool), else :class:`OodsegError` ``"<name> must be a positive integer"``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OodsegError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 def compute(scorers: Sequence[Scorer | str] | Scorer | str, out: SegOutput) -> dict[str, torch.Tensor]:
     """Several output-based scores of one head output, sharing softmax, logsumexp, norms and ``W z``.
 

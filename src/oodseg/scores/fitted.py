@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from oodseg.adapter import SegOutput
 from oodseg.conventions import OUTLIER, VOID
 from oodseg.errors import OodsegError
-from oodseg.scores.base import FittedScorer, check_positive
+from oodseg.scores.base import FittedScorer, check_positive, check_positive_int
 from oodseg.scores.shared import ScoreInputs
 
 #: Semantic label values that are never fitted (void, pasted outlier).
@@ -118,8 +118,7 @@ class StandardizedMaxLogit(FittedScorer):
                 raise OodsegError(f"sml: {flag} must be True or False, got {value!r}")
         for option, value in (("boundary_width", boundary_width), ("boundary_iterations", boundary_iterations),
                               ("smoothing_kernel", smoothing_kernel), ("smoothing_dilation", smoothing_dilation)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise OodsegError(f"sml: {option} must be a positive integer, got {value!r}")
+            check_positive_int(f"sml: {option}", value)
         if smoothing_kernel % 2 == 0:
             raise OodsegError(f"sml: smoothing_kernel must be odd, got {smoothing_kernel}")
         super().__init__(boundary_suppression=boundary_suppression, boundary_width=boundary_width,
@@ -206,8 +205,7 @@ class Mahalanobis(FittedScorer):
     needs = frozenset({"features", "fit"})
 
     def __init__(self, *, pixels_per_image: int = 1000, seed: int = 0) -> None:
-        if isinstance(pixels_per_image, bool) or not isinstance(pixels_per_image, int) or pixels_per_image < 1:
-            raise OodsegError(f"mahalanobis: pixels_per_image must be a positive integer, got {pixels_per_image!r}")
+        check_positive_int("mahalanobis: pixels_per_image", pixels_per_image)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise OodsegError(f"mahalanobis: seed must be an integer, got {seed!r}")
         super().__init__(pixels_per_image=pixels_per_image, seed=seed)

@@ -18,7 +18,7 @@ from oodseg.adapter import SegOutput
 from oodseg.conventions import ANOMALY, INLIER, VOID
 from oodseg.errors import OodsegError
 from oodseg.mask_adapter import aggregate
-from oodseg.scores.base import FittedScorer, Scorer, check_choice
+from oodseg.scores.base import FittedScorer, Scorer, check_choice, check_positive_int
 from oodseg.scores.shared import ScoreInputs, as_float, check_finite
 
 AGGREGATES = ("probabilities", "logits")
@@ -164,8 +164,7 @@ class Maskomaly(FittedScorer):
     fit_labels = "ood"
 
     def __init__(self, *, queries: int = 2) -> None:
-        if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
-            raise OodsegError(f"maskomaly: queries must be an integer >= 1, got {queries!r}")
+        check_positive_int("maskomaly: queries", queries)
         super().__init__(queries=queries)
         self.ranking: torch.Tensor | None = None
         self.average_precision: torch.Tensor | None = None

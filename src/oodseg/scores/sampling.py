@@ -14,7 +14,7 @@ from torch import nn
 from oodseg.adapter import evaluation_mode
 from oodseg.conventions import resize_logits
 from oodseg.errors import OodsegError
-from oodseg.scores.base import ModelScorer, as_adapter, check_images
+from oodseg.scores.base import ModelScorer, as_adapter, check_images, check_positive_int
 from oodseg.scores.shared import ScoreInputs
 from oodseg.scores.softmax import normalized_entropy
 
@@ -34,8 +34,7 @@ class MCDropout(ModelScorer):
     name = "mc_dropout"
 
     def __init__(self, *, samples: int = 8, mutual_information: bool = False, seed: int | None = None) -> None:
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise OodsegError(f"mc_dropout: samples must be a positive integer, got {samples!r}")
+        check_positive_int("mc_dropout: samples", samples)
         if not isinstance(mutual_information, bool):
             raise OodsegError(f"mc_dropout: mutual_information must be True or False, got {mutual_information!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
