@@ -104,7 +104,11 @@ def _staging_pattern(path: Path) -> re.Pattern:
 
 
 def remove_stale(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary folders of ``path`` (:func:`staging_directory`) that no live process holds; returns them."""
+    """Delete the temporary folders of ``path`` (:func:`staging_directory`) that no live process holds; returns them.
+
+    A run killed between the two renames of :func:`atomic_directory` leaves no ``path`` and its
+    previous version in ``.{name}.old-*/previous``: that version is put back at ``path`` first.
+    """
     path = Path(path)
     pattern, removed = _staging_pattern(path), []
     if not path.parent.is_dir():
@@ -121,6 +125,9 @@ def remove_stale(path: str | os.PathLike) -> list[Path]:
         except OSError:  # held by a running build (or locks unsupported here): leave it
             continue
         else:
+            previous = candidate / "previous"
+            if candidate.name.startswith(f".{path.name}.old-") and previous.is_dir() and not path.exists():
+                os.replace(previous, path)
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
         finally:

@@ -100,3 +100,46 @@ def test_synth_killed_with_sigkill_then_rerun_leaves_no_hidden_folder(tmp_path):
     assert list(tmp_path.glob(".syn.partial-*")), "the run was not killed while writing"
     assert subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+
+
+KILLED_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from oodseg import atomic
+target = Path(sys.argv[1])
+real_replace, calls = os.replace, []
+def replace(src, dst):
+    calls.append(dst)
+    if Path(dst) == target and len(calls) == 2:  # the old folder is aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+atomic.os.replace = replace
+with atomic.atomic_directory(target) as tmp:
+    (tmp / "x.txt").write_text("new")
+"""
+
+
+def test_a_swap_killed_between_its_renames_gets_the_previous_folder_back(tmp_path):
+    target = tmp_path / "checkpoint"
+    with atomic_directory(target) as tmp:
+        (tmp / "x.txt").write_text("old")
+    proc = subprocess.run([sys.executable, "-c", KILLED_SWAP, str(target)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not target.exists() and any(p.name.startswith(".checkpoint.old-") for p in tmp_path.iterdir())
+    with atomic_directory(tmp_path / "checkpoint") as tmp:  # the next run: restores, then replaces as usual
+        assert (target / "x.txt").read_text() == "old"
+        (tmp / "x.txt").write_text("newer")
+    assert (target / "x.txt").read_text() == "newer"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_train_resume_puts_back_a_checkpoint_folder_left_aside_by_a_killed_swap(tmp_path):
+    from oodseg.workflows.train import CHECKPOINT_DIR, STATE_FILE, TrainConfig, _prepare_output
+
+    aside = tmp_path / f".{CHECKPOINT_DIR}.old-k1ll3d" / "previous"
+    aside.mkdir(parents=True)
+    (aside / "model.json").write_text("{}")
+    (tmp_path / STATE_FILE).write_bytes(b"state")
+    _prepare_output(tmp_path, TrainConfig(data=str(tmp_path), out=str(tmp_path), resume=True))
+    assert (tmp_path / CHECKPOINT_DIR / "model.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([CHECKPOINT_DIR, STATE_FILE])

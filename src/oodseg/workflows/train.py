@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from oodseg import distributed as dist_utils
-from oodseg.atomic import atomic_directory, atomic_path, write_json, write_text
+from oodseg.atomic import atomic_directory, atomic_path, remove_stale, write_json, write_text
 from oodseg.errors import OodsegError
 from oodseg.progress import track
 from oodseg.training.config import TrainConfig
@@ -174,6 +174,7 @@ def _prepare_output(out: Path, config: TrainConfig) -> None:
     if config.resume:
         if not (out / STATE_FILE).is_file():
             raise OodsegError(f"resume: {out / STATE_FILE} not found (nothing to resume)")
+        remove_stale(out / CHECKPOINT_DIR)  # puts back a checkpoint folder a killed swap left aside
     elif (out / STATE_FILE).exists() or (out / SUMMARY_FILE).exists():
         if not config.overwrite:
             raise OodsegError(f"out: {out} holds a previous run; pass resume=True to continue it or overwrite=True")
