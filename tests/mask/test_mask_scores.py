@@ -127,7 +127,7 @@ def test_m2a_refinement_matches_numpy_loop(rng, batch, queries, known, h, w, sca
     if scale > 100:
         masks = np.where(masks > 0, scale, -scale)
     out = _output(classes, masks)
-    refined = scores.get("m2a", refine_classes=[known - 1])(out).numpy()
+    refined = scores.get("m2a", refine_from=known - 1, refine_to=known - 1)(out).numpy()
     expected = _reference_m2a(classes, masks, known, [known - 1])
     np.testing.assert_allclose(refined, expected, rtol=1e-5, atol=1e-5)
     if queries >= 2:
@@ -144,8 +144,16 @@ def test_m2a_refines_with_cityscapes_stuff_classes_by_default(rng):
     refined = scores.get("m2a")(out).numpy()
     np.testing.assert_allclose(refined, _reference_m2a(classes, masks, 19, range(2, 11)), rtol=1e-5, atol=1e-6)
     assert (refined[0, :2] == 0).all() and (refined[0, 2:] > 0).all()
-    with pytest.raises(OodsegError, match="m2a: refine_classes") as info:
+    with pytest.raises(OodsegError, match="m2a: refine_to=10 names a class beyond the model's K=3") as info:
         scores.get("m2a")(_output(classes[..., :4], masks))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("params", [{"refine": 1}, {"refine_from": 2.0}, {"refine_to": -1}, {"refine_from": True},
+                                    {"refine_from": 5, "refine_to": 4}, {"refine_to": "10"}])
+def test_m2a_bad_parameters_are_one_line_errors(params):
+    with pytest.raises(OodsegError, match="m2a: refine") as info:
+        scores.get("m2a", **params)
     assert "\n" not in str(info.value)
 
 

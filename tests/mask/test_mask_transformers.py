@@ -46,7 +46,7 @@ def test_mask_resolution_outputs_of_mask2former(mask2former):
         out = MaskAdapter(mask2former)(torch.rand(2, 3, 64, 64))
     assert out.logits.shape == (2, 3, 16, 16)
     assert out.extras["class_logits"].shape == (2, 5, 4) and out.extras["mask_logits"].shape == (2, 5, 16, 16)
-    maps = scores.compute(["rba", scores.get("m2a", refine_classes=[1]), "eam", "msp", "energy"], out)
+    maps = scores.compute(["rba", scores.get("m2a", refine_from=1, refine_to=2), "eam", "msp", "energy"], out)
     assert all(m.shape == (2, 16, 16) and bool(torch.isfinite(m).all()) for m in maps.values())
 
 

@@ -25,8 +25,8 @@ from oodseg.scores.shared import ScoreInputs, as_float, check_finite
 
 AGGREGATES = ("probabilities", "logits")
 #: Mask2Anomaly's mask refinement (anomaly_inference.py + semantic_inference of its maskformer_model.py):
-#: Cityscapes trainIds of the classes whose confident queries veto anomalies (building … sky)
-M2A_REFINE_CLASSES = (2, 3, 4, 5, 6, 7, 8, 9, 10)
+#: the range of Cityscapes trainIds (inclusive) whose confident queries veto anomalies (building … sky)
+M2A_REFINE_CLASSES = (2, 10)
 #: ... a query counts when its top softmax score (over all columns, not no-object) exceeds this
 M2A_REFINE_CONFIDENCE = 0.95
 #: ... and vetoes the pixels where its score · σ(m_q) reaches this, once at least M2A_REFINE_MIN_QUERIES count
@@ -117,7 +117,7 @@ class M2A(MaskScorer):
     ``anomaly_utils/anomaly_inference.py``: ``1 − max`` over the channels of its ``semantic_inference``
     (``mask2former/maskformer_model.py``), which appends to the K channels of P one channel
     ``s_q σ(m_q)`` per query q whose top softmax score ``s_q`` (over all columns) exceeds 0.95 for a
-    class in ``refine_classes`` (Cityscapes trainIds 2–10, building … sky). Those channels never exceed
+    class in ``refine_from … refine_to`` (Cityscapes trainIds 2–10, building … sky). Those channels never exceed
     ``max_k P_k``, so the map is ``1 − max_k P_k``; when at least two such queries exist, the pixels where
     ``max_q s_q σ(m_q) ≥ 0.5`` are set to 0 (the refinement; ``refine=false``: SPEC §9's plain
     ``1 − max_k P_k``). Its average with the horizontally flipped image (test-time augmentation) is not
@@ -126,24 +126,28 @@ class M2A(MaskScorer):
 
     name = "m2a"
 
-    def __init__(self, *, refine: bool = True, refine_classes: list = list(M2A_REFINE_CLASSES)) -> None:
-        check_choice("m2a: refine", refine, (True, False))
-        if not isinstance(refine_classes, (list, tuple)) or not refine_classes or not all(
-                isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in refine_classes):
-            raise OodsegError(f"m2a: refine_classes must be a non-empty list of class indices, got {refine_classes!r}")
-        super().__init__(refine=refine, refine_classes=list(refine_classes))
+    def __init__(self, *, refine: bool = True, refine_from: int = M2A_REFINE_CLASSES[0],
+                 refine_to: int = M2A_REFINE_CLASSES[1]) -> None:
+        if not isinstance(refine, bool):
+            raise OodsegError(f"m2a: refine must be true or false, got {refine!r}")
+        for name, value in (("refine_from", refine_from), ("refine_to", refine_to)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OodsegError(f"m2a: {name} must be a class index >= 0, got {value!r}")
+        if refine_to < refine_from:
+            raise OodsegError(f"m2a: refine_to ({refine_to}) is below refine_from ({refine_from})")
+        super().__init__(refine=refine, refine_from=refine_from, refine_to=refine_to)
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         anomaly = 1.0 - aggregated(inputs).amax(dim=1)
         if not self.params["refine"]:
             return anomaly
         num_classes = query_tensors(inputs)[2]
-        classes = self.params["refine_classes"]
-        if max(classes) >= num_classes:
-            raise OodsegError(f"m2a: refine_classes {classes} name classes beyond the model's K={num_classes}; "
-                              "pass refine_classes=[...] for this model or refine=false")
+        first, last = self.params["refine_from"], self.params["refine_to"]
+        if last >= num_classes:
+            raise OodsegError(f"m2a: refine_to={last} names a class beyond the model's K={num_classes}; pass "
+                              "refine_from/refine_to for this model's classes or refine=false")
         confidence, label = class_probabilities(inputs).max(dim=-1)  # (B, Q) over all columns
-        refining = (confidence > M2A_REFINE_CONFIDENCE) & torch.isin(label, torch.tensor(classes, device=label.device))
+        refining = (confidence > M2A_REFINE_CONFIDENCE) & (label >= first) & (label <= last)
         vote = (confidence[..., None, None] * mask_probabilities(inputs) * refining[..., None, None]).amax(dim=1)
         veto = (vote >= M2A_REFINE_MASK) & (refining.sum(dim=1) >= M2A_REFINE_MIN_QUERIES)[:, None, None]
         return anomaly.masked_fill(veto, 0.0)
