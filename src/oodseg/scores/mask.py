@@ -117,8 +117,8 @@ class M2A(MaskScorer):
     ``anomaly_utils/anomaly_inference.py``: ``1 − max`` over the channels of its ``semantic_inference``
     (``mask2former/maskformer_model.py``), which appends to the K channels of P one channel
     ``s_q σ(m_q)`` per query q whose top softmax score ``s_q`` (over all columns) exceeds 0.95 for a
-    class in ``refine_from … refine_to`` (Cityscapes trainIds 2–10, building … sky). Those channels never exceed
-    ``max_k P_k``, so the map is ``1 − max_k P_k``; when at least two such queries exist, the pixels where
+    class in ``refine_from … refine_to`` (Cityscapes trainIds 2–10, building … sky). Those channels never
+    exceed ``max_k P_k``, so the map is ``1 − max_k P_k``; when at least two such queries exist, the pixels where
     ``max_q s_q σ(m_q) ≥ 0.5`` are set to 0 (the refinement; ``refine=false``: SPEC §9's plain
     ``1 − max_k P_k``). Its average with the horizontally flipped image (test-time augmentation) is not
     part of this score.
@@ -163,7 +163,7 @@ class EAM(MaskScorer):
     such model for EAM).
 
     ``Σ_q s_q σ(m_q) = max_k P_k + D`` with ``D ≥ 0`` the confident mass of the queries that vote for
-    other classes, so ``eam = m2a − D``: EAM assumes the masks of confident queries tile the image.
+    other classes, so ``eam = 1 − max_k P_k − D``: EAM assumes the masks of confident queries tile the image.
     On the small Mask2Former of the demo (seed 0, 1500 steps) they overlap (``Σ_q σ(m_q)`` 1.76 on
     anomaly pixels, 1.58 on inliers) and ``D`` is 0.42 on anomalies against 0.16 on inliers (``D``
     alone: AUROC 79.8 %), so EAM falls below chance there (AP 4.6 %, AUROC 41.5 %; at
@@ -182,7 +182,8 @@ class UNO(MaskScorer):
     """``uno``: ``−Σ_q σ(m_q) · (max_{k<K} p_qk − p_qn)`` with the negative class n (Delić et al., UNO).
 
     Source: matejgrcic/Open-set-M2F @1269a3e ``mask2former/evaluation/ood_detection_evaluation_UNO.py``:
-    ``s = softmax(c)[..., :-2].max(1) - softmax(c)[..., -2]``; ``-(σ(m) * s).sum(0)``. Needs a model
+    softmax over all columns; per query the top probability of the K known classes minus the negative
+    class's, times σ(m_q), summed over all queries and negated. Needs a model
     with a negative class (class head K + 2 columns; declared by the model attribute
     ``negative_class = True`` or ``MaskAdapter(model, negative_class=True)``).
     """
