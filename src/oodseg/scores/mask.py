@@ -162,7 +162,7 @@ class EAM(MaskScorer):
     class its column is dropped too (the max runs over the K known classes; the public code has no
     such model for EAM).
 
-    ``Σ_q s_q σ(m_q) = max_k P_k + D`` with ``D ≥ 0`` the confident mass of the queries that vote for
+    ``Σ_q σ(m_q) max_{k<K} p_qk = max_k P_k + D`` with ``D ≥ 0`` the confident mass of the queries voting for
     other classes, so ``eam = 1 − max_k P_k − D``: EAM assumes the masks of confident queries tile the image.
     On the small Mask2Former of the demo (seed 0, 1500 steps) they overlap (``Σ_q σ(m_q)`` 1.76 on
     anomaly pixels, 1.58 on inliers) and ``D`` is 0.42 on anomalies against 0.16 on inliers (``D``
