@@ -36,7 +36,8 @@ def test_probabilities_equal_transformers_semantic_post_processing(mask2former):
         outputs, return_segmentation_scores=True)[0]
     torch.testing.assert_close(out.logits.exp()[0], processed.segmentation_scores, rtol=1e-5, atol=1e-6)
     assert torch.equal(out.logits[0].argmax(0), processed.segmentation)
-    torch.testing.assert_close(scores.get("m2a")(out)[0], 1 - processed.segmentation_scores.amax(0),
+    # K = 3: no Cityscapes stuff classes to refine with, so SPEC §9's plain 1 − max P
+    torch.testing.assert_close(scores.get("m2a", refine=False)(out)[0], 1 - processed.segmentation_scores.amax(0),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -45,7 +46,7 @@ def test_mask_resolution_outputs_of_mask2former(mask2former):
         out = MaskAdapter(mask2former)(torch.rand(2, 3, 64, 64))
     assert out.logits.shape == (2, 3, 16, 16)
     assert out.extras["class_logits"].shape == (2, 5, 4) and out.extras["mask_logits"].shape == (2, 5, 16, 16)
-    maps = scores.compute(["rba", "m2a", "eam", "msp", "energy"], out)
+    maps = scores.compute(["rba", scores.get("m2a", refine_from=1, refine_to=2), "eam", "msp", "energy"], out)
     assert all(m.shape == (2, 16, 16) and bool(torch.isfinite(m).all()) for m in maps.values())
 
 

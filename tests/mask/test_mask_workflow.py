@@ -70,7 +70,7 @@ def test_mask_scores_leave_parameters_buffers_and_modes_untouched():
     label = torch.zeros(1, 32, 32, dtype=torch.int64)
     label[0, 10:20, 10:20] = 1
     for name in ("rba", "m2a", "eam", "uno", "maskomaly", "msp", "odin"):
-        scorer = scores.get(name)
+        scorer = scores.get(name, refine_from=0, refine_to=0) if name == "m2a" else scores.get(name)
         if scorer.needs_fit:
             scorer.fit([adapter(images)], [label])
         result = scorer(adapter, images) if scorer.runs_model else scorer(adapter(images))

@@ -5,7 +5,9 @@ They read the per-query outputs that :class:`oodseg.mask_adapter.MaskAdapter` pu
 ``C' = K + 1`` (K classes, no-object last) or ``K + 2`` (K classes, the negative class, no-object) where
 K is the channel count of ``SegOutput.logits`` (``log P``). ``p_q = softmax(c_q)`` over all C' columns.
 Every map is (B, h, w) at the mask resolution, larger = more anomalous. Each formula was checked
-against its authors' public code (cited per class).
+against its authors' public code (cited per class, with the commit read). Those detectron2 codes upsample
+the mask logits bilinearly to the image before σ: ``MaskAdapter(resolution="image")`` (``oodseg score
+--resolution image``); the default ``"mask"`` is transformers' post-processing order.
 """
 from __future__ import annotations
 
@@ -22,8 +24,21 @@ from oodseg.scores.base import FittedScorer, Scorer, check_choice, check_positiv
 from oodseg.scores.shared import ScoreInputs, as_float, check_finite
 
 AGGREGATES = ("probabilities", "logits")
-#: histogram bins of the mask probabilities in [0, 1] behind Maskomaly's per-query AP
-MASKOMALY_BINS = 1000
+#: Mask2Anomaly's mask refinement (anomaly_inference.py + semantic_inference of its maskformer_model.py):
+#: the range of Cityscapes trainIds (inclusive) whose confident queries veto anomalies (building … sky)
+M2A_REFINE_CLASSES = (2, 10)
+#: ... a query counts when its top softmax score (over all columns, not no-object) exceeds this
+M2A_REFINE_CONFIDENCE = 0.95
+#: ... and vetoes the pixels where its score · σ(m_q) reaches this, once at least M2A_REFINE_MIN_QUERIES count
+M2A_REFINE_MASK = 0.5
+M2A_REFINE_MIN_QUERIES = 2
+#: Maskomaly (jan-ackermann/Maskomaly maskomaly/model.py, anomaly_overlap.py): a query's mask is "on" above
+#: this σ(m) when ranking, an inlier query rejects above this class confidence, masks of two inlier queries
+#: above this σ(m) mark a border, and the map is this weight · rejection + (1 − weight) · anomaly term
+MASKOMALY_MASK_THRESHOLD = 0.9
+MASKOMALY_REJECT_CONFIDENCE = 0.7
+MASKOMALY_BORDER = 0.1
+MASKOMALY_WEIGHT = 0.6
 
 
 def query_tensors(inputs: ScoreInputs) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -77,9 +92,11 @@ class MaskScorer(Scorer):
 class RbA(MaskScorer):
     """``rba``: Rejected by All, ``−Σ_k tanh(A_k)`` (Nayal et al., ICCV 2023).
 
-    Source: NazirNayal8/RbA ``support.py:get_RbA`` = ``-logits.tanh().sum(dim=0)`` where ``logits`` is the
-    model's ``sem_seg`` from ``MaskFormer.semantic_inference`` = ``einsum(softmax(c)[..., :-1], σ(m))``,
-    i.e. ``A = P`` (the default, ``aggregate="probabilities"``). SPEC §9 writes the raw-logit aggregate
+    Source: NazirNayal8/RbA @cf263d5 ``support.py:get_RbA`` (and ``evaluate_ood.py``): minus the sum of
+    tanh over the channels of the model's ``sem_seg``, which ``MaskFormer.semantic_inference``
+    (``mask2former/maskformer_model.py``) builds from the softmax over all columns with no-object dropped
+    after it, times σ(m_q) summed over queries, i.e. ``A = P`` (the default, ``aggregate="probabilities"``;
+    its outlier loss in ``criterion.py`` scores the same ``P``). SPEC §9 writes the raw-logit aggregate
     ``L``: ``aggregate="logits"``.
     """
 
@@ -94,25 +111,63 @@ class RbA(MaskScorer):
 
 
 class M2A(MaskScorer):
-    """``m2a``: Mask2Anomaly's ``1 − max_k P_k`` (Rai et al., ICCV 2023).
+    """``m2a``: Mask2Anomaly's ``1 − max_k P_k`` with its mask refinement (Rai et al., ICCV 2023).
 
-    Source: shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation
-    ``anomaly_utils/anomaly_inference.py``: ``1 - max(sem_seg[0:19])`` of the semantic inference. Its
-    flip test-time augmentation and mask refinement are not part of this score.
+    Source: shyam671/Mask2Anomaly-Unmasking-Anomalies-in-Road-Scene-Segmentation @5c84283
+    ``anomaly_utils/anomaly_inference.py``: ``1 − max`` over the channels of its ``semantic_inference``
+    (``mask2former/maskformer_model.py``), which appends to the K channels of P one channel
+    ``s_q σ(m_q)`` per query q whose top softmax score ``s_q`` (over all columns) exceeds 0.95 for a
+    class in ``refine_from … refine_to`` (Cityscapes trainIds 2–10, building … sky). Those channels never
+    exceed ``max_k P_k``, so the map is ``1 − max_k P_k``; when at least two such queries exist, the pixels where
+    ``max_q s_q σ(m_q) ≥ 0.5`` are set to 0 (the refinement; ``refine=false``: SPEC §9's plain
+    ``1 − max_k P_k``). Its average with the horizontally flipped image (test-time augmentation) is not
+    part of this score.
     """
 
     name = "m2a"
 
+    def __init__(self, *, refine: bool = True, refine_from: int = M2A_REFINE_CLASSES[0],
+                 refine_to: int = M2A_REFINE_CLASSES[1]) -> None:
+        if not isinstance(refine, bool):
+            raise OodsegError(f"m2a: refine must be true or false, got {refine!r}")
+        for name, value in (("refine_from", refine_from), ("refine_to", refine_to)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise OodsegError(f"m2a: {name} must be a class index >= 0, got {value!r}")
+        if refine_to < refine_from:
+            raise OodsegError(f"m2a: refine_to ({refine_to}) is below refine_from ({refine_from})")
+        super().__init__(refine=refine, refine_from=refine_from, refine_to=refine_to)
+
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
-        return 1.0 - aggregated(inputs).amax(dim=1)
+        anomaly = 1.0 - aggregated(inputs).amax(dim=1)
+        if not self.params["refine"]:
+            return anomaly
+        num_classes = query_tensors(inputs)[2]
+        first, last = self.params["refine_from"], self.params["refine_to"]
+        if last >= num_classes:
+            raise OodsegError(f"m2a: refine_to={last} names a class beyond the model's K={num_classes}; pass "
+                              "refine_from/refine_to for this model's classes or refine=false")
+        confidence, label = class_probabilities(inputs).max(dim=-1)  # (B, Q) over all columns
+        refining = (confidence > M2A_REFINE_CONFIDENCE) & (label >= first) & (label <= last)
+        vote = (confidence[..., None, None] * mask_probabilities(inputs) * refining[..., None, None]).amax(dim=1)
+        veto = (vote >= M2A_REFINE_MASK) & (refining.sum(dim=1) >= M2A_REFINE_MIN_QUERIES)[:, None, None]
+        return anomaly.masked_fill(veto, 0.0)
 
 
 class EAM(MaskScorer):
     """``eam``: ensemble over masks, ``1 − Σ_q σ(m_q) · max_{k<K} p_qk`` (Grcić et al., 2023).
 
-    Source: matejgrcic/Open-set-M2F ``mask2former/evaluation/ood_detection_evaluation.py``:
-    ``s = softmax(c)[..., :-1].max(1)``; ``1 - (σ(m) * s).sum(0)``. With a negative class its column is
-    dropped too (the max runs over the K known classes).
+    Source: matejgrcic/Open-set-M2F @1269a3e ``mask2former/evaluation/ood_detection_evaluation.py``
+    (``DenseOODDetectionEvaluator.process``): softmax over all columns, no-object dropped after it, max
+    over the rest, times σ(m_q), summed over all queries (no filtering), ``1 −`` that. With a negative
+    class its column is dropped too (the max runs over the K known classes; the public code has no
+    such model for EAM).
+
+    ``Σ_q σ(m_q) max_{k<K} p_qk = max_k P_k + D`` with ``D ≥ 0`` the confident mass of the queries voting for
+    other classes, so ``eam = 1 − max_k P_k − D``: EAM assumes the masks of confident queries tile the image.
+    On the small Mask2Former of the demo (seed 0, 1500 steps) they overlap (``Σ_q σ(m_q)`` 1.76 on
+    anomaly pixels, 1.58 on inliers) and ``D`` is 0.42 on anomalies against 0.16 on inliers (``D``
+    alone: AUROC 79.8 %), so EAM falls below chance there (AP 4.6 %, AUROC 41.5 %; at
+    ``resolution="image"`` 6.3 % / 48.8 %): a property of that model, not a bug.
     """
 
     name = "eam"
@@ -126,8 +181,9 @@ class EAM(MaskScorer):
 class UNO(MaskScorer):
     """``uno``: ``−Σ_q σ(m_q) · (max_{k<K} p_qk − p_qn)`` with the negative class n (Delić et al., UNO).
 
-    Source: matejgrcic/Open-set-M2F ``mask2former/evaluation/ood_detection_evaluation_UNO.py``:
-    ``s = softmax(c)[..., :-2].max(1) - softmax(c)[..., -2]``; ``-(σ(m) * s).sum(0)``. Needs a model
+    Source: matejgrcic/Open-set-M2F @1269a3e ``mask2former/evaluation/ood_detection_evaluation_UNO.py``:
+    softmax over all columns; per query the top probability of the K known classes minus the negative
+    class's, times σ(m_q), summed over all queries and negated. Needs a model
     with a negative class (class head K + 2 columns; declared by the model attribute
     ``negative_class = True`` or ``MaskAdapter(model, negative_class=True)``).
     """
@@ -145,16 +201,23 @@ class UNO(MaskScorer):
 
 
 class Maskomaly(FittedScorer):
-    """``maskomaly``: the mask of the queries that segment anomalies, ranked on validation data.
+    """``maskomaly``: Maskomaly (Ackermann, Sakaridis, Yu, BMVC 2023, arXiv:2305.16972).
 
-    Maskomaly (Ackermann, Sakaridis, Yu, BMVC 2023, arXiv:2305.16972) observes that some learned queries
-    of a Mask2Former consistently segment anomalies, finds them once on annotated validation data and
-    scores with their masks. Here: :meth:`fit` ranks the queries by the average precision of ``σ(m_q)``
-    against the anomaly labels (OoD labels 0 inlier / 1 anomaly / 255 void, resized to the mask
-    resolution by nearest neighbour), each query's AP from a histogram of ``MASKOMALY_BINS`` bins over
-    [0, 1] pooled over all frames (deterministic; equal APs keep the lower query index first). The score
-    is ``max_{q ∈ top} σ(m_q)`` over the ``queries`` best-ranked queries. The paper's further refinement
-    with the rejected masks' class scores is not reproduced. No query index is hard-coded.
+    Source: jan-ackermann/Maskomaly @48326cc. :meth:`fit` is ``maskomaly/anomaly_overlap.py``: per frame
+    and query, the IoU of the mask ``σ(m_q) > 0.9`` with the anomaly pixels (void excluded; OoD labels
+    0 / 1 / 255 resized to the mask resolution by nearest neighbour), averaged over the frames with
+    anomaly pixels; queries ranked by it (equal values keep the lower index first). The score is
+    ``get_soft_mask`` of ``maskomaly/model.py`` with ``p_q = softmax(c_q)`` over all columns,
+    ``s_q = max p_q`` and "inlier" queries those whose top column is not no-object:
+
+    - anomaly term ``A = max_{q ∈ top} s_q σ(m_q)`` over the ``queries`` (4) best-ranked queries;
+    - rejection ``R = min(1, min_q (1 − s_q σ(m_q)))`` over inlier queries with ``s_q > 0.7``, set to 0
+      where the masks of two inlier queries both exceed ``σ = 0.1`` (borders);
+    - map ``0.6 R + 0.4 A``.
+
+    The public code's queries are hard-coded for its Swin-L Cityscapes model (anomaly queries
+    49, 31, 83, 32 and two "ground" queries 19, 24 that reject as well); here the anomaly queries
+    are fitted and the ground step, which needs road-labelled queries, is left out.
     """
 
     name = "maskomaly"
@@ -163,11 +226,11 @@ class Maskomaly(FittedScorer):
     #: fitted on OoD labels (0 / 1 / 255) of annotated validation frames, not on trainIds
     fit_labels = "ood"
 
-    def __init__(self, *, queries: int = 2) -> None:
+    def __init__(self, *, queries: int = 4) -> None:
         check_positive_int("maskomaly: queries", queries)
         super().__init__(queries=queries)
         self.ranking: torch.Tensor | None = None
-        self.average_precision: torch.Tensor | None = None
+        self.overlap: torch.Tensor | None = None
 
     @property
     def fitted(self) -> bool:
@@ -178,36 +241,37 @@ class Maskomaly(FittedScorer):
         if labels is None:
             raise OodsegError("maskomaly: fitting needs OoD labels (0 inlier, 1 anomaly, 255 void)")
         label_iter = iter(labels)
-        anomaly = inlier = None
+        total: torch.Tensor | None = None
+        frames = seen = 0
         for index, out in enumerate(outputs):
-            inputs = ScoreInputs(out)
-            probabilities = mask_probabilities(inputs)
-            label = _ood_label(next(label_iter, None), probabilities, index)
-            bins = (probabilities * MASKOMALY_BINS).long().clamp_(0, MASKOMALY_BINS - 1)
-            counts = [_histogram(bins, label == value) for value in (ANOMALY, INLIER)]
-            if anomaly is None:
-                anomaly, inlier = counts
-            elif counts[0].shape != anomaly.shape:
-                raise OodsegError(f"outputs[{index}]: {counts[0].shape[0]} queries, earlier outputs had "
-                                  f"{anomaly.shape[0]}")
-            else:
-                anomaly, inlier = anomaly + counts[0], inlier + counts[1]
-        if anomaly is None:
+            masks = mask_probabilities(ScoreInputs(out)) > MASKOMALY_MASK_THRESHOLD  # (B, Q, h, w)
+            label = _ood_label(next(label_iter, None), masks, index)
+            if total is not None and masks.shape[1] != total.shape[0]:
+                raise OodsegError(f"outputs[{index}]: {masks.shape[1]} queries, earlier outputs had {total.shape[0]}")
+            seen += 1
+            anomaly, void = (label == ANOMALY)[:, None], (label == VOID)[:, None]
+            hits = (masks & anomaly).flatten(2).sum(-1).double()
+            union = (masks & ~void).flatten(2).sum(-1).double() + anomaly.flatten(2).sum(-1).double() - hits
+            counted = anomaly.flatten(1).any(1)  # frames with anomaly pixels
+            iou = (hits / union.clamp_min(1.0))[counted].sum(0).cpu()
+            total = iou if total is None else total + iou
+            frames += int(counted.sum())
+        if not seen:
             raise OodsegError("maskomaly: no outputs to fit on")
         if next(label_iter, None) is not None:
             raise OodsegError("labels: more label batches than outputs")
-        if int(anomaly[0].sum()) == 0:
+        if frames == 0:
             raise OodsegError("maskomaly: the fitting labels contain no anomaly pixels (label 1); fit on "
                               "validation frames with annotated anomalies")
-        precision = binned_average_precision(anomaly, inlier)
-        order = sorted(range(precision.shape[0]), key=lambda q: (-float(precision[q]), q))
-        self.ranking = torch.tensor(order, dtype=torch.int64)
-        self.average_precision = precision
+        overlap = total / frames
+        self.ranking = torch.tensor(sorted(range(overlap.shape[0]), key=lambda q: (-float(overlap[q]), q)),
+                                    dtype=torch.int64)
+        self.overlap = overlap.float()
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self.require_fitted()
-        return {"ranking": self.ranking.clone(), "average_precision": self.average_precision.clone()}
+        return {"ranking": self.ranking.clone(), "overlap": self.overlap.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> "Maskomaly":
         ranking = state.get("ranking")
@@ -215,7 +279,7 @@ class Maskomaly(FittedScorer):
                 sorted(ranking.tolist()) != list(range(ranking.shape[0])):
             raise OodsegError("maskomaly: state 'ranking' must be a permutation of the query indices")
         self.ranking = ranking.long().clone()
-        self.average_precision = state.get("average_precision")
+        self.overlap = state.get("overlap")
         return self
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
@@ -223,45 +287,33 @@ class Maskomaly(FittedScorer):
         if probabilities.shape[1] != self.ranking.shape[0]:
             raise OodsegError(f"maskomaly: fitted on a model with {self.ranking.shape[0]} queries, this output has "
                               f"{probabilities.shape[1]}")
+        classes = class_probabilities(inputs)
+        confidence, label = classes.max(dim=-1)  # (B, Q) over all columns
+        inlier = label != classes.shape[-1] - 1
+        weighted = confidence[..., None, None] * probabilities  # s_q σ(m_q)
         top = self.ranking[: self.params["queries"]].to(probabilities.device)
-        return probabilities.index_select(1, top).amax(dim=1)
+        anomaly = weighted.index_select(1, top).amax(dim=1)
+        rejecting = (inlier & (confidence > MASKOMALY_REJECT_CONFIDENCE))[..., None, None]
+        rejection = (1.0 - weighted).masked_fill(~rejecting, 1.0).amin(dim=1)
+        border = ((probabilities > MASKOMALY_BORDER) & inlier[..., None, None]).sum(dim=1) >= 2
+        rejection = rejection.masked_fill(border, 0.0)
+        return MASKOMALY_WEIGHT * rejection + (1.0 - MASKOMALY_WEIGHT) * anomaly
 
 
-def binned_average_precision(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """(Q,) average precision per row from (Q, bins) counts of positive / negative pixels per score bin.
-
-    Thresholds run from the highest bin down; pixels in one bin share one threshold (as tied scores do
-    in ``sklearn.metrics.average_precision_score``): ``AP = Σ_t (R_t − R_{t−1}) · P_t``.
-    """
-    positives, negatives = positives.flip(1).double(), negatives.flip(1).double()
-    true_positives, false_positives = positives.cumsum(1), negatives.cumsum(1)
-    precision = true_positives / (true_positives + false_positives).clamp_min(1.0)
-    recall_step = positives / positives.sum(1, keepdim=True).clamp_min(1.0)
-    return (recall_step * precision).sum(1).float()
-
-
-def _histogram(bins: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
-    """(Q, MASKOMALY_BINS) counts of ``bins`` (B, Q, h, w) over the pixels ``selected`` (B, h, w)."""
-    chosen = bins.permute(1, 0, 2, 3)[:, selected]  # (Q, N)
-    offsets = torch.arange(chosen.shape[0], device=bins.device)[:, None] * MASKOMALY_BINS
-    counts = torch.bincount((chosen + offsets).flatten(), minlength=chosen.shape[0] * MASKOMALY_BINS)
-    return counts.view(chosen.shape[0], MASKOMALY_BINS).cpu()
-
-
-def _ood_label(label: object, probabilities: torch.Tensor, index: int) -> torch.Tensor:
+def _ood_label(label: object, masks: torch.Tensor, index: int) -> torch.Tensor:
     """OoD label (B, H, W) in {0, 1, 255} resized (nearest) to the masks' (B, h, w)."""
     if label is None:
         raise OodsegError(f"labels: fewer label batches than outputs (ran out at output {index})")
-    if not isinstance(label, torch.Tensor) or label.dim() != 3 or label.shape[0] != probabilities.shape[0]:
+    if not isinstance(label, torch.Tensor) or label.dim() != 3 or label.shape[0] != masks.shape[0]:
         shape = tuple(label.shape) if isinstance(label, torch.Tensor) else type(label).__name__
-        raise OodsegError(f"labels[{index}]: expected OoD labels (B, H, W) with B={probabilities.shape[0]}, got {shape}")
+        raise OodsegError(f"labels[{index}]: expected OoD labels (B, H, W) with B={masks.shape[0]}, got {shape}")
     if label.is_floating_point() or label.dtype == torch.bool:
         raise OodsegError(f"labels[{index}]: expected integer OoD labels, got {label.dtype}")
     values = set(torch.unique(label).tolist()) - {INLIER, ANOMALY, VOID}
     if values:
         raise OodsegError(f"labels[{index}]: values {sorted(values)[:5]} are not OoD labels (0 inlier, 1 anomaly, "
                           "255 void)")
-    size = tuple(probabilities.shape[2:])
+    size = tuple(masks.shape[2:])
     if tuple(label.shape[1:]) != size:
         label = F.interpolate(label[:, None].float(), size=size, mode="nearest")[:, 0]
-    return label.long().to(probabilities.device)
+    return label.long().to(masks.device)
