@@ -537,18 +537,19 @@ def _score_frames(adapter: ModelAdapter, scorers, dataset, out: Path, device: to
                         if not bool(torch.isfinite(value).all()):
                             raise OodsegError(f"frame {fid}, method {key}: score contains NaN or Inf; "
                                               "nothing written for this frame")
+                    jobs = []  # one writer job per frame: its maps, then its prediction
                     for key, value in frame_maps.items():
                         path = score_path(out, key, dataset.name, fid)
                         if audit is None:  # upsampled, blurred and written by a writer
-                            writer.submit(write_map, path, value.numpy(), size, align, smooth, storage, compression)
+                            jobs.append((write_map, path, (value.numpy(), size, align, smooth, storage, compression)))
                             continue
                         value = finish_maps(value[None], size, align, smooth)[0].numpy()
                         audit.audits[key].update(value, audit.label(fid))
-                        writer.submit(write_score, path, value, dtype=storage, compression=compression)
-                    if at_image:
-                        writer.submit(write_png, prediction_path(out, ckpt, dataset.name, fid), logits[i])
-                    else:
-                        writer.submit(write_prediction, prediction_path(out, ckpt, dataset.name, fid), logits[i], size, align)
+                        jobs.append((write_score, path, (value, storage, compression)))
+                    path = prediction_path(out, ckpt, dataset.name, fid)
+                    jobs.append((write_png, path, (logits[i],)) if at_image else
+                                (write_prediction, path, (logits[i], size, align)))
+                    writer.submit_batch(jobs)
                     written += 1
     return written, len(mine) - len(pending)
 
