@@ -470,6 +470,8 @@ def score(checkpoint, weights, model_args, normalize, channel_order, output_key,
           --method entropy --method n_energy_cw --param n_energy_cw.eta=1.5 --out scores
       oodseg score --checkpoint ckpt/baseline --images data/synth/obstacle --method mahalanobis \\
           --fit-data data/synth/cityscapes --out scores --json
+      oodseg score --checkpoint ckpt/baseline --images data/synth/anomaly --method msp \\
+          --compression gzip --out scores
       torchrun --nproc_per_node=2 "$(which oodseg)" score --checkpoint ckpt/baseline \\
           --images data/synth/anomaly --method msp --method odin --out scores
       oodseg score --checkpoint ckpt/baseline --images /data/RoadAnomaly21 --method entropy \\

@@ -5,7 +5,8 @@ mask-classification model through :class:`~oodseg.mask_adapter.MaskAdapter`);
 all output-based scores are computed together (:func:`oodseg.scores.compute` shares the
 work), model-based ones (MC dropout, ODIN, ensembles) run the model themselves. Every map is
 upsampled bilinearly (``align_corners=False``) to the image size and written as SMIYC hdf5
-(float32 by default, so the files evaluate exactly like the maps; gzip); the argmax prediction
+(float32 by default, so the files evaluate exactly like the maps; uncompressed unless ``compression``
+says gzip or lzf); the argmax prediction
 goes to ``{out}/_prediction/{checkpoint}/{dataset}/{fid}.png`` (one folder per checkpoint) and each
 method's provenance to ``{out}/_manifest/{dataset}/{method}.json`` (:mod:`oodseg.provenance`). With
 ``dtype="float16"`` (compact
