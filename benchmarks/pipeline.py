@@ -151,12 +151,13 @@ def compression_table(tmp: Path, rng, sizes) -> None:
                   f"{len(data) / value.nbytes:9.3f}")
 
 
-def score_fps(checkpoint: Path, images: dict[int, Path], out: Path, frames: int, **options) -> tuple[float, dict]:
-    """Steady-state frames/s of `oodseg score` (fresh processes on N and 2N frames: N / (t(2N) - t(N))) and
-    the two runs' measurements."""
+def score_fps(checkpoint: Path, images: dict[int, Path], out: Path, frames: int, **options) -> tuple[float | None, dict]:
+    """Steady-state frames/s of `oodseg score` (fresh processes on N and 2N frames: N / (t(2N) - t(N)); None when
+    other load made the 2N run no longer than the N run) and the two runs' measurements."""
     runs = {n: run_child("score", checkpoint=str(checkpoint), images=str(images[n]), methods=list(LOGITS_ONLY),
                          out=str(out / f"{n}"), **options) for n in (frames, 2 * frames)}
-    return frames / max(runs[2 * frames]["seconds"] - runs[frames]["seconds"], 1e-9), runs
+    extra = runs[2 * frames]["seconds"] - runs[frames]["seconds"]
+    return (frames / extra if extra > 0 else None), runs
 
 
 def bench_scoring(tmp: Path, rng, quick: bool, frames: int) -> None:
@@ -182,11 +183,13 @@ def bench_scoring(tmp: Path, rng, quick: bool, frames: int) -> None:
         for workers, compression in settings:
             steady, runs = score_fps(checkpoint, images, tmp / f"out-{arch}-{workers}-{compression}", n,
                                      workers=workers, compression=compression)
+            rate = (f"{steady:.2f} frames/s steady-state" if steady else "unmeasured (2N frames took no longer: load)")
+            ratio = f"{steady / bare:.2f}x" if steady else "?"
             print(f"[score] {name} {size[0]}x{size[1]}, {len(LOGITS_ONLY)} logits-only methods, workers {workers}"
                   f"{' (default)' if workers == default_workers() else ''}, compression {compression}: bare forward "
                   f"{bare:.2f} frames/s (torch threads {torch.get_num_threads()}, {cores} cores); oodseg score "
-                  f"{steady:.2f} frames/s steady-state (N={n} vs 2N: {runs[n]['seconds']:.1f}s, "
-                  f"{runs[2 * n]['seconds']:.1f}s whole runs) -> {steady / bare:.2f}x the bare forward (goal >= 0.9x)")
+                  f"{rate} (N={n} vs 2N: {runs[n]['seconds']:.1f}s, {runs[2 * n]['seconds']:.1f}s whole runs) -> "
+                  f"{ratio} the bare forward (goal >= 0.9x)")
         print(f"[memory] oodseg score {name}: peak RSS {runs[n]['peak_rss_mib']:.0f} MiB at {n} frames, "
               f"{runs[2 * n]['peak_rss_mib']:.0f} MiB at {2 * n} frames (must not grow)")
 
