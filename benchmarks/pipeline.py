@@ -6,8 +6,9 @@
 
 (a) `oodseg score` with every logits-only method (msp, entropy, variation_ratio, margin, max_logit, energy,
     jsd) against the bare model forward over the same frames (preloaded tensors, no scores, no files); for
-    SmallSegNet with --workers 0, 1, 2 and the default, and with gzip files. First a table of the hdf5
-    compressions (ms per map written and read, size) that chose the default.
+    SmallSegNet with --workers 0, 1, 2 and the default, and with gzip files; the bare forward is measured
+    again next to each run. First a table of the hdf5 compressions (ms per map written and read, size)
+    that chose the default.
     `oodseg score` runs in a fresh process on N and 2N frames; its steady-state rate is N / (t(2N) - t(N))
     (t: the score_dataset call), which removes start-up (model load, starting the workers). Goal >= 0.9x
     the bare forward.
@@ -176,11 +177,11 @@ def bench_scoring(tmp: Path, rng, quick: bool, frames: int) -> None:
         checkpoint = tmp / f"ckpt-{arch}"
         save_checkpoint(build_model(arch, **params).eval(), checkpoint, arch, params)
         images = {k: make_images(tmp / f"images-{arch}-{k}", k, size, rng) for k in (n, 2 * n)}
-        bare = bare_forward_fps(checkpoint, images[2 * n], 2 * n)
         # workers 0 (inline), 1, 2 and the default for the small model; gzip files for comparison
         settings = [(w, "none") for w in (sorted({0, 1, 2, default_workers()}) if small else [default_workers()])]
         settings += [(default_workers(), "gzip")] if small else []
         for workers, compression in settings:
+            bare = bare_forward_fps(checkpoint, images[2 * n], 2 * n)  # next to each run: the load changes
             steady, runs = score_fps(checkpoint, images, tmp / f"out-{arch}-{workers}-{compression}", n,
                                      workers=workers, compression=compression)
             rate = (f"{steady:.2f} frames/s steady-state" if steady else "unmeasured (2N frames took no longer: load)")
