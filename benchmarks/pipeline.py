@@ -5,7 +5,10 @@
     oodseg bench pipeline [--quick]
 
 (a) `oodseg score` with every logits-only method (msp, entropy, variation_ratio, margin, max_logit, energy,
-    jsd) against the bare model forward over the same frames (preloaded tensors, no scores, no files).
+    jsd) against the bare model forward over the same frames (preloaded tensors, no scores, no files); for
+    SmallSegNet with --workers 0, 1, 2 and the default, and with gzip files; the bare forward is measured
+    again next to each run. First a table of the hdf5 compressions (ms per map written and read, size)
+    that chose the default.
     `oodseg score` runs in a fresh process on N and 2N frames; its steady-state rate is N / (t(2N) - t(N))
     (t: the score_dataset call), which removes start-up (model load, starting the workers). Goal >= 0.9x
     the bare forward.
@@ -119,30 +122,77 @@ def bare_forward_fps(checkpoint: Path, images: Path, n: int) -> float:
     return 1 / statistics.median(times)
 
 
+def compression_table(tmp: Path, rng, sizes) -> None:
+    """ms per written map (built in memory, as `oodseg score` does), ms per read with plain h5py (the official
+    SMIYC reader) and size for each of oodseg.data.io.COMPRESSIONS, on float32 maps bilinearly upsampled from
+    a quarter of the size (like a stride-4 head's scores); every file is read back and compared."""
+    import h5py
+    import torch
+
+    from oodseg.data.io import COMPRESSIONS, hdf5_image
+    from oodseg.workflows.pipeline import finish_maps
+
+    print("[compression] name       size       write ms/map  read ms/map  bytes/raw  (median of 5, one core)")
+    for h, w in sizes:
+        head = torch.from_numpy(rng.random((1, h // 4, w // 4), dtype=np.float32))
+        value = finish_maps(head, (h, w), False)[0].numpy()
+        for name in COMPRESSIONS:
+            data = hdf5_image(value, name)
+            path = tmp / f"compression-{name}-{h}.hdf5"
+            path.write_bytes(data)
+
+            def read():
+                with h5py.File(path, "r") as f:
+                    return f["value"][:]
+
+            if not np.array_equal(read(), value):
+                raise SystemExit(f"error: {path}: read back differs from the written map")
+            write_ms = 1000 * median_time(lambda: hdf5_image(value, name), 5)
+            print(f"[compression] {name:<10} {h}x{w:<8} {write_ms:11.1f}  {1000 * median_time(read, 5):11.1f}  "
+                  f"{len(data) / value.nbytes:9.3f}")
+
+
+def score_fps(checkpoint: Path, images: dict[int, Path], out: Path, frames: int, **options) -> tuple[float | None, dict]:
+    """Steady-state frames/s of `oodseg score` (fresh processes on N and 2N frames: N / (t(2N) - t(N)); None when
+    other load made the 2N run no longer than the N run) and the two runs' measurements."""
+    runs = {n: run_child("score", checkpoint=str(checkpoint), images=str(images[n]), methods=list(LOGITS_ONLY),
+                         out=str(out / f"{n}"), **options) for n in (frames, 2 * frames)}
+    extra = runs[2 * frames]["seconds"] - runs[frames]["seconds"]
+    return (frames / extra if extra > 0 else None), runs
+
+
 def bench_scoring(tmp: Path, rng, quick: bool, frames: int) -> None:
     import torch
 
     from oodseg.models import build_model, save_checkpoint
     from oodseg.workflows.workers import default_workers
 
+    compression_table(tmp, rng, [(128, 256), (256, 512)] if quick else [(256, 512), (512, 1024)])
+    cores = len(os.sched_getaffinity(0))
     for name, (arch, params, size, quick_size) in MODELS.items():
         size = quick_size if quick else size
+        small = arch == "small"
+        n = 4 * frames if small else frames  # a tiny model: more frames, so that N frames outlast start-up noise
         torch.manual_seed(0)
         checkpoint = tmp / f"ckpt-{arch}"
         save_checkpoint(build_model(arch, **params).eval(), checkpoint, arch, params)
-        runs = {}
-        for n in (frames, 2 * frames):
-            images = make_images(tmp / f"images-{arch}-{n}", n, size, rng)
-            runs[n] = run_child("score", checkpoint=str(checkpoint), images=str(images), methods=list(LOGITS_ONLY),
-                                out=str(tmp / f"out-{arch}-{n}"))
-        steady = frames / max(runs[2 * frames]["seconds"] - runs[frames]["seconds"], 1e-9)
-        bare = bare_forward_fps(checkpoint, tmp / f"images-{arch}-{2 * frames}", 2 * frames)
-        print(f"[score] {name} {size[0]}x{size[1]}, {len(LOGITS_ONLY)} logits-only methods, "
-              f"workers {default_workers()} (default): bare forward {bare:.2f} frames/s; oodseg score "
-              f"{steady:.2f} frames/s steady-state (N={frames} vs 2N: {runs[frames]['seconds']:.1f}s, "
-              f"{runs[2 * frames]['seconds']:.1f}s whole runs) -> {steady / bare:.2f}x the bare forward (goal >= 0.9x)")
-        print(f"[memory] oodseg score {name}: peak RSS {runs[frames]['peak_rss_mib']:.0f} MiB at {frames} frames, "
-              f"{runs[2 * frames]['peak_rss_mib']:.0f} MiB at {2 * frames} frames (must not grow)")
+        images = {k: make_images(tmp / f"images-{arch}-{k}", k, size, rng) for k in (n, 2 * n)}
+        # workers 0 (inline), 1, 2 and the default for the small model; gzip files for comparison
+        settings = [(w, "none") for w in (sorted({0, 1, 2, default_workers()}) if small else [default_workers()])]
+        settings += [(default_workers(), "gzip")] if small else []
+        for workers, compression in settings:
+            bare = bare_forward_fps(checkpoint, images[2 * n], 2 * n)  # next to each run: the load changes
+            steady, runs = score_fps(checkpoint, images, tmp / f"out-{arch}-{workers}-{compression}", n,
+                                     workers=workers, compression=compression)
+            rate = (f"{steady:.2f} frames/s steady-state" if steady else "unmeasured (2N frames took no longer: load)")
+            ratio = f"{steady / bare:.2f}x" if steady else "?"
+            print(f"[score] {name} {size[0]}x{size[1]}, {len(LOGITS_ONLY)} logits-only methods, workers {workers}"
+                  f"{' (default)' if workers == default_workers() else ''}, compression {compression}: bare forward "
+                  f"{bare:.2f} frames/s (torch threads {torch.get_num_threads()}, {cores} cores); oodseg score "
+                  f"{rate} (N={n} vs 2N: {runs[n]['seconds']:.1f}s, {runs[2 * n]['seconds']:.1f}s whole runs) -> "
+                  f"{ratio} the bare forward (goal >= 0.9x)")
+        print(f"[memory] oodseg score {name}: peak RSS {runs[n]['peak_rss_mib']:.0f} MiB at {n} frames, "
+              f"{runs[2 * n]['peak_rss_mib']:.0f} MiB at {2 * n} frames (must not grow)")
 
 
 # -- (b) evaluation -----------------------------------------------------------------------------

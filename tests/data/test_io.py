@@ -1,4 +1,4 @@
-"""Score files: SMIYC hdf5 (float32 by default or float16, gzip), npy, npz; round trips and bad files."""
+"""Score files: SMIYC hdf5 (float32 by default or float16; uncompressed, gzip or lzf), npy, npz; round trips and bad files."""
 import h5py
 import numpy as np
 import pytest
@@ -13,18 +13,37 @@ def test_score_path_layout(tmp_path):
     assert score_path(tmp_path, "m", "d", "f", ext=".npz").name == "f.npz"
 
 
-def test_hdf5_round_trip_is_smiyc_format_and_lossless(tmp_path, rng):
+@pytest.mark.parametrize("compression, filters", [(None, (None, False)), ("none", (None, False)),
+                                                  ("gzip", ("gzip", True)), ("lzf", ("lzf", True))])
+def test_hdf5_round_trip_is_smiyc_format_and_lossless(tmp_path, rng, compression, filters):
     score = rng.normal(size=(13, 17)).astype(np.float32) * 10
-    path = write_score(score_path(tmp_path, "m", "d", "f"), torch.from_numpy(score))
+    options = {} if compression is None else {"compression": compression}  # None: the default, uncompressed
+    path = write_score(score_path(tmp_path, "m", "d", "f"), torch.from_numpy(score), **options)
     with h5py.File(path, "r") as f:          # what the official SMIYC code does
         ds = f["value"]
-        assert ds.dtype == np.float32 and ds.compression == "gzip" and ds.shuffle and ds.shape == (13, 17)
+        assert ds.dtype == np.float32 and (ds.compression, ds.shuffle) == filters and ds.shape == (13, 17)
         stored = ds[:]
     np.testing.assert_array_equal(stored, score)
     back = read_score(path)
     assert back.dtype == np.float32 and back.shape == (13, 17)
     np.testing.assert_array_equal(back, score)
     assert not list(path.parent.glob(".*partial*"))
+
+
+def test_compressions_differ_only_in_storage(tmp_path, rng):
+    """Every compression stores the same values; gzip and lzf shrink a smooth map, none keeps its raw size."""
+    yy, xx = np.mgrid[0:64, 0:96]
+    score = (np.sin(yy / 9.0) * np.cos(xx / 7.0)).astype(np.float32)
+    sizes = {}
+    for name in ("none", "gzip", "lzf"):
+        path = write_score(tmp_path / f"{name}.hdf5", score, compression=name)
+        with h5py.File(path, "r") as f:
+            np.testing.assert_array_equal(f["value"][:], score)
+        sizes[name] = path.stat().st_size
+    assert sizes["none"] >= score.nbytes > max(sizes["gzip"], sizes["lzf"])
+    with pytest.raises(OodsegError, match="^compression: expected one of none, gzip, lzf, got 'zstd'$"):
+        write_score(tmp_path / "bad.hdf5", score, compression="zstd")
+    assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".*partial*"))
 
 
 @pytest.mark.parametrize("ext", ["hdf5", "npy", "npz"])

@@ -47,12 +47,16 @@ def _files(folder: Path) -> dict[Path, bytes]:
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_hdf5_file_is_the_bytes_h5py_writes_itself_and_the_official_reader_reads_it(tmp_path, rng):
+@pytest.mark.parametrize("compression, filters", [  # the filters docs/performance.md names for each choice
+    ("none", {}), ("gzip", {"compression": "gzip", "compression_opts": 1, "shuffle": True}),
+    ("lzf", {"compression": "lzf", "shuffle": True})])
+def test_hdf5_file_is_the_bytes_h5py_writes_itself_and_the_official_reader_reads_it(tmp_path, rng, compression,
+                                                                                    filters):
     value = rng.normal(size=(37, 53)).astype(np.float32)
     with h5py.File(tmp_path / "reference.hdf5", "w") as f:  # how the files were written before: HDF5 on disk
-        f.create_dataset("value", data=value, compression="gzip", compression_opts=1, shuffle=True)  # gzip level 1: docs/performance.md
-    write_score(tmp_path / "a.hdf5", value)
-    write_score(tmp_path / "b.hdf5", value)
+        f.create_dataset("value", data=value, **filters)
+    write_score(tmp_path / "a.hdf5", value, compression=compression)
+    write_score(tmp_path / "b.hdf5", value, compression=compression)
     assert (tmp_path / "a.hdf5").read_bytes() == (tmp_path / "reference.hdf5").read_bytes()
     assert (tmp_path / "a.hdf5").read_bytes() == (tmp_path / "b.hdf5").read_bytes()  # deterministic
     with h5py.File(tmp_path / "a.hdf5", "r") as f:  # the SegmentMeIfYouCan reader

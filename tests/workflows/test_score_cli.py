@@ -95,7 +95,7 @@ def test_score_writes_smiyc_files_with_correct_values(frames, checkpoint, tmp_pa
         expected = {"entropy": -(p * np.log(p)).sum(0) / np.log(4), "max_logit": -logits.max(0)}
         for method, reference in expected.items():
             value, dtype, compression = _read(out / method / "imgs" / f"{fid}.hdf5")
-            assert dtype == np.float32 and compression == "gzip" and value.shape == (h, w)
+            assert dtype == np.float32 and compression is None and value.shape == (h, w)  # default: uncompressed
             np.testing.assert_allclose(value, _bilinear(reference, h, w), rtol=1e-5, atol=1e-5)
         prediction = np.asarray(Image.open(_predictions(out, checkpoint) / f"{fid}.png"))
         assert prediction.dtype == np.uint8 and prediction.shape == (h, w)
@@ -176,6 +176,26 @@ def test_bad_requests_fail_with_one_line(frames, checkpoint, tmp_path, extra, me
     assert result.exit_code == 2 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not list((tmp_path / "out").rglob("*.hdf5")) if (tmp_path / "out").exists() else True
+
+
+def test_compression_changes_the_storage_not_the_values(frames, checkpoint, tmp_path):
+    """--compression gzip / lzf: the same float32 values as the default uncompressed files, read with plain h5py."""
+    outs = {}
+    for name in ("none", "gzip", "lzf"):
+        outs[name] = tmp_path / name
+        result = _score("--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--compression", name,
+                        "--workers", "0", "--out", outs[name])
+        assert result.exit_code == 0, result.output
+    for fid in SIZES:
+        values = {name: _read(out / "msp" / "imgs" / f"{fid}.hdf5") for name, out in outs.items()}
+        assert [c for _, _, c in values.values()] == [None, "gzip", "lzf"]
+        for value, dtype, _ in values.values():
+            assert dtype == np.float32
+            np.testing.assert_array_equal(value, values["none"][0])
+    result = _score("--checkpoint", checkpoint, "--images", frames, "--method", "msp", "--compression", "zstd",
+                    "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "Invalid value for '--compression': 'zstd' is not one of 'none', 'gzip', 'lzf'" \
+        in result.output and not (tmp_path / "bad").exists()
 
 
 def test_missing_checkpoint_and_images(frames, checkpoint, tmp_path):

@@ -4,6 +4,7 @@ with one line; --workers and --precision are checked (issue 19)."""
 import fcntl
 import filecmp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,6 +164,17 @@ def test_writer_pool_bounds_the_jobs_in_flight(tmp_path):
             pool.submit(_slow_write, tmp_path / f"{i}.txt", "x")
             assert len(pool._pending) <= 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i}.txt" for i in range(7)]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batch_runs_in_order_and_a_failure_names_its_own_file(tmp_path, workers):
+    """submit_batch: one job per frame; the files before the failing one are written, the ones after are not."""
+    (tmp_path / "b.txt").mkdir()  # writing onto a folder fails (IsADirectoryError)
+    with pytest.raises(OodsegError, match="^" + re.escape(f"{tmp_path / 'b.txt'}: writing failed (IsADirectoryError")):
+        with WriterPool(workers, max_pending=1) as pool:
+            pool.submit_batch([(_slow_write, tmp_path / f"{name}.txt", (name,)) for name in "abc"])
+            pool.drain()
+    assert (tmp_path / "a.txt").read_text() == "a" and not (tmp_path / "c.txt").exists()
 
 
 def _slow_write(path, text):

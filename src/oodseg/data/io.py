@@ -1,4 +1,4 @@
-"""Score files: SMIYC-compatible HDF5 (dataset ``value``, gzip), ``.npy`` and ``.npz``.
+"""Score files: SMIYC-compatible HDF5 (dataset ``value``; uncompressed, gzip or lzf), ``.npy`` and ``.npz``.
 
 Layout: ``{out}/{method}/{dataset}/{fid}.hdf5`` — what the official SegmentMeIfYouCan
 code reads with ``h5py.File(path)["value"][:]``. Maps are stored as float32 by default, so
@@ -25,10 +25,13 @@ SCORE_SUFFIXES = (".hdf5", ".h5", ".npy", ".npz")
 STORAGE_DTYPES = ("float32", "float16")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-#: HDF5 filters of written maps, chosen by measurement (docs/performance.md: a 1024×2048 float32 map,
-#: gzip level 1 after the byte shuffle writes 13 % faster than level 4 for 1.4 % more bytes; lzf without
-#: the shuffle does not compress float32 maps at all). Every HDF5 library, h5py included, reads gzip.
-HDF5_FILTERS = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+#: HDF5 storage of written maps by name (:func:`write_score`'s ``compression``), the first the default, chosen
+#: by measurement (docs/performance.md, ``benchmarks/pipeline.py``): float32 scores have noisy low mantissa
+#: bits, so gzip (level 1 after HDF5's byte shuffle, the fastest level for its size) saves only ~19 % of the
+#: bytes and lzf ~14 %, for 10-70x the time of an uncompressed write (and slower reads). Every one is read
+#: by h5py, the official SMIYC reader (lzf is h5py's own filter; gzip and shuffle are in every HDF5 library).
+COMPRESSIONS = {"none": {}, "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
+                "lzf": {"compression": "lzf", "shuffle": True}}
 
 
 def _as_score_array(array, path: Path, native: bool = False) -> np.ndarray:
@@ -61,11 +64,11 @@ def storage_dtype(array: np.ndarray, dtype: str) -> type:
     return np.float16 if dtype == "float16" and fits_float16 else np.float32
 
 
-def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
+def write_score(path: str | os.PathLike, array, dtype: str = "float32", compression: str = "none") -> Path:
     """Write a score map ``(H, W)`` (numpy or torch) atomically; the suffix picks the format.
 
-    ``.hdf5``/``.h5``: dataset ``value``, gzip level 1 after HDF5's byte shuffle (:data:`HDF5_FILTERS`;
-    built into every HDF5 library; ~13 % smaller float32 files than gzip alone). ``.npy``: plain. ``.npz``: compressed, array ``value``.
+    ``.hdf5``/``.h5``: dataset ``value``, stored as ``compression`` says (:data:`COMPRESSIONS`: ``none``,
+    the default, ``gzip`` or ``lzf``). ``.npy``: plain. ``.npz``: compressed, array ``value``.
     ``dtype``: ``"float32"`` (default, lossless for float32 maps) or ``"float16"`` (half the size;
     a map with some |x| > 65504 is still stored as float32 rather than overflow). The official
     SMIYC reader accepts both. hdf5 files are built in memory (:func:`hdf5_image`); a full disk
@@ -75,10 +78,11 @@ def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
     suffix = path.suffix.lower()
     if suffix not in SCORE_SUFFIXES:
         raise OodsegError(f"{path}: unknown score file suffix (use {', '.join(SCORE_SUFFIXES)})")
+    check_choice("compression", compression, COMPRESSIONS)
     array = _as_score_array(array, path)
     array = array.astype(storage_dtype(array, dtype), copy=False)
     if suffix in HDF5_SUFFIXES:
-        write_bytes(path, hdf5_image(array))
+        write_bytes(path, hdf5_image(array, compression))
         return path
     with atomic_path(path) as tmp:
         if suffix == ".npy":
@@ -90,15 +94,16 @@ def write_score(path: str | os.PathLike, array, dtype: str = "float32") -> Path:
     return path
 
 
-def hdf5_image(array: np.ndarray) -> bytes:
-    """The bytes of an SMIYC hdf5 file holding ``array`` as dataset ``value`` (gzip level 1 after byte shuffle, :data:`HDF5_FILTERS`).
+def hdf5_image(array: np.ndarray, compression: str = "none") -> bytes:
+    """The bytes of an SMIYC hdf5 file holding ``array`` as dataset ``value``, stored as ``compression``
+    says (:data:`COMPRESSIONS`).
 
     Built in memory (HDF5 core driver, no backing file): HDF5 never writes to disk, so a full
     disk fails in plain Python I/O (:func:`oodseg.atomic.write_bytes`) instead of inside the
     library; the bytes equal those of a file HDF5 writes itself, and are the same on every call.
     """
     with h5py.File(f"oodseg-{uuid.uuid4().hex}.hdf5", "w", driver="core", backing_store=False) as f:
-        f.create_dataset("value", data=array, **HDF5_FILTERS)
+        f.create_dataset("value", data=array, **COMPRESSIONS[check_choice("compression", compression, COMPRESSIONS)])
         f.flush()
         return f.id.get_file_image()
 

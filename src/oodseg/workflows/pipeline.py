@@ -115,10 +115,10 @@ def predict(logits: torch.Tensor, size: tuple[int, int], align_corners: bool) ->
 
 
 def write_map(path: str | os.PathLike, head_map: np.ndarray, size: tuple[int, int], align_corners: bool,
-              smooth: dict[str, Any] | None, dtype: str) -> None:
+              smooth: dict[str, Any] | None, dtype: str, compression: str) -> None:
     """Writer job: one (h, w) map finished (:func:`finish_maps`) and written as a score file (``write_score``)."""
     finished = finish_maps(torch.from_numpy(head_map)[None], size, align_corners, smooth)[0]
-    write_score(path, finished.numpy(), dtype=dtype)
+    write_score(path, finished.numpy(), dtype=dtype, compression=compression)
 
 
 def write_prediction(path: str | os.PathLike, head_logits: np.ndarray, size: tuple[int, int],

@@ -5,12 +5,13 @@ items: as many as the items; negative: an error). :func:`map_chunks` runs a func
 of frames in worker processes and yields the results in order (``oodseg evaluate``).
 
 File writing off the critical path (``oodseg score``): a bounded pool of writer processes with back-pressure.
-``oodseg score`` hands every finished map to :class:`WriterPool` (``submit(write_score, path, map)``)
-and goes on with the next batch. Processes, not threads: h5py serialises every call through one
+``oodseg score`` hands each frame's maps and prediction to :class:`WriterPool` as one job
+(``submit_batch([(write, path, args), ...])``: one transfer, one place in the queue) and goes on with
+the next batch. Processes, not threads: h5py serialises every call through one
 global lock, so two threads writing gzip HDF5 files take as long as one (measured: 4 writes of a
 1024×2048 float32 map, 0.90 s in one thread, 0.92 s in two; docs/performance.md).
 
-Back-pressure: at most ``max_pending`` jobs (each holding one map) are queued or running; a further
+Back-pressure: at most ``max_pending`` jobs (each holding one frame's maps) are queued or running; a further
 ``submit`` first waits for the oldest, so memory stays bounded however fast the model runs. The first
 failed job (disk full, permission denied) is raised by the next ``submit`` / :meth:`WriterPool.drain`
 as a one-line :class:`~oodseg.errors.OodsegError`; the pool then cancels what is queued and waits for
@@ -97,6 +98,23 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, OodsegError) else f"{type(exc).__name__}: {text}"
 
 
+def _write_naming_the_file(write: Callable[..., Any], path, *args: Any, **kwargs: Any) -> None:
+    """``write(path, *args, **kwargs)``; an exception other than OodsegError (OSError: disk full, permission)
+    becomes one line naming the file."""
+    try:
+        write(path, *args, **kwargs)
+    except OodsegError:
+        raise
+    except Exception as exc:
+        raise OodsegError(f"{path}: writing failed ({_one_line(exc)})") from exc
+
+
+def _write_each(jobs: Sequence[tuple[Callable[..., Any], str | os.PathLike, tuple]]) -> None:
+    """Writer job of :meth:`WriterPool.submit_batch`: each ``write(path, *args)`` in order."""
+    for write, path, args in jobs:
+        _write_naming_the_file(write, path, *args)
+
+
 class WriterPool:
     """``workers`` writer processes (0: write inline, in the caller) with at most ``max_pending`` jobs in flight.
 
@@ -118,11 +136,20 @@ class WriterPool:
     def submit(self, write: Callable[..., Any], path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Run ``write(path, *args, **kwargs)`` in a writer (a top-level function: it is pickled by name)."""
         if self._executor is None:
-            self._run_inline(write, path, *args, **kwargs)
+            _write_naming_the_file(write, path, *args, **kwargs)
             return
-        while len(self._pending) >= self.max_pending:
-            self._wait_oldest()
+        self._wait_for_room()
         self._pending.append((self._executor.submit(write, path, *args, **kwargs), str(path)))
+
+    def submit_batch(self, jobs: Sequence[tuple[Callable[..., Any], str | os.PathLike, tuple]]) -> None:
+        """Run ``write(path, *args)`` for each ``(write, path, args)`` of ``jobs`` in order, in one writer: one
+        transfer and one place in the queue for them all (8 single jobs cost the caller ~5× the CPU);
+        a failure names its own file."""
+        if self._executor is None:
+            _write_each(jobs)
+        elif jobs:
+            self._wait_for_room()
+            self._pending.append((self._executor.submit(_write_each, list(jobs)), str(jobs[0][1])))
 
     def drain(self) -> None:
         """Wait for every submitted write; raise the first failure."""
@@ -151,14 +178,9 @@ class WriterPool:
                 raise
         self.close(cancel=exc_type is not None)
 
-    @staticmethod
-    def _run_inline(write, path, *args, **kwargs) -> None:
-        try:
-            write(path, *args, **kwargs)
-        except OodsegError:
-            raise
-        except Exception as exc:  # OSError (disk full, permission): one line naming the file
-            raise OodsegError(f"{path}: writing failed ({_one_line(exc)})") from exc
+    def _wait_for_room(self) -> None:
+        while len(self._pending) >= self.max_pending:
+            self._wait_oldest()
 
     def _wait_oldest(self) -> None:
         future, path = self._pending.popleft()
