@@ -40,29 +40,44 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ids, int(count)
 
 
+def _component_ids(mask: np.ndarray, pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Component id (0 = none) of each flat index in ``pixels`` under ``mask`` (H, W), and the count.
+
+    Labels only the bounding box of the mask (a component never leaves it): the same ids as
+    :func:`label_components` on the whole frame, for a fraction of its cost when the mask is compact.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return np.zeros(pixels.size, np.int32), 0
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    ids = np.zeros(mask.shape, np.int32)
+    ids[box], count = label_components(mask[box])
+    return ids.ravel()[pixels], count
+
+
 def frame_component_scores(score: np.ndarray, label: np.ndarray, threshold: float,
                            min_pred: int, min_gt: int) -> tuple[np.ndarray, np.ndarray]:
     """sIoU of every GT component and PPV of every predicted component of one frame.
 
     ``score`` float (H, W), ``label`` uint8 0/1/255 (H, W). Returns ``(sIoU (n_gt,), PPV (n_pred,))``
-    for the components left in the ROI after the size filters, in id order.
+    for the components left in the ROI after the size filters, in id order. Only the pixels of the
+    two masks enter the sums (every other pixel adds to no component).
     """
-    void = label == VOID
-    pred_ids, n_pred = label_components((score > threshold) & ~void)
-    gt_ids, n_gt = label_components(label == 1)
+    gt_mask = label == 1
+    pred_mask = (score > threshold) & (label != VOID)
+    pixels = np.flatnonzero(gt_mask | pred_mask)  # never void: GT pixels are 1, predictions off void
+    g, n_gt = _component_ids(gt_mask, pixels)
+    p, n_pred = _component_ids(pred_mask, pixels)
     if min_pred > 0 and n_pred:
-        keep = np.bincount(pred_ids.ravel(), minlength=n_pred + 1) >= min_pred
+        keep = np.bincount(p, minlength=n_pred + 1) >= min_pred
         keep[0] = False
-        pred_ids = np.where(keep, np.arange(n_pred + 1), 0).astype(pred_ids.dtype)[pred_ids]
-    roi = ~void
+        p = np.where(keep, np.arange(n_pred + 1), 0).astype(p.dtype)[p]
     if min_gt > 0 and n_gt:
-        small = np.bincount(gt_ids.ravel(), minlength=n_gt + 1) < min_gt
+        small = np.bincount(g, minlength=n_gt + 1) < min_gt
         small[0] = False
-        roi &= ~small[gt_ids]
-    if roi.all():
-        g, p = gt_ids.ravel(), pred_ids.ravel()
-    else:
-        g, p = gt_ids[roi], pred_ids[roi]
+        inside = ~small[g]  # pixels of small GT components become void: out of the ROI
+        g, p = g[inside], p[inside]
     size_g = np.bincount(g, minlength=n_gt + 1)
     size_p = np.bincount(p, minlength=n_pred + 1)
     both = (g > 0) & (p > 0)
