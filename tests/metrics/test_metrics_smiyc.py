@@ -235,3 +235,29 @@ def test_frame_bins_with_one_class_empty_or_a_single_value(rng):
         assert lower[0] < values.min() and np.array_equal(lower[1:], np.quantile(values, np.linspace(0, 1, 384)))
     lower, n_anomaly, n_inlier = frame_bins(np.full(5, 0.5, np.float16), np.array([1, 0, 0, 1, 0], bool))
     assert lower.tolist() == [0.49, 0.5] and n_anomaly.tolist() == [0, 2] and n_inlier.tolist() == [0, 3]
+
+
+def test_ap_and_auroc_group_their_terms_as_the_official_curve_to_the_bit(rng):
+    """The official curve reads index 0 and the last index of each threshold: with a unique top threshold
+    its first point comes twice. AP = np.sum(np.diff(recalls) * precisions[1:]) and AUROC = trapz over
+    those arrays (a zero term more changes how numpy's pairwise sum groups the others): equal bits."""
+    for n in (3, 8):
+        scores = (rng.random((n, 50, 60)) ** 3).astype(np.float32)
+        labels = (rng.random((n, 50, 60)) < 0.2).astype(np.uint8)
+        scores[labels == 1] += np.float32(0.3)
+        rows = []
+        for score, label in zip(scores, labels):
+            lower, n_anomaly, n_inlier = frame_bins(score.ravel(), label.ravel() == 1)
+            rows.append(np.stack((lower, n_anomaly, n_inlier))[:, ::-1])
+        thresholds, anomaly, inlier = np.concatenate(rows, axis=1)
+        order = np.argsort(thresholds, kind="stable")[::-1]
+        assert thresholds[order[0]] > thresholds[order[1]]  # unique top: no tie-breaking involved
+        tp, fp = np.cumsum(anomaly[order]), np.cumsum(inlier[order])
+        ordered = thresholds[order]
+        keep = np.concatenate([[0], np.nonzero(ordered[:-1] != ordered[1:])[0], [ordered.size - 1]])
+        tp, fp = np.concatenate([[0], tp[keep]]), np.concatenate([[0], fp[keep]])
+        recalls, precisions = tp / tp[-1], np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+        tpr, fpr = tp / tp[-1], fp / fp[-1]
+        got = smiyc_pixel_metrics(scores, labels)
+        assert got["AP"] == np.sum(np.diff(recalls) * precisions[1:])
+        assert got["AUROC"] == np.trapezoid(tpr, fpr)

@@ -113,8 +113,10 @@ def official_curve_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
     ``rows`` (3, R): [threshold, anomaly count, inlier count] of all frames, frame after frame,
     each frame's bins from high to low (the official concatenation). One point per distinct
-    threshold holding all its rows, preceded — when the highest threshold has several rows —
-    by the point of the row numpy 1.23's ``argsort(...)[::-1]`` puts first (module doc).
+    threshold holding all its rows, preceded by the point of the row numpy 1.23's
+    ``argsort(...)[::-1]`` puts first (module doc): when the highest threshold has one row, the
+    official curve holds that point twice (the second adds nothing but a zero term to its sums,
+    which is kept so that the sums of AP and AUROC group their terms as the official ones, to the bit).
     Feeding the points' counts to :func:`~oodseg.metrics.pixel.sweep_metrics` gives the
     official curve's metrics.
     """
@@ -122,8 +124,9 @@ def official_curve_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     distinct, index = np.unique(thresholds, return_inverse=True)
     summed = [np.bincount(index, weights=c, minlength=distinct.size)[::-1] for c in (inlier, anomaly)]
     points = [distinct[::-1], summed[0], summed[1]]
-    if thresholds.size and np.count_nonzero(thresholds == distinct[-1]) > 1:
-        first = argsort_last(thresholds)
+    if thresholds.size:  # the official curve always starts with its first row (its point twice if alone)
+        first = argsort_last(thresholds) if np.count_nonzero(thresholds == distinct[-1]) > 1 else int(
+            np.argmax(thresholds))
         partial = (inlier[first], anomaly[first])
         points = [np.concatenate(([distinct[-1]], points[0]))] + [
             np.concatenate(([p], c)) for p, c in zip(partial, points[1:])]
