@@ -363,7 +363,8 @@ def stage_breakdown(root: Path, scores_dir: Path, official) -> list[str]:
     dataset = open_dataset("smiyc-anomaly", root)
     for i in range(len(dataset)):
         label = timed("oodseg: read label", lambda: dataset.read_label(i))
-        score = timed("oodseg: read score", lambda: read_score(find_score(scores_dir, dataset.frame(i).fid), native=True))
+        path = find_score(scores_dir, dataset.frame(i).fid)
+        score = timed("oodseg: read score", lambda: read_score(path, native=True))
         roi = label != 255
         timed("oodseg: pixel bins", lambda: frame_bins(score[roi], label[roi] == 1))
         timed("oodseg: components", lambda: frame_component_scores(score, label, 0.6, 500, 100))
@@ -428,11 +429,11 @@ def bench_evaluation(tmp: Path, rng, quick: bool, frames: int, official) -> None
                   f"{wall['official'] / wall[key]:.1f}x the official throughput (wall), "
                   f"{cpu['official'] / cpu[key]:.1f}x per CPU second (goal >= 10x)")
     print("[evaluate] CPU ms per frame: " + "; ".join(stage_breakdown(root, scores_dir, official)))
-    children = {n: run_child("evaluate", root=str(roots[n]), scores_dir=str(roots[n].parent / "scores" / "msp" / "anomaly"),
-                             protocol="smiyc", mode="streaming", workers=0) for n in (frames, 2 * frames)}
-    print(f"[memory] oodseg evaluate (smiyc protocol, streaming): peak RSS {children[frames]['peak_rss_mib']:.0f} MiB at "
-          f"{frames} frames, {children[2 * frames]['peak_rss_mib']:.0f} MiB at {2 * frames} frames (pass 1 keeps up "
-          f"to 512 MiB of decoded frames for pass 2); whole process {children[frames]['process_seconds']:.2f}s "
+    children = {n: run_child("evaluate", root=str(roots[n]), protocol="smiyc", mode="streaming", workers=0,
+                             scores_dir=str(roots[n].parent / "scores" / "msp" / "anomaly")) for n in (frames, 2 * frames)}
+    peak = {n: f"{children[n]['peak_rss_mib']:.0f} MiB at {n} frames" for n in children}
+    print(f"[memory] oodseg evaluate (smiyc protocol, streaming): peak RSS {peak[frames]}, {peak[2 * frames]} "
+          f"(pass 1 keeps up to 512 MiB of decoded frames for pass 2); whole process {children[frames]['process_seconds']:.2f}s "
           f"incl. start-up, torch imported: {children[frames]['torch']}")
 
 

@@ -170,7 +170,8 @@ def test_components_touching_the_border_and_empty_masks(rng):
     score = rng.random((40, 60)).astype(np.float32) * 0.5
     score[:8, :4] = 0.9
     score[-3:, 20:] = 0.95
-    for s, y in ((score, label), (np.zeros_like(score), label), (score, np.where(label == 1, 0, label).astype(np.uint8))):
+    no_gt = np.where(label == 1, 0, label).astype(np.uint8)
+    for s, y in ((score, label), (np.zeros_like(score), label), (score, no_gt)):
         for min_pred, min_gt in ((0, 0), (5, 10)):
             siou, ppv = frame_component_scores(s, y, 0.7, min_pred, min_gt)
             ref_siou, ref_ppv = reference_frame_scores(s, y, 0.7, min_pred, min_gt)

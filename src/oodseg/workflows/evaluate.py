@@ -132,7 +132,8 @@ def _warn_coarse(coarse: list[tuple[str, int]]) -> None:
 
 def _add_components(components: ComponentMetrics, score: np.ndarray, label: np.ndarray, theta: float,
                     protocol: str, index: int) -> None:
-    """Frame ``index``'s components at θ; smiyc: ``score > θ`` in the map's dtype, as the official code under numpy 1.23."""
+    """Frame ``index``'s components at θ; smiyc: ``score > θ`` in the map's dtype, as the official code
+    under numpy 1.23."""
     components.update(score, label, compared_threshold(theta, score.dtype) if protocol == "smiyc" else theta,
                       positions=[index])
 
