@@ -771,16 +771,21 @@ def demo_command(out: str, seed: int, methods: tuple[str, ...], report_frames: i
 
 
 # --- bench ---
-@main.command("bench")
-@click.argument("names", nargs=-1)
+@main.command("bench", context_settings={"ignore_unknown_options": True})
+@click.argument("names", nargs=-1, type=click.UNPROCESSED)
 @click.option("--quick", is_flag=True, help="Smaller inputs (each script's --quick).")
 def bench_command(names: tuple[str, ...], quick: bool) -> None:
     """Run the speed/memory benchmarks of a source checkout (benchmarks/*.py); print their ratios.
 
+    Options after the names go to the scripts (see `python benchmarks/NAME.py --help`).
+
     \b
-    Example:
+    Examples:
       oodseg bench scores metrics --quick
+      oodseg bench pipeline --only evaluate --official ~/road-anomaly-benchmark
     """
+    first_option = next((i for i, name in enumerate(names) if name.startswith("-")), len(names))
+    names, script_args = names[:first_option], list(names[first_option:])
     import runpy
     from pathlib import Path
 
@@ -794,7 +799,7 @@ def bench_command(names: tuple[str, ...], quick: bool) -> None:
     for name in names or available:
         click.echo(f"== benchmarks/{name}.py", err=True)
         argv, path = sys.argv, list(sys.path)
-        sys.argv = [str(folder / f"{name}.py")] + (["--quick"] if quick else [])
+        sys.argv = [str(folder / f"{name}.py")] + (["--quick"] if quick else []) + script_args
         sys.path.insert(0, str(folder))  # as when run as a script: the scripts share benchmarks/_timing.py
         try:
             runpy.run_path(str(folder / f"{name}.py"), run_name="__main__")

@@ -158,3 +158,48 @@ def test_track_defaults_and_bad_input(rng):
         component_metrics(s, y[:, :-1], 0.5)
     with pytest.raises(OodsegError, match="NaN"):
         component_metrics(np.where(y == 1, np.nan, s), y, 0.5)
+
+
+def test_components_touching_the_border_and_empty_masks(rng):
+    """GT and predictions in the corners and along the edges (the labelled boxes end at the frame), a frame
+    without predictions, one without GT: the per-component loop's numbers."""
+    label = np.zeros((40, 60), np.uint8)
+    label[:6, :9] = 1
+    label[-5:, -7:] = 1
+    label[:, 30] = 255
+    score = rng.random((40, 60)).astype(np.float32) * 0.5
+    score[:8, :4] = 0.9
+    score[-3:, 20:] = 0.95
+    no_gt = np.where(label == 1, 0, label).astype(np.uint8)
+    for s, y in ((score, label), (np.zeros_like(score), label), (score, no_gt)):
+        for min_pred, min_gt in ((0, 0), (5, 10)):
+            siou, ppv = frame_component_scores(s, y, 0.7, min_pred, min_gt)
+            ref_siou, ref_ppv = reference_frame_scores(s, y, 0.7, min_pred, min_gt)
+            np.testing.assert_allclose(siou, ref_siou, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(ppv, ref_ppv, rtol=0, atol=1e-12)
+
+
+def test_any_split_merged_in_any_order_gives_the_official_aggregate_bit_for_bit(rng):
+    """Frame sums added one after the other in frame order (positions), as the official aggregate:
+    sum(np.sum(sIoU of a frame)) / count and the F1 of the τs summed in order, whatever the parts."""
+    frames = [random_frame(rng) for _ in range(6)]
+    results = [reference_frame_scores(s, y, 0.7, 50, 10) for s, y in frames]
+    official_siou = sum(np.sum(siou) for siou, _ in results) / sum(len(siou) for siou, _ in results)
+    official_ppv = sum(np.sum(ppv) for _, ppv in results) / sum(len(ppv) for _, ppv in results)
+    for split in ([6], [1, 5], [3, 3], [2, 2, 2]):
+        parts, start = [], 0
+        for size in split:
+            part = ComponentMetrics(track="obstacle")
+            for i in range(start, start + size):
+                part.update(*frames[i], 0.7, positions=[i])
+            parts.append(part)
+            start += size
+        merged = parts[-1]
+        for part in parts[-2::-1]:  # merged last to first: the positions restore the order
+            merged.merge(part)
+        got = merged.compute()
+        assert got["sIoU"] == official_siou and got["PPV"] == official_ppv, split
+        f1_sum = 0.0
+        for f1 in got["F1_per_tau"]:
+            f1_sum += f1
+        assert got["mean_F1"] == f1_sum / 11

@@ -14,7 +14,8 @@ import pytest
 from oodseg.errors import OodsegError
 from oodseg.metrics.legacy_argsort import argsort_last
 from oodseg.metrics.pixel import pixel_metrics
-from oodseg.metrics.smiyc import SMIYC_BINS, SmiycPixelMetrics, compared_threshold, smiyc_pixel_metrics
+from oodseg.metrics.smiyc import (SMIYC_BINS, SmiycPixelMetrics, compared_threshold, frame_bins, smiyc_pixel_metrics,
+                                  sorted_quantiles)
 
 
 # (n, m, last index of numpy 1.23.5's np.argsort(((arange(n) * 7919) % m).astype(float64)))
@@ -200,3 +201,63 @@ def test_bad_inputs(rng):
         smiyc_pixel_metrics(np.full((4, 4), np.nan, np.float16), np.zeros((4, 4), np.uint8))
     with pytest.raises(OodsegError, match="unknown label values"):
         smiyc_pixel_metrics(np.zeros((4, 4), np.float16), np.full((4, 4), 7, np.uint8))
+
+
+def _quantile_cases(rng):
+    """(values, levels): normal and heavy-tailed, ties, a single value, one pixel, in float16/32/64."""
+    for dtype in (np.float16, np.float32, np.float64):
+        for n in (1, 2, 7, 384, 385, 5000):
+            for values in (rng.normal(0, 3, n), rng.integers(0, 4, n) / 3, np.full(n, 0.3), rng.random(n) ** 9):
+                for m in (1, 2, min(n, 384), 384):
+                    yield values.astype(dtype), np.linspace(0, 1, m)
+
+
+def test_sorted_quantiles_equal_np_quantile_bit_for_bit(rng):
+    """The quantiles read from the sorted values (no partition) are np.quantile's, bit for bit, for every
+    dtype; float16 sorted as float32 (exact) gives the same."""
+    for values, levels in _quantile_cases(rng):
+        expected = np.quantile(values, levels)
+        ordered = np.sort(values)
+        for order in (ordered, ordered.astype(np.float32) if values.dtype == np.float16 else ordered):
+            got = sorted_quantiles(order, levels, values.dtype)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), (values.dtype, values.size)
+
+
+def test_frame_bins_with_one_class_empty_or_a_single_value(rng):
+    """A frame without anomalies (or without inliers) has the other class's bins only; a constant frame
+    one bin holding every pixel; the counts always add up to the pixels."""
+    values = rng.normal(0, 1, 1000).astype(np.float32)
+    for anomaly in (np.zeros(1000, bool), np.ones(1000, bool)):
+        lower, n_anomaly, n_inlier = frame_bins(values, anomaly)
+        present = n_anomaly if anomaly.all() else n_inlier
+        assert present.sum() == 1000 and (n_inlier if anomaly.all() else n_anomaly).sum() == 0
+        # edges: vmin - eps, the 384 quantiles, vmax + eps; the lower edges drop the last
+        assert lower[0] < values.min() and np.array_equal(lower[1:], np.quantile(values, np.linspace(0, 1, 384)))
+    lower, n_anomaly, n_inlier = frame_bins(np.full(5, 0.5, np.float16), np.array([1, 0, 0, 1, 0], bool))
+    assert lower.tolist() == [0.49, 0.5] and n_anomaly.tolist() == [0, 2] and n_inlier.tolist() == [0, 3]
+
+
+def test_ap_and_auroc_group_their_terms_as_the_official_curve_to_the_bit(rng):
+    """The official curve reads index 0 and the last index of each threshold: with a unique top threshold
+    its first point comes twice. AP = np.sum(np.diff(recalls) * precisions[1:]) and AUROC = trapz over
+    those arrays (a zero term more changes how numpy's pairwise sum groups the others): equal bits."""
+    for n in (3, 8):
+        scores = (rng.random((n, 50, 60)) ** 3).astype(np.float32)
+        labels = (rng.random((n, 50, 60)) < 0.2).astype(np.uint8)
+        scores[labels == 1] += np.float32(0.3)
+        rows = []
+        for score, label in zip(scores, labels):
+            lower, n_anomaly, n_inlier = frame_bins(score.ravel(), label.ravel() == 1)
+            rows.append(np.stack((lower, n_anomaly, n_inlier))[:, ::-1])
+        thresholds, anomaly, inlier = np.concatenate(rows, axis=1)
+        order = np.argsort(thresholds, kind="stable")[::-1]
+        assert thresholds[order[0]] > thresholds[order[1]]  # unique top: no tie-breaking involved
+        tp, fp = np.cumsum(anomaly[order]), np.cumsum(inlier[order])
+        ordered = thresholds[order]
+        keep = np.concatenate([[0], np.nonzero(ordered[:-1] != ordered[1:])[0], [ordered.size - 1]])
+        tp, fp = np.concatenate([[0], tp[keep]]), np.concatenate([[0], fp[keep]])
+        recalls, precisions = tp / tp[-1], np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
+        tpr, fpr = tp / tp[-1], fp / fp[-1]
+        got = smiyc_pixel_metrics(scores, labels)
+        assert got["AP"] == np.sum(np.diff(recalls) * precisions[1:])
+        assert got["AUROC"] == np.trapezoid(tpr, fpr)

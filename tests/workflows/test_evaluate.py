@@ -442,3 +442,19 @@ def test_cli_workers_negative_is_one_line(smiyc):
     root, scores_dir, _, _ = smiyc
     res = run_cli("--root", root, "--scores", scores_dir, "--workers", "-2")
     assert res.exit_code == 2 and res.output.strip() == "error: --workers: must be >= 0 (0 = inline), got -2"
+
+
+@pytest.mark.parametrize("kept_frames", [0, 2])
+def test_frames_kept_by_pass_1_give_the_numbers_of_frames_read_again(tmp_path, rng, monkeypatch, kept_frames):
+    """Pass 2 on the frames pass 1 kept (all of them by default) = pass 2 reading the files again (none or
+    some kept: a budget of 0 or 2 frames), inline and in 2 workers."""
+    import oodseg.workflows.evaluate as evaluate_module
+
+    root = tmp_path / "obstacle"
+    scores_dir, _, _ = make_smiyc(root, rng, n=6)
+    dataset = open_dataset("smiyc-obstacle", root)
+    kept_all = evaluate_dataset(dataset, scores_dir, track="obstacle", mode="streaming", workers=0)
+    frame_bytes = sum(a.nbytes for a in evaluate_module.FrameReader(dataset, scores_dir, False, None, True)(0))
+    monkeypatch.setattr(evaluate_module, "KEPT_FRAME_BYTES", kept_frames * frame_bytes)
+    for workers in (0, 2):
+        assert evaluate_dataset(dataset, scores_dir, track="obstacle", mode="streaming", workers=workers) == kept_all

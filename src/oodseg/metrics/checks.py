@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oodseg.conventions import ANOMALY, INLIER, VOID
+from oodseg.conventions import ANOMALY, VOID
 from oodseg.errors import OodsegError
 
 
@@ -62,9 +62,9 @@ def check_ood_label(label, shape: tuple[int, ...], name: str = "label") -> np.nd
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise OodsegError(f"{name}: unknown label values outside 0/1/255 (min {arr.min()}, max {arr.max()})")
         arr = arr.astype(np.uint8)
-    present = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
-    unknown = [int(v) for v in present if v not in (INLIER, ANOMALY, VOID)]
-    if unknown:
+    outside = (arr > ANOMALY) & (arr != VOID)
+    if outside.any():
+        unknown = np.unique(arr[outside]).tolist()
         raise OodsegError(f"{name}: unknown label values {unknown[:5]} (expected 0 inlier, 1 anomaly, 255 void)")
     return arr
 

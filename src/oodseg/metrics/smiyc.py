@@ -53,31 +53,58 @@ SMIYC_BINS = 768
 """Number of percentile bins of the official ``PixBinaryClass`` metric."""
 
 
+def sorted_quantiles(ordered: np.ndarray, levels: np.ndarray, dtype) -> np.ndarray:
+    """``np.quantile(x, levels)`` (method ``linear``) from ``ordered`` = x sorted ascending, bit for bit.
+
+    ``ordered`` (N,) N >= 1, any float dtype holding x's values exactly; ``dtype``: x's own dtype,
+    in which numpy takes the difference of the two neighbours before interpolating in float64
+    (``numpy.lib._function_base_impl._lerp``, the same in numpy 1.23). Skips numpy's partition
+    (``np.quantile`` partitions around every level: ~6x a sort for 384 levels). Returns float64 (L,).
+    """
+    n = ordered.size
+    virtual = (n - 1) * levels
+    below = np.floor(virtual)
+    below[virtual >= n - 1] = -1  # numpy's convention for the last point: both neighbours are x[-1]
+    lower = below.astype(np.intp)
+    upper = np.where(lower == -1, -1, lower + 1)
+    gamma = virtual - below
+    a, b = ordered[lower].astype(dtype), ordered[upper].astype(dtype)
+    difference = b - a  # in x's dtype, as numpy
+    result = a + difference * gamma
+    second_half = gamma >= 0.5
+    result[second_half] = (b - difference * (1 - gamma))[second_half]
+    return result
+
+
 def frame_bins(values: np.ndarray, anomaly: np.ndarray, num_bins: int = SMIYC_BINS
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One frame's official percentile bins.
 
     ``values`` (N,) ROI scores in the map's dtype, ``anomaly`` (N,) bool. Returns the bins'
     lower edges (K,) float64 ascending and the anomaly and inlier pixel counts per bin (K,) int64.
+    Each class is sorted once (float16 maps as float32, exact and faster); its quantiles and its
+    counts per bin are read from that order.
     """
     if values.size == 0:
         return np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    vmin, vmax = values.min(), values.max()
+    dtype = values.dtype
+    sort_dtype = np.float32 if dtype == np.float16 else dtype
+    classes = [np.sort(members.astype(sort_dtype, copy=False)) for members in (values[anomaly], values[~anomaly])]
+    present = [ordered for ordered in classes if ordered.size]
+    vmin = min(ordered[0] for ordered in present).astype(dtype)
+    vmax = max(ordered[-1] for ordered in present).astype(dtype)
     with np.errstate(over="ignore"):
         spread = vmax - vmin  # in the map's dtype, as the official code
     eps = max(float(spread) * 1e-2, 1e-2)
     parts = [np.array([float(vmin) - eps, float(vmax) + eps])]
-    classes = (values[anomaly], values[~anomaly])
-    for members in classes:
-        if members.size:
-            parts.append(np.quantile(members, np.linspace(0, 1, min(num_bins // 2, members.size))))
+    for ordered in present:
+        parts.append(sorted_quantiles(ordered, np.linspace(0, 1, min(num_bins // 2, ordered.size)), dtype))
     edges = np.unique(np.concatenate(parts).astype(np.float64))
     lower = edges[:-1]
     counts = []
-    for members in classes:
-        ordered = np.sort(members.astype(np.float64))
-        at_or_above = ordered.size - np.searchsorted(ordered, lower, side="left")  # pixels >= each edge
-        counts.append(at_or_above - np.append(at_or_above[1:], 0))
+    for ordered in classes:
+        at_or_above = ordered.size - np.searchsorted(ordered.astype(np.float64, copy=False), lower, side="left")
+        counts.append(at_or_above - np.append(at_or_above[1:], 0))  # pixels in [e_i, e_i+1)
     return lower, counts[0].astype(np.int64), counts[1].astype(np.int64)
 
 
@@ -86,8 +113,10 @@ def official_curve_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
     ``rows`` (3, R): [threshold, anomaly count, inlier count] of all frames, frame after frame,
     each frame's bins from high to low (the official concatenation). One point per distinct
-    threshold holding all its rows, preceded — when the highest threshold has several rows —
-    by the point of the row numpy 1.23's ``argsort(...)[::-1]`` puts first (module doc).
+    threshold holding all its rows, preceded by the point of the row numpy 1.23's
+    ``argsort(...)[::-1]`` puts first (module doc): when the highest threshold has one row, the
+    official curve holds that point twice (the second adds nothing but a zero term to its sums,
+    which is kept so that the sums of AP and AUROC group their terms as the official ones, to the bit).
     Feeding the points' counts to :func:`~oodseg.metrics.pixel.sweep_metrics` gives the
     official curve's metrics.
     """
@@ -95,8 +124,9 @@ def official_curve_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     distinct, index = np.unique(thresholds, return_inverse=True)
     summed = [np.bincount(index, weights=c, minlength=distinct.size)[::-1] for c in (inlier, anomaly)]
     points = [distinct[::-1], summed[0], summed[1]]
-    if thresholds.size and np.count_nonzero(thresholds == distinct[-1]) > 1:
-        first = argsort_last(thresholds)
+    if thresholds.size:  # the official curve always starts with its first row (its point twice if alone)
+        first = argsort_last(thresholds) if np.count_nonzero(thresholds == distinct[-1]) > 1 else int(
+            np.argmax(thresholds))
         partial = (inlier[first], anomaly[first])
         points = [np.concatenate(([distinct[-1]], points[0]))] + [
             np.concatenate(([p], c)) for p, c in zip(partial, points[1:])]

@@ -78,7 +78,9 @@ class MetricState:
         self._check_mergeable(other)
         for name, reduce in self._reductions.items():
             mine, theirs = getattr(self, name), getattr(other, name)
-            if reduce in ("sum", "cat"):  # numbers and arrays add, lists concatenate
+            if reduce == "sum" and isinstance(mine, np.ndarray) and np.result_type(mine, theirs) == mine.dtype:
+                np.add(mine, theirs, out=mine)  # in place: a streaming tally is 16 MiB
+            elif reduce in ("sum", "cat"):  # numbers and arrays add, lists concatenate
                 setattr(self, name, mine + theirs)
             elif reduce == "merge":
                 mine.merge(theirs)

@@ -3,6 +3,8 @@
 Two passes over the frames (SPEC §4): pass 1 accumulates the pooled pixel metrics (AP,
 AUROC, FPR95, best F1) and picks the best-F1 threshold θ; pass 2 computes the SMIYC
 component metrics (sIoU, PPV, mean F1) at θ. With a given threshold both run in one pass.
+Pass 1 keeps the frames it decoded for pass 2 up to :data:`KEPT_FRAME_BYTES` (decoding a score
+file costs more than both metrics of the frame); frames beyond that are read again.
 Pass 1 also warns (:class:`~oodseg.errors.OodsegWarning`, one line) when a score file holds
 fewer than :data:`MIN_DISTINCT_SCORES` distinct values on a frame with both classes — the mark
 of maps stored at too low a precision (e.g. ODIN at T=1000 in float16), whose metrics mislead.
@@ -42,6 +44,9 @@ SCHEMA, VERSION = "oodseg.evaluate", 1
 #: Fewer distinct values than this on a frame with both classes triggers a warning.
 MIN_DISTINCT_SCORES = 50
 PROTOCOLS = ("smiyc", "exact")
+#: Bytes of decoded frames (score map + label) pass 1 keeps for pass 2, all workers together; beyond it
+#: pass 2 reads the files again. 512 MiB: ~200 frames of 512x1024 in float32, ~50 of 1024x2048.
+KEPT_FRAME_BYTES = 512 * 2**20
 SMIYC_KINDS = ("smiyc-anomaly", "smiyc-obstacle")
 
 
@@ -126,35 +131,45 @@ def _warn_coarse(coarse: list[tuple[str, int]]) -> None:
 
 
 def _add_components(components: ComponentMetrics, score: np.ndarray, label: np.ndarray, theta: float,
-                    protocol: str) -> None:
-    """One frame's components at θ; smiyc: ``score > θ`` in the map's dtype, as the official code under numpy 1.23."""
-    components.update(score, label, compared_threshold(theta, score.dtype) if protocol == "smiyc" else theta)
+                    protocol: str, index: int) -> None:
+    """Frame ``index``'s components at θ; smiyc: ``score > θ`` in the map's dtype, as the official code
+    under numpy 1.23."""
+    components.update(score, label, compared_threshold(theta, score.dtype) if protocol == "smiyc" else theta,
+                      positions=[index])
 
 
 def _pixel_pass(read: FrameReader, settings: dict, indices: list[int]):
     """Pass 1 over ``indices`` (in a worker): ``(PixelMetrics, SmiycPixelMetrics | None,
-    ComponentMetrics at the given θ | None, coarse files)``."""
+    ComponentMetrics at the given θ | None, coarse files, {index: (score, label)} kept for pass 2)``.
+
+    Keeps frames while they fit in ``settings["kept_bytes_per_frame"]`` × ``len(indices)`` bytes.
+    """
     read = copy.copy(read)
     read.coarse = []
     pixel = PixelMetrics(mode=settings["mode"], aggregate=settings["aggregate"])
     official = SmiycPixelMetrics(mode=settings["mode"]) if settings["protocol"] == "smiyc" else None
     components = ComponentMetrics(track=settings["track"]) if settings["threshold"] is not None else None
+    kept, room = {}, settings["kept_bytes_per_frame"] * len(indices)
     for i in indices:
         score, label = read(i, check_levels=True)
         pixel.update(score, label)
         if official is not None:
             official.update(score, label, positions=[i])
         if components is not None:
-            _add_components(components, score, label, settings["threshold"], settings["protocol"])
-    return pixel, official, components, read.coarse
+            _add_components(components, score, label, settings["threshold"], settings["protocol"], i)
+        elif score.nbytes + label.nbytes <= room:
+            kept[i] = score, label
+            room -= score.nbytes + label.nbytes
+    return pixel, official, components, read.coarse, kept
 
 
-def _component_pass(read: FrameReader, settings: dict, indices: list[int]) -> ComponentMetrics:
-    """Pass 2 over ``indices`` (in a worker): the component metrics at ``settings["threshold"]``."""
+def _component_pass(read: FrameReader, settings: dict, frames: list[tuple[int, tuple | None]]) -> ComponentMetrics:
+    """Pass 2 over ``frames`` (in a worker): the component metrics at ``settings["threshold"]``; each item is
+    ``(index, (score, label) kept by pass 1 | None)``, a frame not kept is read again."""
     components = ComponentMetrics(track=settings["track"])
-    for i in indices:
-        score, label = read(i)
-        _add_components(components, score, label, settings["threshold"], settings["protocol"])
+    for i, kept in frames:
+        score, label = kept if kept is not None else read(i)
+        _add_components(components, score, label, settings["threshold"], settings["protocol"], i)
     return components
 
 
@@ -196,12 +211,13 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
     read = FrameReader(dataset, scores_dir, resize, load_roi(roi), native=protocol == "smiyc")
     mine = distributed.shard(range(len(dataset)))
     workers = resolve_workers(workers, len(mine))
-    settings = {"mode": mode, "aggregate": aggregate, "protocol": protocol, "track": track, "threshold": threshold}
+    settings = {"mode": mode, "aggregate": aggregate, "protocol": protocol, "track": track, "threshold": threshold,
+                "kept_bytes_per_frame": KEPT_FRAME_BYTES // max(len(mine), 1)}
 
     # pass 1 (+ components at a given θ): each worker reads its chunk of frames into its own states; merged in order
     parts = map_chunks(partial(_pixel_pass, read, settings), mine, workers,
                        f"{dataset.name}: pixel metrics" + ("" if threshold is None else " + components"))
-    pixel, official, components, coarse = parts[0]
+    pixel, official, components, coarse, kept = parts[0]
     for part in parts[1:]:
         pixel.merge(part[0])
         if official is not None:
@@ -209,20 +225,24 @@ def evaluate_dataset(dataset: Dataset, scores_dir: str | Path, track: str = "ano
         if components is not None:
             components.merge(part[2])
         coarse += part[3]
+        kept.update(part[4])
     _warn_coarse([item for found in distributed.all_gather_objects(coarse) for item in found])
     pixel.all_reduce()
-    px = pixel.compute()
     if official is not None:
         official.all_reduce()
         px = official.compute()
+    else:
+        px = pixel.compute()
     if px["n_anomaly"] == 0 or px["n_anomaly"] == px["n_pixels"]:
         missing = "anomaly (1)" if px["n_anomaly"] == 0 else "inlier (0)"
         raise OodsegError(f"{dataset.root}: no {missing} pixels in the {px['n_frames']} evaluated frames; "
                           "pixel metrics are undefined")
     theta = px["best_F1_threshold"] if threshold is None else float(threshold)
     if threshold is None:
-        parts = map_chunks(partial(_component_pass, read, {**settings, "threshold": theta}), mine, workers,
+        frames = [(i, kept.pop(i, None)) for i in mine]
+        parts = map_chunks(partial(_component_pass, read, {**settings, "threshold": theta}), frames, workers,
                            f"{dataset.name}: component metrics")
+        del frames
         components = parts[0]
         for part in parts[1:]:
             components.merge(part)

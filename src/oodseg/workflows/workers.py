@@ -43,6 +43,8 @@ from oodseg.progress import track
 T, R = TypeVar("T"), TypeVar("R")
 #: How often a writer process checks that the process that started it is still alive (seconds).
 ORPHAN_CHECK_SECONDS = 0.2
+#: Fewest items per chunk of :func:`map_chunks` (unless more workers than chunks would be left idle).
+MIN_CHUNK = 8
 
 
 def default_workers() -> int:
@@ -194,14 +196,16 @@ class WriterPool:
 
 def map_chunks(work: Callable[[list[T]], R], items: Sequence[T], workers: int, description: str) -> list[R]:
     """``[work(chunk) for chunk in chunks]`` over contiguous chunks of ``items`` (in order, about four per
-    worker so that frames of unequal cost balance), computed by ``workers`` processes; 0: inline.
+    worker so that frames of unequal cost balance, at least :data:`MIN_CHUNK` items each unless that would
+    leave a worker idle), computed by ``workers`` processes; 0: inline.
 
     ``work`` and its bound arguments are pickled (a top-level function or a ``functools.partial`` of one).
     """
     items = list(items)
     if not items:
         return []
-    n_chunks = min(len(items), 4 * max(workers, 4))
+    # about four chunks per worker, each of at least MIN_CHUNK items (a chunk's metric states cost ~10 ms)
+    n_chunks = max(min(len(items), workers), min(len(items) // MIN_CHUNK, 4 * max(workers, 4)), 1)
     bounds = [round(k * len(items) / n_chunks) for k in range(n_chunks + 1)]
     chunks = [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     if not workers:
