@@ -44,6 +44,7 @@ from test_metrics_component import reference_frame_scores  # noqa: E402  (the of
 from test_metrics_smiyc import official_reference  # noqa: E402  (the official binned pixel metrics)
 
 from _cli import run_main  # noqa: E402
+from _timing import median_time  # noqa: E402
 
 LOGITS_ONLY = ("msp", "entropy", "variation_ratio", "margin", "max_logit", "energy", "jsd")
 MODELS = {  # name: (architecture, params, frame size full, frame size quick)

@@ -41,6 +41,10 @@ def test_quick_demo_ranks_mask_detectors_next_to_pixel_scores(tmp_path: Path):
     assert evaluated["protocol"] == "smiyc"
     assert evaluated["AP"] == pytest.approx(average_precision_score(np.concatenate(truth), np.concatenate(values)),
                                             rel=0.02)
+    again = CliRunner().invoke(main, ["demo", "--quick", "--family", "all", "--out", str(out), "--method", "entropy",
+                                      "--frames", "0"], catch_exceptions=False)  # every step cached: no error
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "results.json").read_text())["tables"] == tables
 
 
 def test_demo_rejects_an_unknown_family(tmp_path: Path):

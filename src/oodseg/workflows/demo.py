@@ -181,19 +181,23 @@ def score_track(config: DemoConfig, data: Path, checkpoint: Path, member: Path |
     The fitted scores (``sml``, ``mahalanobis``) are fitted on frames of the Cityscapes-layout
     *train* split (``score_dataset(fit_data=...)``), never on a test or validation track.
     """
+    score_cached(config, checkpoint, data, track, list(methods or config.methods), config.out / "scores",
+                 fit_data=data / "cityscapes", ensemble=[member] if member else ())
+
+
+def score_cached(config: DemoConfig, checkpoint: Path, data: Path, track: str, methods: list[str], scores: Path,
+                 **options) -> None:
+    """``score_dataset`` of SynthStreet ``track`` into ``scores``, skipped when every method's maps are complete;
+    maps of an earlier oodseg (float16 files, one manifest for all methods) are redone."""
     from oodseg.workflows.score import score_dataset
 
-    scores = config.out / "scores"
-    methods = list(methods or config.methods)
     manifests = [read_manifest(scores, method, track) or {} for method in methods]
-    # float16 files or one manifest for all methods: an earlier oodseg's demo, redone
     outdated = any(m and (m.get("dtype") != "float32" or m.get("version") != MANIFEST_VERSION) for m in manifests)
     if all(m.get("complete") for m in manifests) and not outdated:
-        config.log(f"[demo]   {track}: scores already complete (cached)")
+        config.log(f"[demo]   {track}: {scores.name}/ scores already complete (cached)")
         return
     score_dataset(checkpoint, data / track, methods, scores, dataset_name=track,
-                  dataset_kind=f"smiyc-{track.removesuffix('_val')}", fit_data=data / "cityscapes",
-                  ensemble=[member] if member else (), overwrite=outdated)
+                  dataset_kind=f"smiyc-{track.removesuffix('_val')}", overwrite=outdated, **options)
 
 
 def evaluate_track(config: DemoConfig, data: Path, track: str, runs: dict[str, Path] | None = None) -> list[dict]:

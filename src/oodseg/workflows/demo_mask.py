@@ -36,8 +36,7 @@ def mask_runs(config) -> dict[str, tuple[Path, str]]:
 
 def run_mask_family(config, data: Path, tracks: tuple[str, ...]) -> list[dict]:
     """Train the small Mask2Former and its RbA fine-tuning, score and evaluate ``tracks``; return the evaluations."""
-    from oodseg.workflows.demo import evaluate_track, train_model
-    from oodseg.workflows.score import score_dataset
+    from oodseg.workflows.demo import evaluate_track, score_cached, train_model
 
     closed = train_model(config, data, "mask2former", seed=config.seed, steps=config.mask_steps,
                          recipe="mask-baseline")
@@ -46,12 +45,10 @@ def run_mask_family(config, data: Path, tracks: tuple[str, ...]) -> list[dict]:
     root = config.out / "scores-mask"
     evaluations = []
     for track in tracks:
-        kind = f"smiyc-{track}"
-        score_dataset(closed, data / track, list(CLOSED_METHODS), root / "closed", dataset_name=track,
-                      dataset_kind=kind)
-        score_dataset(closed, data / track, ["maskomaly"], root / "maskomaly", dataset_name=track, dataset_kind=kind,
-                      fit_data=data / f"{track}_val", fit_frames=100)
-        score_dataset(tuned, data / track, ["rba"], root / "rba-tuned", dataset_name=track, dataset_kind=kind)
+        score_cached(config, closed, data, track, list(CLOSED_METHODS), root / "closed")
+        score_cached(config, closed, data, track, ["maskomaly"], root / "maskomaly", fit_data=data / f"{track}_val",
+                     fit_frames=100)
+        score_cached(config, tuned, data, track, ["rba"], root / "rba-tuned")
         runs = {label: scores_dir(folder, key, track) for label, (folder, key) in mask_runs(config).items()}
         evaluations += evaluate_track(config, data, track, runs)
     return evaluations
