@@ -14,7 +14,7 @@ from torch import nn
 from oodseg.errors import OodsegError
 from oodseg.mask_adapter import is_mask_classification, query_outputs
 from oodseg.training.mask_losses import NO_OBJECT_WEIGHT, set_prediction_loss
-from oodseg.training.recipe import Recipe, labels_at
+from oodseg.training.recipe import Recipe, labels_at, rank_mean
 
 
 def mask_set_loss(module: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -29,7 +29,7 @@ def mask_set_loss(module: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     small = labels_at(labels, layers[-1][1].shape[-2:])
     total, terms = images.new_zeros(()), {}
     for classes, masks in layers:
-        loss, terms = set_prediction_loss(classes, masks, small, num_classes, no_object_weight)
+        loss, terms = set_prediction_loss(classes, masks, small, num_classes, no_object_weight, normalizer=rank_mean)
         total = total + loss
     return total, {name: float(value.detach()) for name, value in terms.items()}, layers, small
 

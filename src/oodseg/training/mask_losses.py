@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 
 from oodseg.conventions import OUTLIER, VOID
 from oodseg.mask_adapter import aggregate
+from oodseg.training.losses import masked_mean
 
 #: Mask2Former's loss weights (class, mask BCE, dice) and the no-object class weight
 CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT = 2.0, 5.0, 5.0, 0.1
@@ -58,14 +59,18 @@ def hungarian_match(costs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def set_prediction_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, labels: torch.Tensor,
                         num_classes: int, no_object_weight: float = NO_OBJECT_WEIGHT,
-                        weights: tuple[float, float, float] = (CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT)
-                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        weights: tuple[float, float, float] = (CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT),
+                        normalizer=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Set-prediction loss of one decoder layer (see the module docstring).
 
     Args:
         class_logits: (B, Q, C') with no-object last; mask_logits (B, Q, h, w).
         labels: (B, h, w) int64 trainIds at the mask resolution (255 / 254 ignored).
         num_classes: K.
+        normalizer: optional, maps this process's divisors (the class-weight total of the queries, the
+            number of matched masks) to the ones used, e.g. their mean over DDP ranks (as Mask2Former
+            averages ``num_masks``), so that DDP's gradient average equals one process's on the global batch.
+            It is called twice on every call (a collective every rank joins).
     Returns:
         (total, {"ce", "mask", "dice"}) with total = ``w_class·ce + w_mask·mask + w_dice·dice``.
     """
@@ -89,25 +94,32 @@ def set_prediction_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, l
         count += int(rows.numel())
     class_weights = class_logits.new_ones(columns)
     class_weights[-1] = no_object_weight
-    ce = F.cross_entropy(class_logits.transpose(1, 2), target_classes, weight=class_weights)
-    terms = {"ce": ce, "mask": bce_sum / max(count, 1), "dice": dice_sum / max(count, 1)}
+    normalizer = normalizer or (lambda value: value)
+    weighted = F.cross_entropy(class_logits.transpose(1, 2), target_classes, weight=class_weights, reduction="none")
+    ce = weighted.sum() / normalizer(class_weights[target_classes].sum())
+    masks_count = normalizer(class_logits.new_tensor(float(count))).clamp(min=1)
+    terms = {"ce": ce, "mask": bce_sum / masks_count, "dice": dice_sum / masks_count}
     total = weights[0] * terms["ce"] + weights[1] * terms["mask"] + weights[2] * terms["dice"]
     return total, terms
 
 
 def rba_outlier_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     inlier_upper: float = 0.0, outlier_lower: float = 5.0) -> torch.Tensor:
+                     inlier_upper: float = 0.0, outlier_lower: float = 5.0, normalizer=None) -> torch.Tensor:
     """RbA's squared-hinge loss on ``s = −Σ_k tanh(P_k)`` (see the module docstring).
 
     ``labels`` (B, h, w) at the mask resolution: outlier pixels 254, inliers the trainIds < K, the rest
     ignored. RbA's published thresholds are γ_in = 0, γ_out = 5: as ``s ≤ 0`` everywhere, the inlier
     hinge is then inactive (inliers are held by the set-prediction loss) and every outlier pixel is
     pushed towards ``Σ_k tanh(P_k) = 0``; a negative ``inlier_upper`` also pushes inliers up.
+    The loss is the mean inlier hinge, averaged with the mean outlier hinge when the batch has outlier
+    pixels. ``normalizer`` (optional, e.g. the mean over DDP ranks) maps the pixel counts to the divisors,
+    as in :func:`set_prediction_loss`.
     """
     score = -torch.tanh(aggregate(class_logits.float(), mask_logits.float(), num_classes)).sum(1)
     inlier, outlier = labels < num_classes, labels == OUTLIER
-    loss = F.relu(score[inlier] - inlier_upper).pow(2).mean() if bool(inlier.any()) else score.new_zeros(())
-    if bool(outlier.any()):
-        loss = 0.5 * (loss + F.relu(outlier_lower - score[outlier]).pow(2).mean())
+    loss = masked_mean(F.relu(score - inlier_upper).pow(2), inlier, normalizer)
+    outliers = outlier.sum().to(score.dtype) if normalizer is None else normalizer(outlier.sum().to(score.dtype))
+    if bool(outliers > 0):
+        loss = 0.5 * (loss + masked_mean(F.relu(outlier_lower - score).pow(2), outlier, lambda _: outliers))
     return loss
 

@@ -20,7 +20,7 @@ from oodseg.errors import OodsegError
 from oodseg.training.mask_baseline import check_mask_model, mask_set_loss
 from oodseg.training.mask_losses import rba_outlier_loss
 from oodseg.training.outliers import OutlierPool, add_outliers
-from oodseg.training.recipe import Recipe
+from oodseg.training.recipe import Recipe, rank_mean
 
 #: parameter-name prefixes trained by RbA's fine-tuning: the class head and the queries
 TRAINED = ("class_embed.", "query_feat.", "query_pos.")
@@ -67,7 +67,8 @@ class RbARecipe(Recipe):
 
     def loss(self, module, batch):
         total, terms, layers, small = mask_set_loss(module, batch["image"], batch["label"], self.num_classes)
-        outlier = sum(rba_outlier_loss(classes, masks, small, self.num_classes, self.inlier_upper, self.outlier_lower)
+        outlier = sum(rba_outlier_loss(classes, masks, small, self.num_classes, self.inlier_upper, self.outlier_lower,
+                                       normalizer=rank_mean)
                       for classes, masks in layers)
         terms["rba"] = float(outlier.detach()) / len(layers)
         return total + self.outlier_weight * outlier, terms
