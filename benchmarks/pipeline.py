@@ -181,8 +181,9 @@ def bench_scoring(tmp: Path, rng, quick: bool, frames: int) -> None:
         checkpoint = tmp / f"ckpt-{arch}"
         save_checkpoint(build_model(arch, **params).eval(), checkpoint, arch, params)
         images = {k: make_images(tmp / f"images-{arch}-{k}", k, size, rng) for k in (n, 2 * n)}
-        # workers 0 (inline), 1, 2 and the default for the small model; gzip files for comparison
-        settings = [(w, "none") for w in (sorted({0, 1, 2, default_workers()}) if small else [default_workers()])]
+        # workers 0 (inline), 1, 2 and the default for the small model, inline and the default for the large one;
+        # gzip files for comparison
+        settings = [(w, "none") for w in sorted({0, 1, 2, default_workers()} if small else {0, default_workers()})]
         settings += [(default_workers(), "gzip")] if small else []
         for workers, compression in settings:
             bare = bare_forward_fps(checkpoint, images[2 * n], 2 * n)  # next to each run: the load changes

@@ -135,7 +135,7 @@ class RegistryChoice(click.Choice):
         pass
 
 
-WORKERS_HELP = ("Processes that {work} (default: half the cores, 1 to 8; 0 = inline, one step after the other; "
+WORKERS_HELP = ("Processes that {work} (default: half the cores, at most 8, and 0 below 4 cores; 0 = inline, one step after the other; "
                 "more than the frames: as many as the frames; negative: an error).")
 
 

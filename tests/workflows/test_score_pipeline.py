@@ -182,9 +182,16 @@ def _slow_write(path, text):
     Path(path).write_text(text)
 
 
-@pytest.mark.parametrize("workers, frames, expected", [(0, 5, 0), (3, 5, 3), (16, 5, 5), (None, 1, 1)])
+@pytest.mark.parametrize("workers, frames, expected", [(0, 5, 0), (3, 5, 3), (16, 5, 5)])
 def test_workers_are_clamped_to_the_frames(workers, frames, expected):
     assert resolve_workers(workers, frames) == expected
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 0), (2, 0), (3, 0), (4, 2), (8, 4), (64, 8)])
+def test_default_workers_are_half_the_cores_and_inline_below_four(monkeypatch, cores, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert resolve_workers(None, 100) == expected
+    assert resolve_workers(None, 1) == min(expected, 1)
 
 
 def test_negative_workers_are_one_line(checkpoint, tmp_path, rng):

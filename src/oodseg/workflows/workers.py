@@ -48,9 +48,11 @@ MIN_CHUNK = 8
 
 
 def default_workers() -> int:
-    """Workers when none are asked for: half the cores this process may use, 1 to 8."""
+    """Workers when none are asked for: half the cores this process may use, at most 8; 0 (inline) below 4
+    cores, where worker processes only take cores from the forward and the metrics (measured on 2 cores:
+    ``benchmarks/pipeline.py``, docs/performance.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores // 2))
+    return 0 if cores < 4 else min(8, cores // 2)
 
 
 def resolve_workers(workers: int | None, n_items: int) -> int:
