@@ -15,7 +15,7 @@ from oodseg.conventions import OUTLIER
 
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer=None) -> torch.Tensor:
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, normalizer=None) -> torch.Tensor:
     """Mean of ``values`` over ``mask`` (both (B,H,W)); ``0 * sum`` when the mask is empty (keeps the graph).
     ``normalizer``, optional: maps the pixel count to the divisor (e.g. its mean over DDP ranks)."""
     count = mask.sum() if normalizer is None else normalizer(mask.sum().to(values.dtype))
@@ -34,7 +34,7 @@ def inlier_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """Mean cross entropy ``-log p_y`` over inlier pixels (labels 254/255 ignored)."""
     mask = inlier_mask(labels, logits.shape[1])
     ce = F.cross_entropy(logits, torch.where(mask, labels, torch.zeros_like(labels)), reduction="none")
-    return masked_mean(ce, mask)
+    return _masked_mean(ce, mask)
 
 
 def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_fraction: float = 0.25,
@@ -59,9 +59,9 @@ def bootstrapped_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, hard_
     mask = inlier_mask(labels, logits.shape[1])
     targets = torch.where(mask, labels, torch.zeros_like(labels))
     ce = F.cross_entropy(logits, targets, reduction="none")
-    plain = masked_mean(ce, mask)
+    plain = _masked_mean(ce, mask)
     if hard_fraction == 1.0 and class_weights is None:
-        return (plain if normalizer is None else masked_mean(ce, mask, normalizer)), plain
+        return (plain if normalizer is None else _masked_mean(ce, mask, normalizer)), plain
     count = int(mask.sum())
     if count == 0 and normalizer is None:
         return plain, plain
@@ -94,7 +94,7 @@ def uniform_cross_entropy(logits: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     Equals ``KL(U‖p) + log C`` per pixel, so it is minimal (``log C``) exactly at the uniform softmax.
     """
     per_pixel = -F.log_softmax(logits, dim=1).mean(dim=1)
-    return masked_mean(per_pixel, mask)
+    return _masked_mean(per_pixel, mask)
 
 
 def entropy_max_loss(logits: torch.Tensor, labels: torch.Tensor,
@@ -162,9 +162,9 @@ def rpl_inlier_loss(rpl_logits: torch.Tensor, vanilla_logits: torch.Tensor,
                     mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RPL on inlier pixels: ``(mean CE(rpl, argmax vanilla), mean (H(rpl) - H(vanilla))²)`` over ``mask`` (B,H,W)."""
     pseudo_label = vanilla_logits.argmax(1)
-    ce = masked_mean(F.cross_entropy(rpl_logits, pseudo_label, reduction="none"), mask)
+    ce = _masked_mean(F.cross_entropy(rpl_logits, pseudo_label, reduction="none"), mask)
     entropy_gap = pixel_entropy(rpl_logits) - pixel_entropy(vanilla_logits).detach()
-    return ce, masked_mean(entropy_gap * entropy_gap, mask)
+    return ce, _masked_mean(entropy_gap * entropy_gap, mask)
 
 
 def rpl_inlier_energy_loss(rpl_logits: torch.Tensor, vanilla_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -175,12 +175,12 @@ def rpl_inlier_energy_loss(rpl_logits: torch.Tensor, vanilla_logits: torch.Tenso
     (what :func:`rpl_outlier_loss` asks for on outliers) and the ``energy`` score stops separating.
     """
     gap = torch.logsumexp(rpl_logits, dim=1) - torch.logsumexp(vanilla_logits, dim=1).detach()
-    return masked_mean(gap * gap, mask)
+    return _masked_mean(gap * gap, mask)
 
 
 def rpl_outlier_loss(rpl_logits: torch.Tensor, mask: torch.Tensor, weight: float = 0.05) -> torch.Tensor:
     """RPL on outlier pixels: ``weight · mean ReLU(logsumexp(rpl))`` over ``mask`` (pushes the energy ``-lse`` up to ≥ 0)."""
-    return weight * masked_mean(F.relu(torch.logsumexp(rpl_logits, dim=1)), mask)
+    return weight * _masked_mean(F.relu(torch.logsumexp(rpl_logits, dim=1)), mask)
 
 
 def supervised_infonce(anchors: torch.Tensor, anchor_labels: torch.Tensor, others: torch.Tensor,
@@ -207,4 +207,4 @@ def supervised_infonce(anchors: torch.Tensor, anchor_labels: torch.Tensor, other
     count = positive.sum(1)
     log_ratio = torch.where(positive, similarity - log_denominator, torch.zeros_like(similarity))
     per_anchor = -log_ratio.sum(1) / count.clamp(min=1)
-    return masked_mean(per_anchor, count > 0)
+    return _masked_mean(per_anchor, count > 0)

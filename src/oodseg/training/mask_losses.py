@@ -21,7 +21,6 @@ from scipy.optimize import linear_sum_assignment
 
 from oodseg.conventions import OUTLIER, VOID
 from oodseg.mask_adapter import aggregate
-from oodseg.training.losses import masked_mean
 
 #: Mask2Former's loss weights (class, mask BCE, dice) and the no-object class weight
 CLASS_WEIGHT, MASK_WEIGHT, DICE_WEIGHT, NO_OBJECT_WEIGHT = 2.0, 5.0, 5.0, 0.1
@@ -116,10 +115,12 @@ def rba_outlier_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, labe
     as in :func:`set_prediction_loss`.
     """
     score = -torch.tanh(aggregate(class_logits.float(), mask_logits.float(), num_classes)).sum(1)
-    inlier, outlier = labels < num_classes, labels == OUTLIER
-    loss = masked_mean(F.relu(score - inlier_upper).pow(2), inlier, normalizer)
-    outliers = outlier.sum().to(score.dtype) if normalizer is None else normalizer(outlier.sum().to(score.dtype))
-    if bool(outliers > 0):
-        loss = 0.5 * (loss + masked_mean(F.relu(outlier_lower - score).pow(2), outlier, lambda _: outliers))
-    return loss
+    normalizer = normalizer or (lambda value: value)
+    hinges = {}
+    for name, pixels, hinge in (("inlier", labels < num_classes, F.relu(score - inlier_upper)),
+                                ("outlier", labels == OUTLIER, F.relu(outlier_lower - score))):
+        count = normalizer(pixels.sum().to(score.dtype))  # called for both classes on every rank
+        hinges[name] = (torch.where(pixels, hinge.pow(2), torch.zeros_like(score)).sum() / count.clamp(min=1), count)
+    loss = hinges["inlier"][0]
+    return 0.5 * (loss + hinges["outlier"][0]) if bool(hinges["outlier"][1] > 0) else loss
 
