@@ -161,7 +161,7 @@ def test_a_failing_writer_stops_the_run_with_one_line(checkpoint, tmp_path, rng,
 def test_writer_pool_bounds_the_jobs_in_flight(tmp_path):
     with WriterPool(2, max_pending=3) as pool:
         for i in range(7):
-            pool.submit(_slow_write, tmp_path / f"{i}.txt", "x")
+            pool.submit_batch([(_slow_write, tmp_path / f"{i}.txt", ("x",))])
             assert len(pool._pending) <= 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i}.txt" for i in range(7)]
 

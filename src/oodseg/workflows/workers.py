@@ -12,8 +12,8 @@ global lock, so two threads writing gzip HDF5 files take as long as one (measure
 1024×2048 float32 map, 0.90 s in one thread, 0.92 s in two; docs/performance.md).
 
 Back-pressure: at most ``max_pending`` jobs (each holding one frame's maps) are queued or running; a further
-``submit`` first waits for the oldest, so memory stays bounded however fast the model runs. The first
-failed job (disk full, permission denied) is raised by the next ``submit`` / :meth:`WriterPool.drain`
+``submit_batch`` first waits for the oldest, so memory stays bounded however fast the model runs. The first
+failed job (disk full, permission denied) is raised by the next ``submit_batch`` / :meth:`WriterPool.drain`
 as a one-line :class:`~oodseg.errors.OodsegError`; the pool then cancels what is queued and waits for
 the running writes, which are atomic (:mod:`oodseg.atomic`): a file exists complete or not at all.
 A writer whose parent process died (``SIGKILL``) exits within :data:`ORPHAN_CHECK_SECONDS`.
@@ -102,21 +102,16 @@ def _one_line(exc: BaseException) -> str:
     return text if isinstance(exc, OodsegError) else f"{type(exc).__name__}: {text}"
 
 
-def _write_naming_the_file(write: Callable[..., Any], path, *args: Any, **kwargs: Any) -> None:
-    """``write(path, *args, **kwargs)``; an exception other than OodsegError (OSError: disk full, permission)
-    becomes one line naming the file."""
-    try:
-        write(path, *args, **kwargs)
-    except OodsegError:
-        raise
-    except Exception as exc:
-        raise OodsegError(f"{path}: writing failed ({_one_line(exc)})") from exc
-
-
 def _write_each(jobs: Sequence[tuple[Callable[..., Any], str | os.PathLike, tuple]]) -> None:
-    """Writer job of :meth:`WriterPool.submit_batch`: each ``write(path, *args)`` in order."""
+    """Writer job of :meth:`WriterPool.submit_batch`: each ``write(path, *args)`` in order; an exception other
+    than OodsegError (OSError: disk full, permission) becomes one line naming its file."""
     for write, path, args in jobs:
-        _write_naming_the_file(write, path, *args)
+        try:
+            write(path, *args)
+        except OodsegError:
+            raise
+        except Exception as exc:
+            raise OodsegError(f"{path}: writing failed ({_one_line(exc)})") from exc
 
 
 class WriterPool:
@@ -137,18 +132,10 @@ class WriterPool:
             self._executor = ProcessPoolExecutor(workers, mp_context=_context(), initializer=_exit_with_parent,
                                                  initargs=(os.getpid(),))
 
-    def submit(self, write: Callable[..., Any], path: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
-        """Run ``write(path, *args, **kwargs)`` in a writer (a top-level function: it is pickled by name)."""
-        if self._executor is None:
-            _write_naming_the_file(write, path, *args, **kwargs)
-            return
-        self._wait_for_room()
-        self._pending.append((self._executor.submit(write, path, *args, **kwargs), str(path)))
-
     def submit_batch(self, jobs: Sequence[tuple[Callable[..., Any], str | os.PathLike, tuple]]) -> None:
-        """Run ``write(path, *args)`` for each ``(write, path, args)`` of ``jobs`` in order, in one writer: one
-        transfer and one place in the queue for them all (8 single jobs cost the caller ~5× the CPU);
-        a failure names its own file."""
+        """Run ``write(path, *args)`` for each ``(write, path, args)`` of ``jobs`` in order, in one writer
+        (``write``: a top-level function, pickled by name): one transfer and one place in the queue for them
+        all (8 single jobs cost the caller ~5× the CPU); a failure names its own file."""
         if self._executor is None:
             _write_each(jobs)
         elif jobs:
