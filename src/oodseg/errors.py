@@ -22,6 +22,16 @@ class OodsegWarning(UserWarning):
     """
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message for a one-line error: as is for an OodsegError, else prefixed with its
+    type (``"OSError: [Errno 28] No space left on device"``); the type's name alone when the message is empty."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    if not first:
+        return type(exc).__name__
+    return first if isinstance(exc, OodsegError) else f"{type(exc).__name__}: {first}"
+
+
 def check_choice(argument: str, value: T, choices: Iterable) -> T:
     """``value`` when it is one of ``choices``; else OodsegError ``"<argument>: expected one of a, b, got 'x'"``."""
     choices = list(choices)

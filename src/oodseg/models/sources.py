@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from oodseg.conventions import IMAGENET_MEAN, IMAGENET_STD, model_logits
-from oodseg.errors import OodsegError, OodsegWarning, check_choice
+from oodseg.errors import OodsegError, OodsegWarning, check_choice, one_line
 from oodseg.keyvalue import parse_value
 from oodseg.models.checkpoint import (META_FILE, RESERVED_KEYS, check_state_dict, default_classes,
                                       load_checkpoint, save_checkpoint)
@@ -451,16 +451,11 @@ def _probe_classes(model: nn.Module, source: ModelSource) -> int:
         if isinstance(exc, OodsegError):
             raise
         raise OodsegError(f"{source.spec()}: a forward pass on a {PROBE_SIZE}x{PROBE_SIZE} image failed "
-                          f"({_one_line(exc)})") from exc
+                          f"({one_line(exc)})") from exc
     if logits.dim() != 4:
         raise OodsegError(f"{source.spec()}: expected logits of shape (B, C, H, W), got {tuple(logits.shape)} "
                           "(pass output_key=KEY for the entry holding them)")
     return int(logits.shape[1])
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _build(kind: str, target: str, model_args: dict[str, Any]) -> nn.Module:
@@ -470,7 +465,7 @@ def _build(kind: str, target: str, model_args: dict[str, Any]) -> nn.Module:
     try:
         model = factory(**model_args)
     except Exception as exc:  # noqa: BLE001 - any failure of user code becomes one line naming the factory
-        raise OodsegError(f"{spec}: the factory raised {_one_line(exc)} (model arguments {model_args})") from exc
+        raise OodsegError(f"{spec}: the factory raised {one_line(exc)} (model arguments {model_args})") from exc
     if not isinstance(model, nn.Module):
         raise OodsegError(f"{spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
@@ -483,7 +478,7 @@ def _import_factory(target: str, spec: str) -> Callable[..., nn.Module]:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - an import error of user code, reported as one line
-        raise OodsegError(f"{spec}: cannot import {module_name} ({_one_line(exc)}); is it on PYTHONPATH?") from exc
+        raise OodsegError(f"{spec}: cannot import {module_name} ({one_line(exc)}); is it on PYTHONPATH?") from exc
     factory = module
     for part in attr.split("."):
         factory = getattr(factory, part, None)
@@ -497,7 +492,7 @@ def _torchvision_factory(name: str, spec: str) -> Callable[..., nn.Module]:
         import torchvision.models
         import torchvision.models.segmentation
     except Exception as exc:  # noqa: BLE001 - a broken install raises RuntimeError/OSError, not ImportError
-        raise OodsegError(f"{spec}: torchvision does not import ({_one_line(exc)}); PyPI's torchvision for torch "
+        raise OodsegError(f"{spec}: torchvision does not import ({one_line(exc)}); PyPI's torchvision for torch "
                           f"{torch.__version__.split('+')[0]} is a CUDA build that does not import on CPU-only "
                           "machines: install the CPU build from https://download.pytorch.org/whl/cpu") from exc
     names = torchvision.models.list_models(module=torchvision.models.segmentation)
@@ -523,7 +518,7 @@ def _load_weights(model: nn.Module, path: Path) -> dict[str, Any]:
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise OodsegError(f"weights {path}: not a readable safetensors file ({_one_line(exc)})") from exc
+            raise OodsegError(f"weights {path}: not a readable safetensors file ({one_line(exc)})") from exc
     else:
         state = unwrap_state_dict(read_torch_file(path), path)[0]
     state = strip_data_parallel(state)
@@ -539,7 +534,7 @@ def _transformers(spec: str):
     try:
         import transformers
     except Exception as exc:  # noqa: BLE001 - a broken torchvision next to it raises at import
-        raise OodsegError(f"{spec}: transformers does not import ({_one_line(exc)}); install it (pip install "
+        raise OodsegError(f"{spec}: transformers does not import ({one_line(exc)}); install it (pip install "
                           "transformers), and note that PyPI's CUDA torchvision breaks its import on CPU machines") from exc
     return transformers
 
@@ -562,7 +557,7 @@ def _load_hf(source: ModelSource) -> tuple[nn.Module, dict[str, Any], ModelConve
             str(folder), local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise OodsegError(f"{folder}: transformers cannot build a semantic-segmentation model from it "
-                          f"({_one_line(exc)})") from exc
+                          f"({one_line(exc)})") from exc
     finally:
         if shown:
             bars.enable_progress_bar()
@@ -619,7 +614,7 @@ def _hf_from_config(config: dict[str, Any], spec: str) -> nn.Module:
         built = transformers.AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"})
         return transformers.AutoModelForSemanticSegmentation.from_config(built).eval()
     except (ValueError, KeyError, TypeError) as exc:
-        raise OodsegError(f"{spec}: transformers cannot rebuild model type {model_type!r} ({_one_line(exc)})") from exc
+        raise OodsegError(f"{spec}: transformers cannot rebuild model type {model_type!r} ({one_line(exc)})") from exc
 
 
 def _hf_classes(config: dict[str, Any], num_classes: int) -> list[str]:

@@ -47,7 +47,7 @@ from oodseg.layout import (check_name, lock_path, manifest_path, manifests_dir, 
 from oodseg.atomic import exclusive
 from oodseg import provenance
 from oodseg.mask_adapter import MaskAdapter, is_mask_classification
-from oodseg.errors import OodsegError, OodsegWarning, check_choice
+from oodseg.errors import OodsegError, OodsegWarning, check_choice, one_line
 from oodseg.metrics.quantization import Float16Audit
 from oodseg.models.sources import ModelSource, declared_head, load_model_source, parse_model_source
 from oodseg.progress import track
@@ -424,7 +424,7 @@ def _on_every_rank(work: Callable[[], T]) -> T:
         result = work()
     except Exception as exc:  # re-raised below, after telling the other ranks
         failure = exc
-    messages = distributed.all_gather_objects(None if failure is None else _one_line(failure))
+    messages = distributed.all_gather_objects(None if failure is None else one_line(failure))
     if failure is not None:
         raise failure
     reported = next(((r, m) for r, m in enumerate(messages) if m), None)
@@ -446,11 +446,6 @@ def _fit_on_main(fitted, adapter: ModelAdapter, root: Path, frames: int, device:
     if not distributed.is_main():
         for scorer, state in zip(fitted, states):
             scorer.load_state_dict(state)
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text if isinstance(exc, OodsegError) else f"{type(exc).__name__}: {text}"
 
 
 # -- fitting --------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from oodseg.atomic import atomic_path
-from oodseg.errors import OodsegError
+from oodseg.errors import OodsegError, one_line
 from oodseg.progress import track
 
 T, R = TypeVar("T"), TypeVar("R")
@@ -97,11 +97,6 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="oodseg-orphan-watch", daemon=True).start()
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if isinstance(exc, OodsegError) else f"{type(exc).__name__}: {text}"
-
-
 def _write_each(jobs: Sequence[tuple[Callable[..., Any], str | os.PathLike, tuple]]) -> None:
     """Writer job of :meth:`WriterPool.submit_batch`: each ``write(path, *args)`` in order; an exception other
     than OodsegError (OSError: disk full, permission) becomes one line naming its file."""
@@ -111,7 +106,7 @@ def _write_each(jobs: Sequence[tuple[Callable[..., Any], str | os.PathLike, tupl
         except OodsegError:
             raise
         except Exception as exc:
-            raise OodsegError(f"{path}: writing failed ({_one_line(exc)})") from exc
+            raise OodsegError(f"{path}: writing failed ({one_line(exc)})") from exc
 
 
 class WriterPool:
@@ -180,7 +175,7 @@ class WriterPool:
         except OodsegError:
             raise
         except Exception as exc:  # a writer's OSError, or a writer process that died (BrokenProcessPool)
-            raise OodsegError(f"{path}: writing failed ({_one_line(exc)})") from exc
+            raise OodsegError(f"{path}: writing failed ({one_line(exc)})") from exc
 
 
 def map_chunks(work: Callable[[list[T]], R], items: Sequence[T], workers: int, description: str) -> list[R]:
