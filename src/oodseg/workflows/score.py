@@ -112,9 +112,10 @@ def score_dataset(checkpoint: str | Path | ModelSource, images: str | Path, meth
         overwrite: replace the maps (and provenance) of the requested methods; other methods are never touched.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun on GPUs: the local rank's GPU).
         batch_size: frames per forward pass (frames of equal size only).
-        workers: frame-decoding processes and as many file-writing processes (None: half the cores,
-            1 to 8; 0: decode and write inline, one after the other; more than the frames: as many
-            as the frames). Every setting writes the same bytes.
+        workers: frame-decoding processes and as many file-writing processes (None:
+            :func:`oodseg.workflows.workers.default_workers`, half the cores, at most 8, inline below 4
+            cores; 0: decode and write inline, one after the other; more than the frames: as many as the
+            frames). Every setting writes the same bytes.
         precision: the forward's autocast (:data:`oodseg.workflows.pipeline.PRECISIONS`): ``fp32``
             (default), ``bf16``/``fp16`` (logits-based scores only), ``auto`` (bf16/fp16 on CUDA when
             every score allows it, else fp32).
