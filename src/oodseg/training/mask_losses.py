@@ -116,11 +116,12 @@ def rba_outlier_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, labe
     """
     score = -torch.tanh(aggregate(class_logits.float(), mask_logits.float(), num_classes)).sum(1)
     normalizer = normalizer or (lambda value: value)
-    hinges = {}
-    for name, pixels, hinge in (("inlier", labels < num_classes, F.relu(score - inlier_upper)),
-                                ("outlier", labels == OUTLIER, F.relu(outlier_lower - score))):
+
+    def mean_square(hinge: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         count = normalizer(pixels.sum().to(score.dtype))  # called for both classes on every rank
-        hinges[name] = (torch.where(pixels, hinge.pow(2), torch.zeros_like(score)).sum() / count.clamp(min=1), count)
-    loss = hinges["inlier"][0]
-    return 0.5 * (loss + hinges["outlier"][0]) if bool(hinges["outlier"][1] > 0) else loss
+        return torch.where(pixels, hinge.pow(2), torch.zeros_like(score)).sum() / count.clamp(min=1), count
+
+    inlier, _ = mean_square(F.relu(score - inlier_upper), labels < num_classes)
+    outlier, outliers = mean_square(F.relu(outlier_lower - score), labels == OUTLIER)
+    return 0.5 * (inlier + outlier) if bool(outliers > 0) else inlier
 
