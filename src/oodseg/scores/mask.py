@@ -6,8 +6,8 @@ They read the per-query outputs that :class:`oodseg.mask_adapter.MaskAdapter` pu
 K is the channel count of ``SegOutput.logits`` (``log P``). ``p_q = softmax(c_q)`` over all C' columns.
 Every map is (B, h, w) at the mask resolution, larger = more anomalous. Each formula was checked
 against its authors' public code (cited per class, with the commit read). Those detectron2 codes upsample
-the mask logits bilinearly to the image before σ: ``MaskAdapter(resolution="image")`` (``oodseg score
---resolution image``); the default ``"mask"`` is transformers' post-processing order.
+the mask logits bilinearly to the image before σ: ``MaskAdapter(resolution="image")`` (``score_dataset(...,
+resolution="image")``); the default ``"mask"`` is transformers' post-processing order.
 """
 from __future__ import annotations
 
@@ -166,8 +166,8 @@ class EAM(MaskScorer):
     other classes, so ``eam = 1 − max_k P_k − D``: EAM assumes the masks of confident queries tile the image.
     On the small Mask2Former of the demo (seed 0, 1500 steps) they overlap (``Σ_q σ(m_q)`` 1.76 on
     anomaly pixels, 1.58 on inliers) and ``D`` is 0.42 on anomalies against 0.16 on inliers (``D``
-    alone: AUROC 79.8 %), so EAM falls below chance there (AP 4.6 %, AUROC 41.5 %; at
-    ``resolution="image"`` 6.3 % / 48.8 %): a property of that model, not a bug.
+    alone: AUROC 79.8 %), so EAM falls below chance there (AP 4.4 %, AUROC 41.0 %; at
+    ``resolution="image"`` 6.3 % / 48.8 %; exact sweep): a property of that model, not a bug.
     """
 
     name = "eam"
