@@ -241,14 +241,13 @@ class Maskomaly(FittedScorer):
         if labels is None:
             raise OodsegError("maskomaly: fitting needs OoD labels (0 inlier, 1 anomaly, 255 void)")
         label_iter = iter(labels)
-        total: torch.Tensor | None = None
-        frames = seen = 0
+        total: torch.Tensor | None = None  # per query: the sum of its IoUs over the frames with anomalies
+        frames = 0
         for index, out in enumerate(outputs):
             masks = mask_probabilities(ScoreInputs(out)) > MASKOMALY_MASK_THRESHOLD  # (B, Q, h, w)
             label = _ood_label(next(label_iter, None), masks, index)
             if total is not None and masks.shape[1] != total.shape[0]:
                 raise OodsegError(f"outputs[{index}]: {masks.shape[1]} queries, earlier outputs had {total.shape[0]}")
-            seen += 1
             anomaly, void = (label == ANOMALY)[:, None], (label == VOID)[:, None]
             hits = (masks & anomaly).flatten(2).sum(-1).double()
             union = (masks & ~void).flatten(2).sum(-1).double() + anomaly.flatten(2).sum(-1).double() - hits
@@ -256,7 +255,7 @@ class Maskomaly(FittedScorer):
             iou = (hits / union.clamp_min(1.0))[counted].sum(0).cpu()
             total = iou if total is None else total + iou
             frames += int(counted.sum())
-        if not seen:
+        if total is None:
             raise OodsegError("maskomaly: no outputs to fit on")
         if next(label_iter, None) is not None:
             raise OodsegError("labels: more label batches than outputs")
